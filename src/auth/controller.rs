@@ -1,0 +1,153 @@
+//! The controller backend: the original ws-subprocess contract.
+//!
+//! `GET <controller_url>?token=<T>`; exactly `200` with a JSON
+//! [`CommandSpec`] allows, any other answer denies.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use http::header::{HOST, ORIGIN, USER_AGENT};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, StatusCode};
+use url::Url;
+
+use super::{AuthError, Authorizer};
+use crate::server::PeerAddr;
+use crate::spec::CommandSpec;
+
+/// Largest controller answer read; a longer one is a failed backend.
+pub const MAX_CONTROLLER_BODY: usize = 64 * 1024;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// How to reach the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// The controller; its own query string is kept.
+    pub url: Url,
+    /// Bound on the whole request: connect, headers and body.
+    pub timeout: Duration,
+    /// Client request headers copied to the controller, beyond the
+    /// `X-Forwarded-*`, `Origin` and `User-Agent` always sent.
+    pub forward_headers: Vec<HeaderName>,
+}
+
+/// Asks a controller about each token, over one shared connection pool.
+///
+/// Redirects are never followed, the body is capped at
+/// [`MAX_CONTROLLER_BODY`], and proxies from the environment are not used: a
+/// controller is the operator's own service, and the token must go nowhere
+/// else.
+#[derive(Debug, Clone)]
+pub struct ControllerAuthorizer {
+    client: reqwest::Client,
+    settings: ControllerSettings,
+}
+
+impl ControllerAuthorizer {
+    /// Builds the HTTP client for `settings`.
+    pub fn new(settings: ControllerSettings) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .no_proxy()
+            .user_agent(concat!("ws-subprocess/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { client, settings })
+    }
+
+    fn request_url(&self, token: &str) -> Url {
+        let mut url = self.settings.url.clone();
+        url.query_pairs_mut().append_pair("token", token);
+        url
+    }
+
+    /// The client's forwarding headers, extended the way a reverse proxy
+    /// extends them, plus the configured extra headers.
+    fn forwarded_headers(&self, parts: &Parts) -> http::HeaderMap {
+        let client = &parts.headers;
+        let mut headers = http::HeaderMap::new();
+        let peer = parts.extensions.get::<PeerAddr>().and_then(|p| p.0).map(|addr| addr.ip().to_string());
+        let prior = client.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        let chain = match (prior, peer) {
+            (Some(prior), Some(peer)) => Some(format!("{prior}, {peer}")),
+            (Some(prior), None) => Some(prior.to_string()),
+            (None, peer) => peer,
+        };
+        if let Some(value) = chain.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        let proto = client.get(&X_FORWARDED_PROTO).cloned().unwrap_or(HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, proto);
+        if let Some(host) = client.get(&X_FORWARDED_HOST).or_else(|| client.get(HOST)) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        for name in [ORIGIN, USER_AGENT].iter().chain(&self.settings.forward_headers) {
+            for value in client.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers
+    }
+}
+
+impl Authorizer for ControllerAuthorizer {
+    async fn authorize(&self, token: &str, parts: &Parts) -> Result<CommandSpec, AuthError> {
+        let response = self
+            .client
+            .get(self.request_url(token))
+            .headers(self.forwarded_headers(parts))
+            .send()
+            .await
+            .map_err(request_failed)?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let why = format!("controller answered {status}");
+            return Err(if status.is_redirection() || status.is_server_error() {
+                AuthError::BackendFailed(why)
+            } else {
+                AuthError::Denied(why)
+            });
+        }
+        let body = read_capped(response).await?;
+        let (spec, ignored) = CommandSpec::from_json(&body)?;
+        if !ignored.is_empty() {
+            tracing::debug!(fields = ?ignored, "controller sent fields this server ignores");
+        }
+        Ok(spec)
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, AuthError> {
+    let too_long = || AuthError::BackendFailed(format!("controller body over {MAX_CONTROLLER_BODY} bytes"));
+    if response.content_length().is_some_and(|len| len > MAX_CONTROLLER_BODY as u64) {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(request_failed)? {
+        if body.len() + chunk.len() > MAX_CONTROLLER_BODY {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Describes a failed request without its URL, which holds the token.
+fn request_failed(err: reqwest::Error) -> AuthError {
+    if err.is_timeout() {
+        return AuthError::BackendTimeout;
+    }
+    let err = err.without_url();
+    let mut why = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        why.push_str(": ");
+        why.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    AuthError::BackendFailed(why)
+}

@@ -1,0 +1,118 @@
+//! Where a request carries its token, and how a token may be named in logs.
+
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use http::request::Parts;
+use sha2::{Digest, Sha256};
+
+/// Prefix of the Kubernetes-style subprotocol that carries a bearer token,
+/// for browsers, which cannot set `Authorization` on a WebSocket.
+pub const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The token of a request, from the first place that has a non-empty one:
+/// the query parameter `param`, `Authorization: Bearer T`, or the
+/// subprotocol `base64url.bearer.authorization.k8s.io.<base64url T>`.
+pub fn token_of(parts: &Parts, param: &str) -> Option<String> {
+    from_query(parts, param).or_else(|| from_authorization(parts)).or_else(|| from_subprotocol(parts))
+}
+
+fn from_query(parts: &Parts, param: &str) -> Option<String> {
+    let query = parts.uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, value)| name == param && !value.is_empty())
+        .map(|(_, value)| value.into_owned())
+}
+
+fn from_authorization(parts: &Parts) -> Option<String> {
+    parts.headers.get_all(AUTHORIZATION).iter().find_map(|value| {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+    })
+}
+
+fn from_subprotocol(parts: &Parts) -> Option<String> {
+    offered_protocols(parts).find_map(|protocol| {
+        let encoded = protocol.strip_prefix(BEARER_PROTOCOL_PREFIX)?;
+        let token = String::from_utf8(BASE64URL.decode(encoded).ok()?).ok()?;
+        (!token.is_empty()).then_some(token)
+    })
+}
+
+/// The subprotocols a client offers, in its order of preference.
+pub(crate) fn offered_protocols(parts: &Parts) -> impl Iterator<Item = &str> {
+    parts
+        .headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// A short, stable name for a token, safe to log: the first 12 hex digits of
+/// its SHA-256. It lets an operator match log lines to a token they hold
+/// without the log ever holding the token.
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = http::Request::builder().uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn query_parameter_is_decoded() {
+        let p = parts("/ws?a=1&token=a%2Bb%26c%3D%20d", &[]);
+        assert_eq!(token_of(&p, "token").as_deref(), Some("a+b&c= d"));
+        assert_eq!(token_of(&p, "other"), None);
+    }
+
+    #[test]
+    fn bearer_header_and_subprotocol_are_read() {
+        let p = parts("/ws", &[("authorization", "Bearer abc")]);
+        assert_eq!(token_of(&p, "token").as_deref(), Some("abc"));
+        let encoded = BASE64URL.encode("t/o+k");
+        let p = parts(
+            "/ws",
+            &[("sec-websocket-protocol", &format!("v5.channel.k8s.io, {BEARER_PROTOCOL_PREFIX}{encoded}"))],
+        );
+        assert_eq!(token_of(&p, "token").as_deref(), Some("t/o+k"));
+    }
+
+    #[test]
+    fn empty_or_foreign_values_are_no_token() {
+        for p in [
+            parts("/ws?token=", &[]),
+            parts("/ws", &[("authorization", "Basic abc")]),
+            parts("/ws", &[("authorization", "Bearer ")]),
+            parts("/ws", &[("sec-websocket-protocol", "base64url.bearer.authorization.k8s.io.!!")]),
+        ] {
+            assert_eq!(token_of(&p, "token"), None);
+        }
+    }
+
+    #[test]
+    fn hash_is_short_and_stable() {
+        assert_eq!(token_hash("secret"), token_hash("secret"));
+        assert_eq!(token_hash("secret").len(), 12);
+        assert_ne!(token_hash("secret"), token_hash("secreT"));
+    }
+}

@@ -1,0 +1,44 @@
+//! # ws-subprocess
+//!
+//! An HTTP/WebSocket server that runs a *verified* command as a process and
+//! attaches its stdin, stdout and stderr to the WebSocket. The server never
+//! decides what to run: a token does.
+//!
+//! A request travels through a tower stack, outermost first:
+//! [`Routes`](routes::Routes) (the endpoint path, `/healthz`, 404),
+//! [`OriginLayer`](origin::OriginLayer), [`SessionLimitLayer`](session::SessionLimitLayer)
+//! (503 beyond `max_sessions`), and [`TokenAuthLayer`](auth::TokenAuthLayer),
+//! which finds the token, checks the WebSocket handshake and asks an
+//! [`Authorizer`](auth::Authorizer) backend (the remote
+//! [`ControllerAuthorizer`](auth::ControllerAuthorizer) by default) for a
+//! [`CommandSpec`]. The innermost service, [`ServeSubprocess`](session::ServeSubprocess),
+//! starts the process in its own process group, answers `101`, and bridges
+//! the upgraded connection to the process until either side ends.
+//! [`server::run`] serves that stack with hyper and shuts it down
+//! gracefully. Every piece is public, so a library user can compose their
+//! own stack, for example with their own backend or inside an axum router.
+//!
+//! ## Layout
+//!
+//! - [`config`]: settings from defaults, file, environment and flags;
+//! - [`server`]: listening, connections, shutdown;
+//! - [`auth`]: the token layer and its backends;
+//! - [`session`]: handshake, process, bridge;
+//! - [`spec`]: the command spec a backend returns.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod origin;
+pub mod reply;
+pub mod routes;
+pub mod server;
+pub mod session;
+pub mod spec;
+
+pub use config::Config;
+pub use server::PeerAddr;
+pub use spec::CommandSpec;

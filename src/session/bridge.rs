@@ -1,0 +1,351 @@
+//! The bridge between a WebSocket and a process, in the raw protocol.
+//!
+//! Three loops run at once: output (pipe → socket, through a small bounded
+//! queue), input (socket → stdin) and the writer, which owns the socket's
+//! sending half and also sends keepalive pings. Each blocks when the other
+//! side is slow, so a slow client slows the process and memory stays flat.
+//! The bridge is written against `Sink`/`Stream`, not a socket type.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::FusedFuture;
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use rustix::process::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::process::ChildStdin;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use super::SessionSettings;
+use super::process::{Process, ProcessGroup};
+
+/// Largest output message: one read of the pipe.
+pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+/// Messages queued between the output loop and the writer.
+const OUTGOING_QUEUE: usize = 4;
+/// How long the client gets to answer our Close.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The process exited and all its output was sent.
+    Exited(ExitStatus),
+    /// The client sent Close.
+    ClientClosed,
+    /// The connection broke or the client stopped answering pings.
+    ClientGone(String),
+    /// The client sent a message over `max_message_size`.
+    MessageTooBig,
+    /// The client broke the WebSocket protocol.
+    ProtocolError(String),
+    /// The server is shutting down.
+    Shutdown,
+    /// Waiting for the process failed.
+    Internal(String),
+}
+
+/// What a finished session did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Why it ended.
+    pub ending: Ending,
+    /// The process's exit status, once it was reaped.
+    pub status: Option<ExitStatus>,
+    /// Bytes written to the process's stdin.
+    pub bytes_in: u64,
+    /// Bytes of output sent to the client.
+    pub bytes_out: u64,
+}
+
+/// The Close frame that reports an exit status: 1000 for success, else
+/// 4000 + the exit code, or 4000 + 128 + the signal number.
+pub fn exit_close_frame(status: ExitStatus) -> CloseFrame {
+    let (code, reason) = match (status.code(), status.signal()) {
+        (Some(0), _) => (1000, "exit 0".to_string()),
+        (Some(code), _) => (4000 + code as u16, format!("exit {code}")),
+        (None, Some(signal)) => (4000 + 128 + signal as u16, format!("signal {signal}")),
+        (None, None) => (1011, "unknown exit status".to_string()),
+    };
+    CloseFrame { code: CloseCode::from(code), reason: reason.into() }
+}
+
+fn close_frame(code: CloseCode, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+}
+
+/// Runs `process` against a WebSocket's halves until one side ends, then
+/// ends the other: a client that leaves gets its process group signalled
+/// (`kill_signal`, then `SIGKILL` after `kill_grace`); a process that exits
+/// gets all its output sent, then a Close frame with its exit status.
+pub async fn bridge<Tx, Rx>(
+    mut process: Process,
+    tx: Tx,
+    rx: Rx,
+    settings: &SessionSettings,
+    shutdown: CancellationToken,
+) -> Outcome
+where
+    Tx: Sink<Message, Error = WsError> + Unpin + Send + 'static,
+    Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send,
+{
+    let group = process.group();
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    let exited = CancellationToken::new();
+    let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+
+    let mut writer = AbortOnDrop(tokio::spawn(write_loop(tx, out_rx, settings.ping_interval)));
+    let output = process.output.take().expect("a new process has its output pipe");
+    let mut output = AbortOnDrop(tokio::spawn(pump_output(
+        output,
+        out_tx.clone(),
+        OutputEnd { exited: exited.clone(), group, grace: settings.kill_grace },
+        bytes_out.clone(),
+    )));
+    let mut input = Box::pin(pump_input(rx, process.stdin.take(), settings.pong_timeout, bytes_in.clone()).fuse());
+
+    let mut status = None;
+    let mut output_done = false;
+    let ending = loop {
+        tokio::select! {
+            result = process.wait(), if status.is_none() => match result {
+                Ok(s) => {
+                    status = Some(s);
+                    exited.cancel();
+                }
+                Err(err) => break Ending::Internal(err.to_string()),
+            },
+            _ = &mut output.0, if !output_done => output_done = true,
+            end = &mut input => break end,
+            _ = shutdown.cancelled() => break Ending::Shutdown,
+        }
+        if let (Some(status), true) = (status, output_done) {
+            break Ending::Exited(status);
+        }
+    };
+
+    let goodbye = match &ending {
+        Ending::Exited(status) => Some(Message::Close(Some(exit_close_frame(*status)))),
+        Ending::Shutdown => Some(close_frame(CloseCode::Away, "server shutting down")),
+        Ending::MessageTooBig => Some(close_frame(CloseCode::Size, "message too big")),
+        Ending::ProtocolError(_) => Some(close_frame(CloseCode::Protocol, "protocol error")),
+        Ending::Internal(_) => Some(close_frame(CloseCode::Error, "internal error")),
+        // The client's Close is answered by the protocol layer itself.
+        Ending::ClientClosed | Ending::ClientGone(_) => None,
+    };
+    if !matches!(ending, Ending::Exited(_)) {
+        output.0.abort();
+    }
+    let stop_process = async {
+        if status.is_none() {
+            status = stop(&mut process, group, settings).await;
+        }
+    };
+    let close_socket = async {
+        if matches!(ending, Ending::ClientGone(_)) {
+            return;
+        }
+        // Queue the Close after any output still queued, then wait for the
+        // writer to send it all; keep reading meanwhile, so a client that
+        // leaves is noticed. Output is waited for as long as the client
+        // reads it; anything else only for the close handshake timeout.
+        let flush = async {
+            if let Some(goodbye) = goodbye {
+                let _ = out_tx.send(goodbye).await;
+            }
+            drop(out_tx);
+            let _ = (&mut writer.0).await;
+        };
+        let bound = if matches!(ending, Ending::Exited(_)) { Duration::MAX } else { CLOSE_HANDSHAKE_TIMEOUT };
+        tokio::select! {
+            _ = timeout(bound, flush) => {}
+            _ = &mut input, if !input.is_terminated() => return,
+        }
+        // Read until the client answers our Close, so unread input does not
+        // turn our close into a reset that could cost the client the end of
+        // its output.
+        if !input.is_terminated() {
+            let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut input).await;
+        }
+    };
+    tokio::join!(stop_process, close_socket);
+    // Whatever the leader left behind in its group does not outlive the
+    // session.
+    group.signal(Signal::KILL);
+    Outcome { ending, status, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out: bytes_out.load(Ordering::Relaxed) }
+}
+
+/// Ends a process whose client is gone: `kill_signal` to the group, then
+/// `SIGKILL` if it has not exited within `kill_grace`. Returns the reaped
+/// status.
+async fn stop(process: &mut Process, group: ProcessGroup, settings: &SessionSettings) -> Option<ExitStatus> {
+    process.stdin = None;
+    group.signal(settings.kill_signal.signal());
+    if let Ok(result) = timeout(settings.kill_grace, process.wait()).await {
+        return result.ok();
+    }
+    group.signal(Signal::KILL);
+    process.wait().await.ok()
+}
+
+/// Sends queued messages and keepalive pings; ends after sending a Close,
+/// when the queue closes, or when the socket fails. Closing the sink on the
+/// way out also flushes the protocol's answer to a client's Close.
+async fn write_loop<Tx>(mut tx: Tx, mut queue: mpsc::Receiver<Message>, ping_interval: Duration)
+where
+    Tx: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let message = tokio::select! {
+            message = queue.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+            _ = ping.tick() => Message::Ping(Bytes::new()),
+        };
+        let is_close = matches!(message, Message::Close(_));
+        match tx.send(message).await {
+            Ok(()) if is_close => return,
+            Ok(()) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = tx.close().await;
+}
+
+/// When and how the output loop stops waiting for a pipe that a leftover
+/// grandchild may hold open.
+struct OutputEnd {
+    exited: CancellationToken,
+    group: ProcessGroup,
+    grace: Duration,
+}
+
+/// Copies the output pipe to the queue, one message per read, until end of
+/// file. Once the leader has exited, waiting for more output is bounded by
+/// `grace`; then the group gets `SIGKILL`, and if the pipe is still open
+/// after one more `grace` (something outside the group holds it), the loop
+/// gives up.
+async fn pump_output(mut pipe: pipe::Receiver, queue: mpsc::Sender<Message>, end: OutputEnd, counter: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
+    let mut deadline = None;
+    let mut killed = false;
+    loop {
+        let read = match deadline {
+            None => tokio::select! {
+                read = pipe.read(&mut buf) => Some(read),
+                _ = end.exited.cancelled() => {
+                    deadline = Some(Instant::now() + end.grace);
+                    continue;
+                }
+            },
+            // Data already in the pipe is always read first: the timeout
+            // only fires when the pipe is empty.
+            Some(at) => timeout_at(at, pipe.read(&mut buf)).await.ok(),
+        };
+        let n = match read {
+            Some(Ok(0)) => return,
+            Some(Ok(n)) => n,
+            Some(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Some(Err(err)) => {
+                tracing::debug!(cause = %err, "output pipe failed");
+                return;
+            }
+            None if !killed => {
+                end.group.signal(Signal::KILL);
+                killed = true;
+                deadline = Some(Instant::now() + end.grace);
+                continue;
+            }
+            None => {
+                tracing::warn!("output pipe still open after its process group was killed; giving up on it");
+                return;
+            }
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if queue.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes every client message to stdin as-is, until the client closes,
+/// breaks the protocol, or is silent for `pong_timeout` (pings go out every
+/// `ping_interval`, so a live client is never that silent). Once stdin is
+/// closed (the process exited or stopped reading for good), messages are
+/// dropped.
+async fn pump_input<Rx>(
+    mut rx: Rx,
+    mut stdin: Option<ChildStdin>,
+    pong_timeout: Duration,
+    counter: Arc<AtomicU64>,
+) -> Ending
+where
+    Rx: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    loop {
+        let message = match timeout(pong_timeout, rx.next()).await {
+            Err(_) => return Ending::ClientGone("no answer to pings".into()),
+            Ok(None) => return Ending::ClientGone("connection closed without a Close frame".into()),
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => return Ending::MessageTooBig,
+            Ok(Some(Err(err @ (WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_))))) => {
+                return Ending::ProtocolError(err.to_string());
+            }
+            Ok(Some(Err(err))) => return Ending::ClientGone(err.to_string()),
+        };
+        let data: &[u8] = match &message {
+            Message::Binary(data) => data,
+            Message::Text(text) => text.as_bytes(),
+            Message::Close(_) => return Ending::ClientClosed,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+        };
+        if let Some(pipe) = stdin.as_mut() {
+            if pipe.write_all(data).await.is_err() {
+                stdin = None;
+            } else {
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Aborts a spawned task when the bridge is dropped (for example when a
+/// shutdown deadline passes), so no loop outlives its session.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_map_to_close_codes() {
+        let frame = exit_close_frame(ExitStatus::from_raw(0));
+        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1000, "exit 0"));
+        let frame = exit_close_frame(ExitStatus::from_raw(3 << 8));
+        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4003, "exit 3"));
+        let frame = exit_close_frame(ExitStatus::from_raw(9));
+        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4137, "signal 9"));
+    }
+}

@@ -1,0 +1,85 @@
+//! [`SessionLimitLayer`]: at most `max_sessions` sessions at once.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Request, Response, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
+
+use crate::reply::{self, Body};
+
+/// A place among the live sessions, held for the whole session.
+///
+/// [`SessionLimit`] puts one in the request extensions;
+/// [`ServeSubprocess`](super::ServeSubprocess) moves it into the session, so
+/// the place is free again when the session ends, or at once when the request
+/// fails before the upgrade.
+#[derive(Debug, Clone)]
+pub struct SessionPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// Answers `503` with `Retry-After` when `max` sessions already run.
+///
+/// It stands before token checking, so a single-use token is not spent on a
+/// request that cannot run. It does not wait for a place: a client should be
+/// told at once.
+#[derive(Debug, Clone)]
+pub struct SessionLimitLayer {
+    places: Arc<Semaphore>,
+}
+
+impl SessionLimitLayer {
+    /// A limit of `max` concurrent sessions.
+    pub fn new(max: usize) -> Self {
+        Self { places: Arc::new(Semaphore::new(max)) }
+    }
+}
+
+impl<S> Layer<S> for SessionLimitLayer {
+    type Service = SessionLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionLimit { inner, places: self.places.clone() }
+    }
+}
+
+/// The service made by [`SessionLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct SessionLimit<S> {
+    inner: S,
+    places: Arc<Semaphore>,
+}
+
+impl<S, B> Service<Request<B>> for SessionLimit<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        match self.places.clone().try_acquire_owned() {
+            Ok(permit) => {
+                request.extensions_mut().insert(SessionPermit(Arc::new(permit)));
+                Either::Left(self.inner.call(request))
+            }
+            Err(_) => {
+                tracing::warn!(status = 503, "session limit reached");
+                let mut headers = HeaderMap::new();
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                Either::Right(ready(Ok(reply::with_headers(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many sessions",
+                    headers,
+                ))))
+            }
+        }
+    }
+}

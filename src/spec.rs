@@ -1,0 +1,159 @@
+//! The command spec: what a token allows to run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a verified token allows: one program, its arguments and environment.
+///
+/// A controller answers with this as JSON; unknown fields are ignored, as the
+/// original Go program did.
+///
+/// ```
+/// use ws_subprocess::CommandSpec;
+///
+/// let (spec, ignored) =
+///     CommandSpec::from_json(br#"{"command": "/bin/echo", "args": ["hi"], "color": "red"}"#)
+///         .unwrap();
+/// assert_eq!(spec.command.to_str(), Some("/bin/echo"));
+/// assert_eq!(spec.args, ["hi"]);
+/// assert_eq!(ignored, ["color"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandSpec {
+    /// Absolute path of the program; it is run directly, never by a shell.
+    pub command: PathBuf,
+    /// Arguments after the program name.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Variables added to (or overriding) the process environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; the server's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+}
+
+/// Why a command spec cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The document is not JSON of the expected shape.
+    #[error("not a command spec: {0}")]
+    Malformed(String),
+    /// `command` is empty or relative.
+    #[error("command must be an absolute path")]
+    RelativeCommand,
+    /// `cwd` is relative.
+    #[error("cwd must be an absolute path")]
+    RelativeCwd,
+    /// A string holds a NUL byte, which no process argument can carry.
+    #[error("{0} contains a NUL byte")]
+    Nul(&'static str),
+    /// An environment variable name is empty or contains `=`.
+    #[error("invalid environment variable name")]
+    EnvName,
+}
+
+impl CommandSpec {
+    /// A spec that runs `command` with `args`.
+    pub fn new(command: impl Into<PathBuf>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            command: command.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            env: BTreeMap::new(),
+            cwd: None,
+        }
+    }
+
+    /// Parses and validates a spec, returning it with the names of the fields
+    /// that were ignored.
+    pub fn from_json(body: &[u8]) -> Result<(Self, Vec<String>), SpecError> {
+        let mut ignored = Vec::new();
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let spec: Self = serde_ignored::deserialize(&mut de, |path| ignored.push(path.to_string()))
+            .map_err(|e| SpecError::Malformed(e.to_string()))?;
+        de.end().map_err(|e| SpecError::Malformed(e.to_string()))?;
+        spec.validate()?;
+        Ok((spec, ignored))
+    }
+
+    /// Checks what the operating system would otherwise reject late, or run
+    /// in a surprising place: the command and `cwd` must be absolute paths.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !self.command.is_absolute() {
+            return Err(SpecError::RelativeCommand);
+        }
+        if has_nul(&self.command) {
+            return Err(SpecError::Nul("command"));
+        }
+        if self.args.iter().any(|a| a.contains('\0')) {
+            return Err(SpecError::Nul("args"));
+        }
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains('=') {
+                return Err(SpecError::EnvName);
+            }
+            if name.contains('\0') || value.contains('\0') {
+                return Err(SpecError::Nul("env"));
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            if !cwd.is_absolute() {
+                return Err(SpecError::RelativeCwd);
+            }
+            if has_nul(cwd) {
+                return Err(SpecError::Nul("cwd"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn has_nul(path: &Path) -> bool {
+    path.as_os_str().as_encoded_bytes().contains(&0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_default_to_empty() {
+        let (spec, ignored) = CommandSpec::from_json(br#"{"command":"/bin/true"}"#).unwrap();
+        assert!(spec.args.is_empty());
+        assert!(ignored.is_empty());
+    }
+
+    #[test]
+    fn relative_or_empty_command_is_rejected() {
+        for body in [&br#"{"command":"bin/true"}"#[..], br#"{"command":""}"#] {
+            assert_eq!(CommandSpec::from_json(body).unwrap_err(), SpecError::RelativeCommand);
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_malformed() {
+        for body in [
+            &br#"{"args":[]}"#[..],
+            br#"{"command":"/bin/true","args":"x"}"#,
+            br#"{"command":"/bin/true","args":[1]}"#,
+            br#"{"command":"/bin/true"} trailing"#,
+            b"<html>",
+        ] {
+            assert!(matches!(CommandSpec::from_json(body), Err(SpecError::Malformed(_))));
+        }
+    }
+
+    #[test]
+    fn nul_bytes_and_bad_env_names_are_rejected() {
+        let mut spec = CommandSpec::new("/bin/echo", ["a\0b"]);
+        assert_eq!(spec.validate(), Err(SpecError::Nul("args")));
+        spec.args.clear();
+        spec.env.insert("A=B".into(), "x".into());
+        assert_eq!(spec.validate(), Err(SpecError::EnvName));
+        spec.env.clear();
+        spec.cwd = Some("tmp".into());
+        assert_eq!(spec.validate(), Err(SpecError::RelativeCwd));
+    }
+}

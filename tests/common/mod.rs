@@ -1,0 +1,383 @@
+//! Test harness: a real controller over HTTP, the real server on port 0 (in
+//! process or as the real binary), real WebSocket clients.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Response, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use ws_subprocess::config::Config;
+use ws_subprocess::server;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One request the controller received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl Seen {
+    /// The decoded `token` query parameter.
+    pub fn token(&self) -> Option<String> {
+        let query = self.uri.query()?;
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+    }
+}
+
+type Handler = Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync>;
+
+/// A controller: a small HTTP server whose answer the test chooses.
+pub struct Controller {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: CancellationToken,
+}
+
+impl Controller {
+    /// Starts a controller answering every request with `reply`.
+    pub async fn start<F, Fut>(reply: F) -> Self
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |seen| Box::pin(reply(seen)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap().0,
+                };
+                let (handler, seen) = (handler.clone(), seen2.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let record = Seen { uri: req.uri().clone(), headers: req.headers().clone() };
+                        seen.lock().unwrap().push(record.clone());
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(record).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, stop }
+    }
+
+    /// A controller that allows every token to run `command args…`.
+    pub async fn allowing(command: &str, args: &[&str]) -> Self {
+        let body = serde_json::json!({ "command": command, "args": args }).to_string();
+        Self::start(move |_| {
+            let body = body.clone();
+            async move { json(StatusCode::OK, body) }
+        })
+        .await
+    }
+
+    /// A controller that runs `sh -c script` for every token.
+    pub async fn shell(script: &str) -> Self {
+        Self::allowing("/bin/sh", &["-c", script]).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/ws-controller", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder().status(status).header("content-type", "application/json").body(Full::new(body.into())).unwrap()
+}
+
+/// The server, run in this process with `server::run` on port 0.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub config: Config,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// A config for tests: port 0, this controller, short timers.
+pub fn config_for(controller: &Controller) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        controller_url: controller.url().parse().unwrap(),
+        controller_timeout: Duration::from_secs(2),
+        kill_grace: Duration::from_millis(300),
+        shutdown_timeout: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let listener = server::Listener::bind(&config.listen).await.unwrap();
+        let addr = match listener.local_addr().unwrap() {
+            ws_subprocess::config::ListenAddr::Tcp(addr) => addr.parse().unwrap(),
+            other => panic!("not TCP: {other}"),
+        };
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone();
+        let run_config = config.clone();
+        let done = tokio::spawn(async move {
+            server::run(listener, &run_config, async move { shutdown.cancelled().await }).await.unwrap();
+        });
+        Self { addr, config, stop, done }
+    }
+
+    /// Starts a server in front of `controller` with the test defaults.
+    pub async fn for_controller(controller: &Controller) -> Self {
+        Self::start(config_for(controller)).await
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}{}?token={}", self.addr, self.config.path, encode(token))
+    }
+
+    /// Opens a session with `token`; panics unless the answer is 101.
+    pub async fn connect(&self, token: &str) -> Ws {
+        tokio_tungstenite::connect_async(self.ws_url(token)).await.expect("upgrade").0
+    }
+
+    /// Tries to open a session and returns the HTTP status and body of a
+    /// refusal.
+    pub async fn refusal(&self, token: &str) -> (StatusCode, String) {
+        refusal(self.ws_url(token)).await
+    }
+
+    /// Stops the server gracefully and waits for `server::run` to return.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.done.await.unwrap();
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// The status and body of a refused upgrade.
+pub async fn refusal(request: impl IntoClientRequest + Unpin) -> (StatusCode, String) {
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => panic!("the upgrade was accepted"),
+        Err(WsError::Http(response)) => {
+            let body = response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            (response.status(), body)
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+/// A plain HTTP/1.1 request; returns status, headers and body.
+pub async fn http_request(addr: SocketAddr, head: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// Everything a session sends: output bytes, then the Close frame.
+pub async fn collect(ws: &mut Ws) -> (Vec<u8>, Option<CloseFrame>) {
+    let mut output = Vec::new();
+    while let Some(message) = ws.next().await {
+        match message.expect("a clean session") {
+            Message::Binary(data) => output.extend_from_slice(&data),
+            Message::Text(text) => output.extend_from_slice(text.as_bytes()),
+            Message::Close(frame) => return (output, frame),
+            _ => {}
+        }
+    }
+    panic!("connection ended without a Close frame");
+}
+
+/// Reads output until `needle` has appeared; returns all output so far.
+pub async fn read_until(ws: &mut Ws, needle: &[u8]) -> Vec<u8> {
+    let mut output = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = ws.next().await {
+            if let Ok(Message::Binary(data)) = message {
+                output.extend_from_slice(&data);
+                if output.windows(needle.len()).any(|w| w == needle) {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "never saw {:?}; got {:?}",
+        String::from_utf8_lossy(needle),
+        String::from_utf8_lossy(&output)
+    );
+    output
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.unwrap();
+}
+
+/// Whether a process is gone (or a zombie no one should still own).
+pub fn is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+/// Waits up to `limit` for `check` to hold.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+/// Reads a pid a test script wrote to `path`.
+pub async fn read_pid(path: &Path) -> i32 {
+    let mut pid = None;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            pid = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok());
+            pid.is_some()
+        })
+        .await,
+        "no pid in {}",
+        path.display()
+    );
+    pid.unwrap()
+}
+
+/// The real binary, started with `args` and `env`, on port 0; its stderr
+/// is kept to find the bound address and to search the logs.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Binary {
+    pub async fn start(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ws-subprocess"));
+        command
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+                    if let Some(tx) = addr_tx.take() {
+                        let _ = tx.send(addr.trim_matches('"').to_string());
+                    }
+                }
+                let mut log = log2.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(10), addr_rx)
+            .await
+            .unwrap_or_else(|_| panic!("binary did not report its address: {}", log.lock().unwrap()))
+            .unwrap_or_else(|_| panic!("binary exited: {}", log.lock().unwrap()));
+        Self { child, addr: addr.parse().unwrap(), log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().unwrap() as i32
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid()).unwrap(), signal).unwrap();
+    }
+}
+
+/// Open file descriptors of process `pid`.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Live (or zombie) children of process `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// A scratch directory that lives as long as the test.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn path_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}

@@ -227,7 +227,7 @@ fn reject_unknown_keys(figment: &Figment) -> Result<(), ConfigError> {
         .values()
         .flat_map(|dict| dict.keys())
         .filter(|key| !known.contains(key.as_str()))
-        .map(|key| describe(figment, &[key.clone()], "unknown key", figment.find_metadata(key)))
+        .map(|key| describe(figment, std::slice::from_ref(key), "unknown key", figment.find_metadata(key)))
         .collect();
     if problems.is_empty() { Ok(()) } else { Err(ConfigError(problems)) }
 }
@@ -464,6 +464,8 @@ impl Provider for FlagValues {
 }
 
 #[cfg(test)]
+// `Jail` closures return figment's large error type by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -4,7 +4,6 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
@@ -167,7 +166,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(serve(config));
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    // Sessions are already over; idle blocking threads (DNS lookups of the
+    // controller) need not be waited for.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -177,7 +177,7 @@ pub async fn serve<S>(
     if tokio::time::timeout(shutdown_timeout, everything).await.is_err() {
         tracing::warn!(sessions = sessions.active(), "shutdown timeout passed; killing what is left");
         sessions.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(1), sessions.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), sessions.wait()).await;
     }
     tracing::info!("stopped");
 }
@@ -219,7 +219,7 @@ pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
         limit.current = limit.maximum;
-        setrlimit(Resource::Nofile, limit.clone())?;
+        setrlimit(Resource::Nofile, limit)?;
     }
     Ok(limit.current)
 }

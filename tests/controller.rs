@@ -186,7 +186,8 @@ async fn nonexistent_binary_is_500_saying_why() {
 async fn token_with_reserved_characters_reaches_the_controller_intact() {
     let controller = Controller::allowing("/bin/true", &[]).await;
     let mut config = config_for(&controller);
-    config.controller_url = format!("http://{}/ws-controller?site=a%26b&x=1", controller.addr).parse().unwrap();
+    config.controller_url =
+        format!("http://{}/ws-controller?site=a%26b&token=stale&x=1", controller.addr).parse().unwrap();
     let server = TestServer::start(config).await;
     let token = "a+b/c?d&e=f g%h#i\u{e9}";
     let mut ws = server.connect(token).await;
@@ -196,7 +197,9 @@ async fn token_with_reserved_characters_reaches_the_controller_intact() {
     assert_eq!(seen.uri.path(), "/ws-controller");
     let query: Vec<(String, String)> =
         url::form_urlencoded::parse(seen.uri.query().unwrap().as_bytes()).into_owned().collect();
+    // The configured query is kept, except a `token` of its own.
     assert_eq!(query[..2], [("site".into(), "a&b".into()), ("x".into(), "1".into())]);
+    assert_eq!(query.iter().filter(|(name, _)| name == "token").count(), 1);
 }
 
 #[tokio::test]

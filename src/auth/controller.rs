@@ -59,9 +59,16 @@ impl ControllerAuthorizer {
         Ok(Self { client, settings })
     }
 
+    /// The controller URL with `token=T` added; a `token` the configured
+    /// URL already has is replaced, so the controller sees exactly one.
     fn request_url(&self, token: &str) -> Url {
         let mut url = self.settings.url.clone();
-        url.query_pairs_mut().append_pair("token", token);
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(name, _)| name != "token")
+            .map(|(n, v)| (n.into_owned(), v.into_owned()))
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(kept).append_pair("token", token);
         url
     }
 

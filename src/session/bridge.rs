@@ -20,9 +20,9 @@ use rustix::process::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::ChildStdin;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -105,14 +105,16 @@ where
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
     let exited = CancellationToken::new();
+    let discard = CancellationToken::new();
     let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+    let (finish, finished) = oneshot::channel();
 
-    let mut writer = AbortOnDrop(tokio::spawn(write_loop(tx, out_rx, settings.ping_interval)));
+    let mut writer = AbortOnDrop(tokio::spawn(write_loop(tx, out_rx, finished, settings.ping_interval)));
     let output = process.output.take().expect("a new process has its output pipe");
     let mut output = AbortOnDrop(tokio::spawn(pump_output(
         output,
         out_tx.clone(),
-        OutputEnd { exited: exited.clone(), group, grace: settings.kill_grace },
+        OutputEnd { exited: exited.clone(), discard: discard.clone(), group, grace: settings.kill_grace },
         bytes_out.clone(),
     )));
     let mut input = Box::pin(pump_input(rx, process.stdin.take(), settings.pong_timeout, bytes_in.clone()).fuse());
@@ -147,7 +149,9 @@ where
         Ending::ClientClosed | Ending::ClientGone(_) => None,
     };
     if !matches!(ending, Ending::Exited(_)) {
-        output.0.abort();
+        // Keep draining the pipe while the process is stopped, so it meets
+        // `kill_signal` rather than a write error.
+        discard.cancel();
     }
     let stop_process = async {
         if status.is_none() {
@@ -158,18 +162,23 @@ where
         if matches!(ending, Ending::ClientGone(_)) {
             return;
         }
-        // Queue the Close after any output still queued, then wait for the
-        // writer to send it all; keep reading meanwhile, so a client that
-        // leaves is noticed. Output is waited for as long as the client
-        // reads it; anything else only for the close handshake timeout.
+        // After an exit, the Close goes through the queue, behind all the
+        // output, and is waited for as long as the client reads; otherwise
+        // it jumps the queue and the close handshake is bounded. Reading
+        // goes on meanwhile, so a client that leaves is noticed.
+        let exited = matches!(ending, Ending::Exited(_));
         let flush = async {
-            if let Some(goodbye) = goodbye {
-                let _ = out_tx.send(goodbye).await;
+            match goodbye {
+                Some(close) if exited => {
+                    let _ = out_tx.send(close).await;
+                }
+                other => {
+                    let _ = finish.send(other);
+                }
             }
-            drop(out_tx);
             let _ = (&mut writer.0).await;
         };
-        let bound = if matches!(ending, Ending::Exited(_)) { Duration::MAX } else { CLOSE_HANDSHAKE_TIMEOUT };
+        let bound = if exited { Duration::MAX } else { CLOSE_HANDSHAKE_TIMEOUT };
         tokio::select! {
             _ = timeout(bound, flush) => {}
             _ = &mut input, if !input.is_terminated() => return,
@@ -188,30 +197,49 @@ where
     Outcome { ending, status, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out: bytes_out.load(Ordering::Relaxed) }
 }
 
-/// Ends a process whose client is gone: `kill_signal` to the group, then
-/// `SIGKILL` if it has not exited within `kill_grace`. Returns the reaped
-/// status.
+/// Ends a process whose client is gone: `kill_signal` to the group, then,
+/// once `kill_grace` has passed, `SIGKILL` to whatever of the group is left.
+/// Returns the leader's status.
 async fn stop(process: &mut Process, group: ProcessGroup, settings: &SessionSettings) -> Option<ExitStatus> {
     process.stdin = None;
     group.signal(settings.kill_signal.signal());
-    if let Ok(result) = timeout(settings.kill_grace, process.wait()).await {
-        return result.ok();
+    let deadline = Instant::now() + settings.kill_grace;
+    let status = match timeout_at(deadline, process.wait()).await {
+        Ok(result) => result.ok(),
+        Err(_) => {
+            group.signal(Signal::KILL);
+            return process.wait().await.ok();
+        }
+    };
+    // The leader is gone; the rest of its group gets the rest of the grace.
+    while group.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     group.signal(Signal::KILL);
-    process.wait().await.ok()
+    status
 }
 
-/// Sends queued messages and keepalive pings; ends after sending a Close,
-/// when the queue closes, or when the socket fails. Closing the sink on the
-/// way out also flushes the protocol's answer to a client's Close.
-async fn write_loop<Tx>(mut tx: Tx, mut queue: mpsc::Receiver<Message>, ping_interval: Duration)
-where
+/// Sends queued messages and keepalive pings until it has sent a Close
+/// from the queue, or `finish` says how to end: with a Close frame of its
+/// own (ahead of any queued output), or by just closing the sink, which also
+/// flushes the protocol's answer to a client's Close.
+async fn write_loop<Tx>(
+    mut tx: Tx,
+    mut queue: mpsc::Receiver<Message>,
+    mut finish: oneshot::Receiver<Option<Message>>,
+    ping_interval: Duration,
+) where
     Tx: Sink<Message, Error = WsError> + Unpin,
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
+            biased;
+            last = &mut finish => match last {
+                Ok(Some(close)) => close,
+                Ok(None) | Err(_) => break,
+            },
             message = queue.recv() => match message {
                 Some(message) => message,
                 None => break,
@@ -232,12 +260,14 @@ where
 /// grandchild may hold open.
 struct OutputEnd {
     exited: CancellationToken,
+    /// Set when the output has nowhere to go any more.
+    discard: CancellationToken,
     group: ProcessGroup,
     grace: Duration,
 }
 
 /// Copies the output pipe to the queue, one message per read, until end of
-/// file. Once the leader has exited, waiting for more output is bounded by
+/// file; once the output has nowhere to go, it is read and dropped. Once the leader has exited, waiting for more output is bounded by
 /// `grace`; then the group gets `SIGKILL`, and if the pipe is still open
 /// after one more `grace` (something outside the group holds it), the loop
 /// gives up.
@@ -277,9 +307,17 @@ async fn pump_output(mut pipe: pipe::Receiver, queue: mpsc::Sender<Message>, end
                 return;
             }
         };
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        if queue.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-            return;
+        if end.discard.is_cancelled() {
+            continue;
+        }
+        tokio::select! {
+            sent = queue.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))) => match sent {
+                Ok(()) => {
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(_) => end.discard.cancel(),
+            },
+            _ = end.discard.cancelled() => {}
         }
     }
 }
@@ -304,6 +342,9 @@ where
             Ok(None) => return Ending::ClientGone("connection closed without a Close frame".into()),
             Ok(Some(Ok(message))) => message,
             Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => return Ending::MessageTooBig,
+            Ok(Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)))) => {
+                return Ending::ClientGone("connection reset".into());
+            }
             Ok(Some(Err(err @ (WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_))))) => {
                 return Ending::ProtocolError(err.to_string());
             }

@@ -90,6 +90,11 @@ impl Drop for Process {
 pub struct ProcessGroup(Pid);
 
 impl ProcessGroup {
+    /// Whether any process (zombies included) is still in the group.
+    pub fn exists(self) -> bool {
+        rustix::process::test_kill_process_group(self.0).is_ok()
+    }
+
     /// Sends `signal` to every process in the group; a group that is already
     /// gone is not an error.
     pub fn signal(self, signal: Signal) {

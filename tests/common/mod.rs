@@ -146,6 +146,11 @@ pub fn config_for(controller: &Controller) -> Config {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
+        // TEST_LOG=debug shows the server's log in failing tests.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+            .with_test_writer()
+            .try_init();
         let listener = server::Listener::bind(&config.listen).await.unwrap();
         let addr = match listener.local_addr().unwrap() {
             ws_subprocess::config::ListenAddr::Tcp(addr) => addr.parse().unwrap(),
@@ -324,10 +329,10 @@ impl Binary {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             let mut addr_tx = Some(addr_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()) {
-                    if let Some(tx) = addr_tx.take() {
-                        let _ = tx.send(addr.trim_matches('"').to_string());
-                    }
+                if let Some(addr) = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next())
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(addr.trim_matches('"').to_string());
                 }
                 let mut log = log2.lock().unwrap();
                 log.push_str(&line);

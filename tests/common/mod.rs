@@ -303,7 +303,8 @@ pub async fn read_pid(path: &Path) -> i32 {
 /// is kept to find the bound address and to search the logs.
 pub struct Binary {
     pub child: tokio::process::Child,
-    pub addr: SocketAddr,
+    /// The address it reported: `ip:port` or `unix:/path`.
+    pub addr: String,
     pub log: Arc<Mutex<String>>,
 }
 
@@ -329,10 +330,11 @@ impl Binary {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             let mut addr_tx = Some(addr_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next())
+                if line.contains("listening")
+                    && let Some(addr) = listening_addr(&line)
                     && let Some(tx) = addr_tx.take()
                 {
-                    let _ = tx.send(addr.trim_matches('"').to_string());
+                    let _ = tx.send(addr);
                 }
                 let mut log = log2.lock().unwrap();
                 log.push_str(&line);
@@ -343,7 +345,21 @@ impl Binary {
             .await
             .unwrap_or_else(|_| panic!("binary did not report its address: {}", log.lock().unwrap()))
             .unwrap_or_else(|_| panic!("binary exited: {}", log.lock().unwrap()));
-        Self { child, addr: addr.parse().unwrap(), log }
+        Self { child, addr, log }
+    }
+
+    /// The TCP address it listens on.
+    pub fn tcp(&self) -> SocketAddr {
+        self.addr.parse().unwrap()
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={}", self.addr, encode(token))
+    }
+
+    /// Waits for the binary to exit and returns its exit code.
+    pub async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        tokio::time::timeout(limit, self.child.wait()).await.expect("binary did not exit in time").unwrap().code()
     }
 
     pub fn pid(&self) -> i32 {
@@ -357,6 +373,14 @@ impl Binary {
     pub fn signal(&self, signal: rustix::process::Signal) {
         rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid()).unwrap(), signal).unwrap();
     }
+}
+
+/// The address in the "listening" line, text (`addr=A`) or JSON
+/// (`"addr":"A"`).
+fn listening_addr(line: &str) -> Option<String> {
+    let rest = line.split("addr=").nth(1).or_else(|| line.split("\"addr\":").nth(1))?;
+    let addr = rest.trim_start_matches('"').split(['"', ' ', ',']).next()?;
+    Some(addr.to_string())
 }
 
 /// Open file descriptors of process `pid`.

@@ -1,0 +1,41 @@
+//! The demo in `example/`: its controller mints single-use tokens that the
+//! real server accepts once.
+
+mod common;
+
+#[path = "../example/controller.rs"]
+#[allow(dead_code)]
+mod demo;
+
+use common::*;
+use http::StatusCode;
+
+#[tokio::test]
+async fn demo_page_token_runs_the_command_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let demo_addr = listener.local_addr().unwrap();
+    tokio::spawn(demo::serve(
+        listener,
+        demo::Demo::new("ws://unused/ws".into(), vec!["/bin/echo".into(), "demo".into()]),
+    ));
+
+    // A stand-in controller only provides the harness's config; the server
+    // asks the demo.
+    let placeholder = Controller::allowing("/bin/false", &[]).await;
+    let mut config = config_for(&placeholder);
+    config.controller_url = format!("http://{demo_addr}/ws-controller").parse().unwrap();
+    let server = TestServer::start(config).await;
+
+    let (status, _, page) = http_request(demo_addr, "GET / HTTP/1.1").await;
+    assert_eq!(status, 200);
+    let token = page.split("encodeURIComponent(\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().to_string();
+    assert_eq!(token.len(), 32);
+
+    let mut ws = server.connect(&token).await;
+    let (output, close) = collect(&mut ws).await;
+    assert_eq!(output, b"demo\n");
+    assert_eq!(u16::from(close.unwrap().code), 1000);
+    // Single use.
+    assert_eq!(server.refusal(&token).await.0, StatusCode::FORBIDDEN);
+    assert!(placeholder.requests().is_empty());
+}

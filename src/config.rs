@@ -54,6 +54,31 @@ pub struct Config {
     /// Extra client request headers copied to the controller.
     #[serde(deserialize_with = "list_or_csv")]
     pub controller_forward_headers: Vec<String>,
+    /// JWT algorithms accepted (required for `auth = "jwt"`).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub jwt_algorithms: Vec<String>,
+    /// File holding the HMAC secret (at least 32 bytes).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM file holding a public key (RSA, EC or Ed25519).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JSON Web Key Set file; keys are selected by `kid`.
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// JSON Web Key Set URL; fetched, cached, refreshed on an unknown `kid`.
+    pub jwt_jwks_url: Option<Url>,
+    /// When set, tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed for `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub jwt_leeway: Duration,
+    /// When set, tokens whose `exp - iat` exceeds this are rejected.
+    #[serde(with = "humantime_serde")]
+    pub jwt_max_lifetime: Option<Duration>,
+    /// Reject tokens without `jti`.
+    pub jwt_require_jti: bool,
+    /// Where used `jti`s are remembered: `memory`, or a `redis://` URL.
+    pub jwt_replay_store: ReplayStoreAddr,
     /// If non-empty, only these absolute paths may run.
     #[serde(deserialize_with = "list_or_csv")]
     pub allowed_commands: Vec<PathBuf>,
@@ -99,6 +124,17 @@ impl Default for Config {
             controller_url: Url::parse("http://127.0.0.1/ws-controller").expect("valid default"),
             controller_timeout: Duration::from_secs(5),
             controller_forward_headers: Vec::new(),
+            jwt_algorithms: Vec::new(),
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            jwt_jwks_file: None,
+            jwt_jwks_url: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: Duration::from_secs(5),
+            jwt_max_lifetime: None,
+            jwt_require_jti: false,
+            jwt_replay_store: ReplayStoreAddr::Memory,
             allowed_commands: Vec::new(),
             allowed_origins: Vec::new(),
             clear_env: false,
@@ -191,6 +227,14 @@ impl Config {
         if self.controller_forward_headers.iter().any(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err()) {
             problems.push(("controller_forward_headers", "holds an invalid header name"));
         }
+        if let Some(url) = &self.jwt_jwks_url
+            && !matches!(url.scheme(), "http" | "https")
+        {
+            problems.push(("jwt_jwks_url", "must be an http or https URL"));
+        }
+        if self.auth == AuthBackend::Jwt {
+            problems.extend(self.jwt_problems());
+        }
         if self.allowed_commands.iter().any(|c| !c.is_absolute()) {
             problems.push(("allowed_commands", "must hold absolute paths"));
         }
@@ -207,6 +251,46 @@ impl Config {
             problems.push(("pong_timeout", "must be longer than ping_interval"));
         }
         problems
+    }
+}
+
+impl Config {
+    /// The JWT settings a JWT backend cannot start without.
+    fn jwt_problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut problems = Vec::new();
+        if self.jwt_algorithms.is_empty() {
+            problems.push(("jwt_algorithms", "is required when auth is `jwt`"));
+        }
+        if self.jwt_algorithms.iter().any(|a| jwt_algorithm_family(a).is_none()) {
+            problems.push((
+                "jwt_algorithms",
+                "holds an unknown algorithm; known: HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
+            ));
+        }
+        let keys = [&self.jwt_secret_file, &self.jwt_public_key_file, &self.jwt_jwks_file];
+        if keys.iter().all(|k| k.is_none()) && self.jwt_jwks_url.is_none() {
+            problems.push((
+                "jwt_secret_file",
+                "auth `jwt` needs a key: jwt_secret_file, jwt_public_key_file, jwt_jwks_file or jwt_jwks_url",
+            ));
+        }
+        let hmac = self.jwt_algorithms.iter().any(|a| jwt_algorithm_family(a) == Some("hmac"));
+        if self.jwt_secret_file.is_some() && !hmac {
+            problems.push(("jwt_secret_file", "is set but jwt_algorithms allows no HS* algorithm"));
+        }
+        problems
+    }
+}
+
+/// The key family of a JWT algorithm name, `None` for unknown names
+/// (`none` among them).
+pub fn jwt_algorithm_family(name: &str) -> Option<&'static str> {
+    match name {
+        "HS256" | "HS384" | "HS512" => Some("hmac"),
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => Some("rsa"),
+        "ES256" | "ES384" => Some("ec"),
+        "EdDSA" => Some("ed"),
+        _ => None,
     }
 }
 
@@ -336,6 +420,39 @@ macro_rules! serde_via_str {
 
 serde_via_str!(ListenAddr, "an address: `host:port`, `:port` or `unix:/path`");
 serde_via_str!(KillSignal, "a signal name such as `SIGINT`");
+serde_via_str!(ReplayStoreAddr, "`memory` or a `redis://` URL");
+
+/// Where a JWT backend remembers used token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayStoreAddr {
+    /// In this process: enough for a single instance.
+    Memory,
+    /// A Redis server shared by every instance.
+    Redis(Url),
+}
+
+impl FromStr for ReplayStoreAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "memory" {
+            return Ok(Self::Memory);
+        }
+        match Url::parse(s) {
+            Ok(url) if matches!(url.scheme(), "redis" | "redis+unix" | "unix") => Ok(Self::Redis(url)),
+            _ => Err(format!("`{s}` is neither `memory` nor a `redis://` URL")),
+        }
+    }
+}
+
+impl fmt::Display for ReplayStoreAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Redis(url) => url.fmt(f),
+        }
+    }
+}
 
 /// Token-checking backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +460,8 @@ serde_via_str!(KillSignal, "a signal name such as `SIGINT`");
 pub enum AuthBackend {
     /// Ask the controller at `controller_url`.
     Controller,
+    /// Verify JSON Web Tokens locally (`jwt_*` keys).
+    Jwt,
 }
 
 /// Log line formats.

@@ -11,7 +11,9 @@ use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use ws_subprocess::app::{self, App};
 use ws_subprocess::config::{FlagValues, LogFormat};
+use ws_subprocess::session::Sessions;
 use ws_subprocess::{Config, server};
 
 /// Runs a verified command per WebSocket connection and attaches its
@@ -32,6 +34,59 @@ struct Cli {
 
     #[command(flatten)]
     settings: SettingFlags,
+
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Print a signed JWT that runs COMMAND, for trying a JWT deployment.
+    ///
+    /// Example: ws-subprocess mint-token --secret-file secret --ttl 60s -- /bin/echo hi
+    MintToken(MintToken),
+}
+
+#[derive(Debug, clap::Args)]
+struct MintToken {
+    /// HMAC secret file (the server's jwt_secret_file)
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "private_key_file",
+        required_unless_present = "private_key_file"
+    )]
+    secret_file: Option<PathBuf>,
+    /// PEM private key file (RSA, EC P-256/P-384 in PKCS#8, or Ed25519)
+    #[arg(long, value_name = "PATH")]
+    private_key_file: Option<PathBuf>,
+    /// Signing algorithm [default: HS256 with --secret-file; RS256, ES256 or EdDSA must be named for a private key]
+    #[arg(long, value_name = "ALG")]
+    alg: Option<String>,
+    /// Lifetime of the token
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    /// `kid` header, for key sets
+    #[arg(long)]
+    kid: Option<String>,
+    /// `iss` claim
+    #[arg(long)]
+    iss: Option<String>,
+    /// `aud` claim
+    #[arg(long)]
+    aud: Option<String>,
+    /// Omit `jti`, making the token reusable until it expires
+    #[arg(long)]
+    no_jti: bool,
+    /// Environment variable for the process, NAME=VALUE (repeatable)
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Working directory for the process
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Absolute path of the command, then its arguments
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 /// One flag per config key; unset flags leave the key to the other sources.
@@ -45,7 +100,7 @@ struct SettingFlags {
     #[arg(long, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
-    /// Token backend: controller [default: controller]
+    /// Token backend: controller or jwt [default: controller]
     #[arg(long, value_name = "BACKEND")]
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<String>,
@@ -65,6 +120,50 @@ struct SettingFlags {
     #[arg(long, value_name = "NAMES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     controller_forward_headers: Option<String>,
+    /// JWT algorithms accepted, e.g. HS256 or RS256,ES256,EdDSA (required for --auth jwt)
+    #[arg(long, value_name = "ALGS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_algorithms: Option<String>,
+    /// File holding the HMAC secret (at least 32 bytes)
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_secret_file: Option<String>,
+    /// PEM public key file (RSA, EC or Ed25519)
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_public_key_file: Option<String>,
+    /// JSON Web Key Set file; keys selected by kid
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_jwks_file: Option<String>,
+    /// JSON Web Key Set URL; cached, refreshed on an unknown kid
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_jwks_url: Option<String>,
+    /// Required iss claim
+    #[arg(long, value_name = "ISSUER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_issuer: Option<String>,
+    /// Required aud claim
+    #[arg(long, value_name = "AUDIENCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_audience: Option<String>,
+    /// Clock skew allowed for exp and nbf [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_leeway: Option<String>,
+    /// Reject tokens whose exp - iat exceeds this
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_max_lifetime: Option<String>,
+    /// Reject tokens without jti
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_require_jti: Option<bool>,
+    /// Where used jtis are remembered: memory, or redis://HOST:PORT to share them [default: memory]
+    #[arg(long, value_name = "STORE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_replay_store: Option<String>,
     /// If set, only these absolute command paths may run
     #[arg(long, value_name = "PATHS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +248,18 @@ fn go_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(go_style_args(std::env::args_os()));
+    if let Some(Subcommand::MintToken(args)) = &cli.command {
+        return match mint_token(args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("ws-subprocess mint-token: {err:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config_file = cli.config.clone().or_else(|| std::env::var_os("WS_SUBPROCESS_CONFIG").map(PathBuf::from));
     let config = match Config::load(config_file.as_deref(), cli.settings.provider()) {
         Ok(config) => config,
@@ -158,6 +269,15 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format);
+    let sessions = Sessions::new();
+    // Keys and the like are read here: a bad one is a configuration error.
+    let app = match app::build(&config, sessions.clone()) {
+        Ok(app) => app,
+        Err(err) => {
+            eprintln!("ws-subprocess: configuration error\n{err}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -165,7 +285,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(serve(config));
+    let result = runtime.block_on(serve(config, app, sessions));
     // Sessions are already over; idle blocking threads (DNS lookups of the
     // controller) need not be waited for.
     runtime.shutdown_background();
@@ -178,7 +298,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, app: App, sessions: Sessions) -> anyhow::Result<()> {
     match server::raise_open_file_limit() {
         Ok(limit) => tracing::debug!(limit = ?limit, "open-file limit raised"),
         Err(err) => tracing::warn!(cause = %err, "cannot raise the open-file limit"),
@@ -186,7 +306,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener =
         server::Listener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, path = %config.path, backend = ?config.auth, "listening");
-    server::run(listener, &config, shutdown_signal()).await?;
+    server::serve(listener, app, sessions, config.shutdown_timeout, shutdown_signal()).await;
     Ok(())
 }
 
@@ -201,6 +321,44 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
         _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
     }
+}
+
+/// Signs a token for `args.command` (see `ws-subprocess mint-token --help`).
+#[cfg(feature = "jwt")]
+fn mint_token(args: &MintToken) -> anyhow::Result<String> {
+    use ws_subprocess::auth::jwt::{mint, read_secret};
+    let (command, rest) = args.command.split_first().context("no command")?;
+    let mut spec = ws_subprocess::CommandSpec::new(command, rest.iter().cloned());
+    for pair in &args.env {
+        let (name, value) = pair.split_once('=').with_context(|| format!("--env {pair}: expected NAME=VALUE"))?;
+        spec.env.insert(name.into(), value.into());
+    }
+    spec.cwd = args.cwd.clone();
+    spec.validate()?;
+    let mut claims = mint::Claims::expiring_in(args.ttl);
+    claims.iss = args.iss.clone();
+    claims.aud = args.aud.clone();
+    if args.no_jti {
+        claims.jti = None;
+    }
+    let alg = |default: &str| -> anyhow::Result<jsonwebtoken::Algorithm> {
+        let name = args.alg.as_deref().unwrap_or(default);
+        name.parse().map_err(|_| anyhow::anyhow!("--alg {name}: unknown algorithm"))
+    };
+    Ok(match (&args.secret_file, &args.private_key_file) {
+        (Some(secret), _) => mint::hmac(&read_secret(secret)?, alg("HS256")?, &spec, claims)?,
+        (None, Some(key)) => {
+            let pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+            let alg = alg("").context("--alg is required with --private-key-file")?;
+            mint::private_key(&pem, alg, args.kid.clone(), &spec, claims)?
+        }
+        (None, None) => anyhow::bail!("--secret-file or --private-key-file is required"),
+    })
+}
+
+#[cfg(not(feature = "jwt"))]
+fn mint_token(_: &MintToken) -> anyhow::Result<String> {
+    anyhow::bail!("this build has no JWT support (feature `jwt`)")
 }
 
 fn init_tracing(format: LogFormat) {

@@ -37,26 +37,37 @@ pub struct ControllerSettings {
 /// Asks a controller about each token, over one shared connection pool.
 ///
 /// Redirects are never followed, the body is capped at
-/// [`MAX_CONTROLLER_BODY`], and proxies from the environment are not used: a
-/// controller is the operator's own service, and the token must go nowhere
-/// else.
+/// [`MAX_CONTROLLER_BODY`], and proxies from the environment are not used
+/// (see [`backend_client`]).
 #[derive(Debug, Clone)]
 pub struct ControllerAuthorizer {
     client: reqwest::Client,
     settings: ControllerSettings,
 }
 
+/// The HTTP client backends share (controller calls, key set fetches):
+/// every request bounded by `timeout`, connect included; redirects never
+/// followed; proxies from the environment not used, because a token must go
+/// only where it is configured to go.
+pub fn backend_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .no_proxy()
+        .user_agent(concat!("ws-subprocess/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 impl ControllerAuthorizer {
-    /// Builds the HTTP client for `settings`.
+    /// A controller backend with its own client (see [`backend_client`]).
     pub fn new(settings: ControllerSettings) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .no_proxy()
-            .user_agent(concat!("ws-subprocess/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client, settings })
+        Ok(Self::with_client(backend_client(settings.timeout)?, settings))
+    }
+
+    /// A controller backend using `client`, whose limits then apply.
+    pub fn with_client(client: reqwest::Client, settings: ControllerSettings) -> Self {
+        Self { client, settings }
     }
 
     /// The controller URL with `token=T` added; a `token` the configured

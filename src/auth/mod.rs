@@ -27,6 +27,8 @@
 //! ```
 
 mod controller;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 mod layer;
 mod token;
 
@@ -34,7 +36,7 @@ use std::future::Future;
 
 use http::StatusCode;
 
-pub use controller::{ControllerAuthorizer, ControllerSettings};
+pub use controller::{ControllerAuthorizer, ControllerSettings, backend_client};
 pub use layer::{TokenAuth, TokenAuthLayer};
 pub use token::{token_hash, token_of};
 
@@ -73,6 +75,10 @@ pub enum AuthError {
     /// The backend did not answer in time.
     #[error("backend timed out")]
     BackendTimeout,
+    /// A service the backend depends on (such as the replay store) is down;
+    /// the token is refused, never allowed unchecked.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -82,6 +88,7 @@ impl AuthError {
             Self::Denied(_) | Self::CommandNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::BackendFailed(_) | Self::InvalidSpec(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -92,6 +99,7 @@ impl AuthError {
             Self::CommandNotAllowed(_) => "command not allowed",
             Self::BackendFailed(_) | Self::InvalidSpec(_) => "authorization backend failed",
             Self::BackendTimeout => "authorization backend timed out",
+            Self::Unavailable(_) => "authorization backend unavailable",
         }
     }
 }

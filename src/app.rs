@@ -21,7 +21,7 @@ pub enum Backend {
     Controller(ControllerAuthorizer),
     /// `auth = "jwt"`.
     #[cfg(feature = "jwt")]
-    Jwt(crate::auth::jwt::JwtAuthorizer<crate::auth::jwt::ConfiguredReplayStore>),
+    Jwt(Box<crate::auth::jwt::JwtAuthorizer<crate::auth::jwt::ConfiguredReplayStore>>),
 }
 
 impl Authorizer for Backend {
@@ -101,7 +101,7 @@ fn backend(config: &Config) -> Result<Backend, BuildError> {
                     ConfiguredReplayStore::Redis(RedisReplayStore::new(url.as_str(), REDIS_TIMEOUT)?)
                 }
             };
-            Ok(Backend::Jwt(JwtAuthorizer::new(settings, replay, client)?))
+            Ok(Backend::Jwt(Box::new(JwtAuthorizer::new(settings, replay, client)?)))
         }
         #[cfg(not(feature = "jwt"))]
         AuthBackend::Jwt => Err(BuildError::JwtNotBuilt),

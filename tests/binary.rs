@@ -100,8 +100,10 @@ async fn reference_config_lists_every_key_with_its_default() {
     let help = std::process::Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     let defaults = serde_json::to_value(ws_subprocess::Config::default()).unwrap();
-    for key in defaults.as_object().unwrap().keys() {
-        assert!(text.lines().any(|l| l.starts_with(&format!("{key} ="))), "{key} missing from ws-subprocess.toml");
+    for (key, default) in defaults.as_object().unwrap() {
+        // A key without a default is shown commented out, with an example.
+        let line = if default.is_null() { format!("# {key} = ") } else { format!("{key} = ") };
+        assert!(text.lines().any(|l| l.starts_with(&line)), "`{line}` missing from ws-subprocess.toml");
         let flag = format!("--{}", key.replace('_', "-"));
         assert!(help.contains(&flag), "{flag} missing from --help");
     }

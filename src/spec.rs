@@ -33,6 +33,28 @@ pub struct CommandSpec {
     /// Working directory; the server's own when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<PathBuf>,
+    /// Run on a pseudo-terminal (as a new session with a controlling
+    /// terminal) instead of pipes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Initial terminal size for `tty`; 80x24 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<TerminalSize>,
+}
+
+/// A terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+impl Default for TerminalSize {
+    fn default() -> Self {
+        Self { cols: 80, rows: 24 }
+    }
 }
 
 /// Why a command spec cannot be used.
@@ -53,6 +75,9 @@ pub enum SpecError {
     /// An environment variable name is empty or contains `=`.
     #[error("invalid environment variable name")]
     EnvName,
+    /// A terminal size with no rows or columns.
+    #[error("terminal size must be at least 1x1")]
+    EmptySize,
 }
 
 impl CommandSpec {
@@ -63,6 +88,8 @@ impl CommandSpec {
             args: args.into_iter().map(Into::into).collect(),
             env: BTreeMap::new(),
             cwd: None,
+            tty: false,
+            size: None,
         }
     }
 
@@ -97,6 +124,9 @@ impl CommandSpec {
             if name.contains('\0') || value.contains('\0') {
                 return Err(SpecError::Nul("env"));
             }
+        }
+        if self.size.is_some_and(|s| s.cols == 0 || s.rows == 0) {
+            return Err(SpecError::EmptySize);
         }
         if let Some(cwd) = &self.cwd {
             if !cwd.is_absolute() {

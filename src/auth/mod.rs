@@ -38,7 +38,7 @@ use http::StatusCode;
 
 pub use controller::{ControllerAuthorizer, ControllerSettings, backend_client};
 pub use layer::{TokenAuth, TokenAuthLayer};
-pub use token::{token_hash, token_of};
+pub use token::{offered_protocols, token_hash, token_of};
 
 use crate::spec::{CommandSpec, SpecError};
 

@@ -39,7 +39,7 @@ fn from_authorization(parts: &Parts) -> Option<String> {
 }
 
 fn from_subprotocol(parts: &Parts) -> Option<String> {
-    offered_protocols(parts).find_map(|protocol| {
+    offered_protocols(&parts.headers).find_map(|protocol| {
         let encoded = protocol.strip_prefix(BEARER_PROTOCOL_PREFIX)?;
         let token = String::from_utf8(BASE64URL.decode(encoded).ok()?).ok()?;
         (!token.is_empty()).then_some(token)
@@ -47,9 +47,8 @@ fn from_subprotocol(parts: &Parts) -> Option<String> {
 }
 
 /// The subprotocols a client offers, in its order of preference.
-pub(crate) fn offered_protocols(parts: &Parts) -> impl Iterator<Item = &str> {
-    parts
-        .headers
+pub fn offered_protocols(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())

@@ -1,13 +1,13 @@
-//! The bridge between a WebSocket and a process, in the raw protocol.
+//! The bridge between a WebSocket and a process, in either protocol.
 //!
-//! Three loops run at once: output (pipe → socket, through a small bounded
-//! queue), input (socket → stdin) and the writer, which owns the socket's
-//! sending half and also sends keepalive pings. Each blocks when the other
+//! Three loops run at once: output (each output of the process → socket,
+//! through a small bounded queue), input (socket → stdin, resizes) and the
+//! writer, which owns the socket's sending half and also sends keepalive
+//! pings. Each blocks when the other
 //! side is slow, so a slow client slows the process and memory stays flat.
 //! The bridge is written against `Sink`/`Stream`, not a socket type.
 
 use std::io;
-use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +17,6 @@ use bytes::Bytes;
 use futures_util::future::FusedFuture;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use rustix::process::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::pipe;
-use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -29,7 +26,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::SessionSettings;
-use super::process::{Process, ProcessGroup};
+use super::process::{Process, ProcessGroup, ProcessInput, ProcessOutput};
+use super::protocol::{Input, Protocol};
 
 /// Largest output message: one read of the pipe.
 pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
@@ -70,18 +68,6 @@ pub struct Outcome {
     pub bytes_out: u64,
 }
 
-/// The Close frame that reports an exit status: 1000 for success, else
-/// 4000 + the exit code, or 4000 + 128 + the signal number.
-pub fn exit_close_frame(status: ExitStatus) -> CloseFrame {
-    let (code, reason) = match (status.code(), status.signal()) {
-        (Some(0), _) => (1000, "exit 0".to_string()),
-        (Some(code), _) => (4000 + code as u16, format!("exit {code}")),
-        (None, Some(signal)) => (4000 + 128 + signal as u16, format!("signal {signal}")),
-        (None, None) => (1011, "unknown exit status".to_string()),
-    };
-    CloseFrame { code: CloseCode::from(code), reason: reason.into() }
-}
-
 fn close_frame(code: CloseCode, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: reason.into() }))
 }
@@ -92,6 +78,7 @@ fn close_frame(code: CloseCode, reason: &'static str) -> Message {
 /// gets all its output sent, then a Close frame with its exit status.
 pub async fn bridge<Tx, Rx>(
     mut process: Process,
+    protocol: Protocol,
     tx: Tx,
     rx: Rx,
     settings: &SessionSettings,
@@ -110,14 +97,15 @@ where
     let (finish, finished) = oneshot::channel();
 
     let mut writer = AbortOnDrop(tokio::spawn(write_loop(tx, out_rx, finished, settings.ping_interval)));
-    let output = process.output.take().expect("a new process has its output pipe");
-    let mut output = AbortOnDrop(tokio::spawn(pump_output(
-        output,
-        out_tx.clone(),
-        OutputEnd { exited: exited.clone(), discard: discard.clone(), group, grace: settings.kill_grace },
-        bytes_out.clone(),
-    )));
-    let mut input = Box::pin(pump_input(rx, process.stdin.take(), settings.pong_timeout, bytes_in.clone()).fuse());
+    let end = OutputEnd { exited: exited.clone(), discard: discard.clone(), group, grace: settings.kill_grace };
+    let pumps: Vec<_> = process
+        .outputs
+        .drain(..)
+        .map(|output| pump_output(output, protocol, out_tx.clone(), end.clone(), bytes_out.clone()))
+        .collect();
+    let mut output = AbortOnDrop(tokio::spawn(futures_util::future::join_all(pumps)));
+    let mut input =
+        Box::pin(pump_input(rx, protocol, process.stdin.take(), settings.pong_timeout, bytes_in.clone()).fuse());
 
     let mut status = None;
     let mut output_done = false;
@@ -140,13 +128,13 @@ where
     };
 
     let goodbye = match &ending {
-        Ending::Exited(status) => Some(Message::Close(Some(exit_close_frame(*status)))),
-        Ending::Shutdown => Some(close_frame(CloseCode::Away, "server shutting down")),
-        Ending::MessageTooBig => Some(close_frame(CloseCode::Size, "message too big")),
-        Ending::ProtocolError(_) => Some(close_frame(CloseCode::Protocol, "protocol error")),
-        Ending::Internal(_) => Some(close_frame(CloseCode::Error, "internal error")),
+        Ending::Exited(status) => protocol.exit(*status),
+        Ending::Shutdown => vec![close_frame(CloseCode::Away, "server shutting down")],
+        Ending::MessageTooBig => vec![close_frame(CloseCode::Size, "message too big")],
+        Ending::ProtocolError(_) => vec![close_frame(CloseCode::Protocol, "protocol error")],
+        Ending::Internal(_) => vec![close_frame(CloseCode::Error, "internal error")],
         // The client's Close is answered by the protocol layer itself.
-        Ending::ClientClosed | Ending::ClientGone(_) => None,
+        Ending::ClientClosed | Ending::ClientGone(_) => Vec::new(),
     };
     if !matches!(ending, Ending::Exited(_)) {
         // Keep draining the pipe while the process is stopped, so it meets
@@ -168,13 +156,12 @@ where
         // goes on meanwhile, so a client that leaves is noticed.
         let exited = matches!(ending, Ending::Exited(_));
         let flush = async {
-            match goodbye {
-                Some(close) if exited => {
-                    let _ = out_tx.send(close).await;
+            if exited {
+                for message in goodbye {
+                    let _ = out_tx.send(message).await;
                 }
-                other => {
-                    let _ = finish.send(other);
-                }
+            } else {
+                let _ = finish.send(goodbye.into_iter().next());
             }
             let _ = (&mut writer.0).await;
         };
@@ -197,12 +184,13 @@ where
     Outcome { ending, status, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out: bytes_out.load(Ordering::Relaxed) }
 }
 
-/// Ends a process whose client is gone: `kill_signal` to the group, then,
-/// once `kill_grace` has passed, `SIGKILL` to whatever of the group is left.
-/// Returns the leader's status.
+/// Ends a process whose client is gone: `kill_signal` to the group (for a
+/// terminal, `SIGHUP`: the terminal hung up), then, once `kill_grace` has
+/// passed, `SIGKILL` to whatever of the group is left. Returns the leader's
+/// status.
 async fn stop(process: &mut Process, group: ProcessGroup, settings: &SessionSettings) -> Option<ExitStatus> {
     process.stdin = None;
-    group.signal(settings.kill_signal.signal());
+    group.signal(if process.is_tty() { Signal::HUP } else { settings.kill_signal.signal() });
     let deadline = Instant::now() + settings.kill_grace;
     let status = match timeout_at(deadline, process.wait()).await {
         Ok(result) => result.ok(),
@@ -258,6 +246,7 @@ async fn write_loop<Tx>(
 
 /// When and how the output loop stops waiting for a pipe that a leftover
 /// grandchild may hold open.
+#[derive(Clone)]
 struct OutputEnd {
     exited: CancellationToken,
     /// Set when the output has nowhere to go any more.
@@ -271,7 +260,13 @@ struct OutputEnd {
 /// `grace`; then the group gets `SIGKILL`, and if the pipe is still open
 /// after one more `grace` (something outside the group holds it), the loop
 /// gives up.
-async fn pump_output(mut pipe: pipe::Receiver, queue: mpsc::Sender<Message>, end: OutputEnd, counter: Arc<AtomicU64>) {
+async fn pump_output(
+    mut pipe: ProcessOutput,
+    protocol: Protocol,
+    queue: mpsc::Sender<Message>,
+    end: OutputEnd,
+    counter: Arc<AtomicU64>,
+) {
     let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
     let mut deadline = None;
     let mut killed = false;
@@ -311,7 +306,7 @@ async fn pump_output(mut pipe: pipe::Receiver, queue: mpsc::Sender<Message>, end
             continue;
         }
         tokio::select! {
-            sent = queue.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))) => match sent {
+            sent = queue.send(protocol.output(pipe.stream, &buf[..n])) => match sent {
                 Ok(()) => {
                     counter.fetch_add(n as u64, Ordering::Relaxed);
                 }
@@ -322,14 +317,15 @@ async fn pump_output(mut pipe: pipe::Receiver, queue: mpsc::Sender<Message>, end
     }
 }
 
-/// Writes every client message to stdin as-is, until the client closes,
-/// breaks the protocol, or is silent for `pong_timeout` (pings go out every
-/// `ping_interval`, so a live client is never that silent). Once stdin is
-/// closed (the process exited or stopped reading for good), messages are
-/// dropped.
+/// Carries client messages to the process (see [`Protocol::input`]) until
+/// the client closes, breaks the protocol, or is silent for `pong_timeout`
+/// (pings go out every `ping_interval`, so a live client is never that
+/// silent). Once the input is closed (by the client, or because the process
+/// stopped reading for good), further input is dropped.
 async fn pump_input<Rx>(
     mut rx: Rx,
-    mut stdin: Option<ChildStdin>,
+    protocol: Protocol,
+    mut stdin: Option<ProcessInput>,
     pong_timeout: Duration,
     counter: Arc<AtomicU64>,
 ) -> Ending
@@ -350,18 +346,28 @@ where
             }
             Ok(Some(Err(err))) => return Ending::ClientGone(err.to_string()),
         };
-        let data: &[u8] = match &message {
-            Message::Binary(data) => data,
-            Message::Text(text) => text.as_bytes(),
-            Message::Close(_) => return Ending::ClientClosed,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-        };
-        if let Some(pipe) = stdin.as_mut() {
-            if pipe.write_all(data).await.is_err() {
-                stdin = None;
-            } else {
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match protocol.input(message) {
+            Input::Close => return Ending::ClientClosed,
+            Input::Stdin(data) => {
+                if let Some(input) = stdin.as_mut() {
+                    if input.write_all(&data).await.is_err() {
+                        stdin = None;
+                    } else {
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
             }
+            Input::EndStdin => {
+                if let Some(input) = stdin.take() {
+                    input.end().await;
+                }
+            }
+            Input::Resize(size) => {
+                if !stdin.as_ref().is_some_and(|input| input.resize(size)) {
+                    tracing::debug!("resize ignored: not a terminal session");
+                }
+            }
+            Input::Ignored(why) => tracing::debug!(why, "client message ignored"),
         }
     }
 }
@@ -373,20 +379,5 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_statuses_map_to_close_codes() {
-        let frame = exit_close_frame(ExitStatus::from_raw(0));
-        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1000, "exit 0"));
-        let frame = exit_close_frame(ExitStatus::from_raw(3 << 8));
-        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4003, "exit 3"));
-        let frame = exit_close_frame(ExitStatus::from_raw(9));
-        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4137, "signal 9"));
     }
 }

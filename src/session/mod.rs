@@ -10,6 +10,7 @@ mod bridge;
 mod handshake;
 mod limit;
 mod process;
+pub mod protocol;
 mod service;
 
 use std::future::Future;
@@ -18,10 +19,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use bridge::{Ending, MAX_OUTPUT_CHUNK, Outcome, bridge, exit_close_frame};
+pub use bridge::{Ending, MAX_OUTPUT_CHUNK, Outcome, bridge};
 pub use handshake::{Handshake, HandshakeRejection};
 pub use limit::{SessionLimit, SessionLimitLayer, SessionPermit};
-pub use process::{EnvPolicy, Process, ProcessGroup};
+pub use process::{
+    DEFAULT_TERM, EnvPolicy, OutputMode, OutputStream, Process, ProcessGroup, ProcessInput, ProcessOutput,
+};
+pub use protocol::Protocol;
 pub use service::ServeSubprocess;
 
 use crate::config::{Config, KillSignal};
@@ -29,7 +33,8 @@ use crate::config::{Config, KillSignal};
 /// How sessions run; see the keys of the same names in [`Config`].
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
-    /// First signal to the process group when the client leaves.
+    /// First signal to the process group when the client leaves (tty
+    /// sessions get `SIGHUP`, as from a terminal hanging up).
     pub kill_signal: KillSignal,
     /// Wait after `kill_signal` (and after exit, for leftover output) before
     /// `SIGKILL`.

@@ -1,15 +1,20 @@
-//! Starting a command as the leader of its own process group, signalling the
-//! group, and making sure nothing of it outlives its owner.
+//! Starting a command as the leader of its own process group, on pipes or
+//! on a pseudo-terminal, signalling the group, and making sure nothing of it
+//! outlives its owner.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::{ExitStatus, Stdio};
 
 use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::spec::CommandSpec;
+use crate::spec::{CommandSpec, TerminalSize};
+
+/// `TERM` of a tty session unless its spec sets one.
+pub const DEFAULT_TERM: &str = "xterm-256color";
 
 /// How a process's environment is built.
 #[derive(Debug, Clone, Default)]
@@ -20,8 +25,25 @@ pub struct EnvPolicy {
     pub pass: Vec<String>,
 }
 
-/// A running command: its stdin, its output pipe (stdout and stderr share
-/// it, so their order is kept), and its process group.
+/// Where stdout and stderr go in pipe mode (a terminal always merges them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// One pipe for both, so their order is kept.
+    Merged,
+    /// A pipe each, so a client can tell them apart.
+    Separate,
+}
+
+/// Which stream an output is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// stdout (or both, merged, or the terminal).
+    Stdout,
+    /// stderr, in [`OutputMode::Separate`].
+    Stderr,
+}
+
+/// A running command: its input, its outputs and its process group.
 ///
 /// Dropping a `Process` sends `SIGKILL` to its whole group; the tokio runtime
 /// reaps a leader that was not waited for.
@@ -29,18 +51,20 @@ pub struct EnvPolicy {
 pub struct Process {
     child: Child,
     group: ProcessGroup,
-    /// The write end of the process's stdin; `None` once closed.
-    pub stdin: Option<ChildStdin>,
-    /// The read end of the pipe holding the process's stdout and stderr.
-    pub output: Option<pipe::Receiver>,
+    tty: bool,
+    /// The process's input; `None` once taken.
+    pub stdin: Option<ProcessInput>,
+    /// The process's outputs; empty once taken.
+    pub outputs: Vec<ProcessOutput>,
 }
 
 impl Process {
-    /// Starts `spec` directly (no shell) as the leader of a new process group.
-    pub fn spawn(spec: &CommandSpec, env: &EnvPolicy) -> io::Result<Self> {
-        let (reader, writer) = io::pipe()?;
+    /// Starts `spec` directly (no shell) as the leader of a new process
+    /// group: on pipes, or, when `spec.tty` is set, on a new pseudo-terminal
+    /// as a new session with that terminal as its controlling terminal.
+    pub fn spawn(spec: &CommandSpec, env: &EnvPolicy, mode: OutputMode) -> io::Result<Self> {
         let mut command = Command::new(&spec.command);
-        command.args(&spec.args).stdin(Stdio::piped()).stdout(writer.try_clone()?).stderr(writer).process_group(0);
+        command.args(&spec.args);
         if env.clear {
             command.env_clear();
             for name in &env.pass {
@@ -49,23 +73,73 @@ impl Process {
                 }
             }
         }
+        if spec.tty {
+            command.env("TERM", DEFAULT_TERM);
+        }
         command.envs(&spec.env);
         if let Some(cwd) = &spec.cwd {
             command.current_dir(cwd);
         }
+        if spec.tty {
+            Self::spawn_on_pty(command, spec.size.unwrap_or_default())
+        } else {
+            Self::spawn_on_pipes(command, mode)
+        }
+    }
+
+    fn spawn_on_pipes(mut command: Command, mode: OutputMode) -> io::Result<Self> {
+        let (out_reader, out_writer) = io::pipe()?;
+        let mut outputs = vec![(OutputStream::Stdout, out_reader)];
+        command.stdin(Stdio::piped()).process_group(0);
+        match mode {
+            OutputMode::Merged => {
+                command.stdout(out_writer.try_clone()?).stderr(out_writer);
+            }
+            OutputMode::Separate => {
+                let (err_reader, err_writer) = io::pipe()?;
+                command.stdout(out_writer).stderr(err_writer);
+                outputs.push((OutputStream::Stderr, err_reader));
+            }
+        }
         let mut child = command.spawn()?;
-        // The command holds our copies of the pipe's write end; only the
-        // process may keep it open, or the output never ends.
+        // The command holds our copies of the pipes' write ends; only the
+        // process may keep them open, or the output never ends.
         drop(command);
-        let pid = child.id().and_then(|id| Pid::from_raw(id as i32)).ok_or_else(|| io::Error::other("no pid"))?;
-        let group = ProcessGroup(pid);
-        let output = pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
-        Ok(Self { stdin: child.stdin.take(), output: Some(output), child, group })
+        let outputs = outputs
+            .into_iter()
+            .map(|(stream, reader)| {
+                let reader = pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
+                Ok(ProcessOutput { stream, reader: OutputReader::Pipe(reader) })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let stdin = child.stdin.take().map(ProcessInput::Pipe);
+        Ok(Self { group: ProcessGroup::of(&child)?, child, tty: false, stdin, outputs })
+    }
+
+    fn spawn_on_pty(command: Command, size: TerminalSize) -> io::Result<Self> {
+        let (pty, pts) = pty_process::open().map_err(pty_error)?;
+        pty.resize(pty_process::Size::new(size.rows, size.cols)).map_err(pty_error)?;
+        // A new session makes the process a group leader too, so no
+        // `process_group` here (setsid would fail with EPERM).
+        let child = pty_process::Command::from(command).spawn(pts).map_err(pty_error)?;
+        let (reader, writer) = pty.into_split();
+        Ok(Self {
+            group: ProcessGroup::of(&child)?,
+            child,
+            tty: true,
+            stdin: Some(ProcessInput::Pty(writer)),
+            outputs: vec![ProcessOutput { stream: OutputStream::Stdout, reader: OutputReader::Pty(reader) }],
+        })
     }
 
     /// The leader's process id, which is also the group id.
     pub fn id(&self) -> i32 {
         self.group.0.as_raw_nonzero().get()
+    }
+
+    /// Whether the process runs on a terminal.
+    pub fn is_tty(&self) -> bool {
+        self.tty
     }
 
     /// The process group, for signalling from elsewhere.
@@ -85,11 +159,86 @@ impl Drop for Process {
     }
 }
 
+fn pty_error(err: pty_process::Error) -> io::Error {
+    match err {
+        pty_process::Error::Io(err) => err,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Where client input goes: a pipe, or the terminal.
+#[derive(Debug)]
+pub enum ProcessInput {
+    /// The write end of the stdin pipe.
+    Pipe(ChildStdin),
+    /// The terminal's master side.
+    Pty(pty_process::OwnedWritePty),
+}
+
+impl ProcessInput {
+    /// Writes all of `data`.
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Pipe(pipe) => pipe.write_all(data).await,
+            Self::Pty(pty) => pty.write_all(data).await,
+        }
+    }
+
+    /// Resizes the terminal; `false` when there is none.
+    pub fn resize(&self, size: TerminalSize) -> bool {
+        match self {
+            Self::Pipe(_) => false,
+            Self::Pty(pty) => pty.resize(pty_process::Size::new(size.rows, size.cols)).is_ok(),
+        }
+    }
+
+    /// Ends the input: closes the pipe, or types the terminal's end-of-file
+    /// character (a terminal has no other way to say "no more input").
+    pub async fn end(self) {
+        if let Self::Pty(mut pty) = self {
+            let _ = pty.write_all(&[0x04]).await;
+        }
+    }
+}
+
+/// One output of a process.
+#[derive(Debug)]
+pub struct ProcessOutput {
+    /// Which stream it is.
+    pub stream: OutputStream,
+    reader: OutputReader,
+}
+
+#[derive(Debug)]
+enum OutputReader {
+    Pipe(pipe::Receiver),
+    Pty(pty_process::OwnedReadPty),
+}
+
+impl ProcessOutput {
+    /// Reads what is there, up to `buf.len()`; `Ok(0)` at the end. A
+    /// terminal reports its end (every holder of its other side gone) as
+    /// `EIO`, which is the end here too.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.reader {
+            OutputReader::Pipe(pipe) => pipe.read(buf).await,
+            OutputReader::Pty(pty) => match pty.read(buf).await {
+                Err(err) if err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => Ok(0),
+                other => other,
+            },
+        }
+    }
+}
+
 /// A process group that can be signalled.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessGroup(Pid);
 
 impl ProcessGroup {
+    fn of(child: &Child) -> io::Result<Self> {
+        child.id().and_then(|id| Pid::from_raw(id as i32)).map(Self).ok_or_else(|| io::Error::other("no pid"))
+    }
+
     /// Whether any process (zombies included) is still in the group.
     pub fn exists(self) -> bool {
         rustix::process::test_kill_process_group(self.0).is_ok()

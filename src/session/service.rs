@@ -15,10 +15,11 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tower::Service;
 use tracing::Instrument;
 
-use super::{Handshake, Process, SessionPermit, SessionSettings, Sessions, bridge};
+use super::{Handshake, Process, Protocol, SessionPermit, SessionSettings, Sessions, bridge};
 use crate::reply::{self, Body};
 use crate::server::PeerAddr;
 use crate::spec::CommandSpec;
+use http::header::SEC_WEBSOCKET_PROTOCOL;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -76,7 +77,8 @@ impl ServeSubprocess {
                 return reply::with_headers(rejection.status(), &rejection.to_string(), rejection.response_headers());
             }
         };
-        let mut process = match Process::spawn(&spec, &self.settings.env) {
+        let protocol = Protocol::negotiate(crate::auth::offered_protocols(request.headers()));
+        let mut process = match Process::spawn(&spec, &self.settings.env, protocol.output_mode()) {
             Ok(process) => process,
             Err(err) => {
                 tracing::warn!(command = %spec.command.display(), cause = %err, status = 500, "process did not start");
@@ -111,7 +113,7 @@ impl ServeSubprocess {
                 tracing::info!(args = spec.args.len(), "session started");
                 let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                 let (tx, rx) = socket.split();
-                let outcome = bridge(process, tx, rx, &settings, shutdown).await;
+                let outcome = bridge(process, protocol, tx, rx, &settings, shutdown).await;
                 tracing::info!(
                     ending = ?outcome.ending,
                     status = %outcome.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
@@ -126,6 +128,11 @@ impl ServeSubprocess {
         let mut response = Response::new(Body::default());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *response.headers_mut() = handshake.response_headers();
+        // Only a protocol this server speaks is ever named, never the bearer
+        // token protocol a client may also have offered.
+        if let Some(name) = protocol.name() {
+            response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, http::HeaderValue::from_static(name));
+        }
         response
     }
 }

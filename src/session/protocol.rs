@@ -1,0 +1,252 @@
+//! The two ways a session talks: the raw protocol of the original program,
+//! and the Kubernetes exec channel protocol (`v5.channel.k8s.io`,
+//! `v4.channel.k8s.io`), chosen by `Sec-WebSocket-Protocol`.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::process::{OutputMode, OutputStream};
+use crate::spec::TerminalSize;
+
+/// Channel bytes of the Kubernetes exec protocol.
+pub mod channel {
+    /// Client to process.
+    pub const STDIN: u8 = 0;
+    /// Process stdout (and the terminal, in tty mode).
+    pub const STDOUT: u8 = 1;
+    /// Process stderr (pipe mode).
+    pub const STDERR: u8 = 2;
+    /// The final status, as a Kubernetes `Status`.
+    pub const STATUS: u8 = 3;
+    /// Terminal resize, `{"Width":W,"Height":H}`.
+    pub const RESIZE: u8 = 4;
+    /// v5: `[CLOSE, c]` closes channel `c`.
+    pub const CLOSE: u8 = 255;
+}
+
+/// The subprotocol a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// No subprotocol: output as binary messages, every message to stdin,
+    /// the exit status in the Close code.
+    Raw,
+    /// `v4.channel.k8s.io`.
+    ChannelV4,
+    /// `v5.channel.k8s.io`: v4 plus closing a channel.
+    ChannelV5,
+}
+
+/// What a client message asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Bytes for the process's input.
+    Stdin(Bytes),
+    /// No more input.
+    EndStdin,
+    /// A new terminal size.
+    Resize(TerminalSize),
+    /// Nothing to do; the text says why, for the log.
+    Ignored(&'static str),
+    /// The client is closing the session.
+    Close,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Resize {
+    width: u16,
+    height: u16,
+}
+
+impl Protocol {
+    /// The subprotocol names this server speaks, best first.
+    pub const NAMES: [(&'static str, Protocol); 2] =
+        [("v5.channel.k8s.io", Protocol::ChannelV5), ("v4.channel.k8s.io", Protocol::ChannelV4)];
+
+    /// The best protocol among those a client offers; the raw protocol when
+    /// it offers none this server knows.
+    pub fn negotiate<'a>(offered: impl IntoIterator<Item = &'a str>) -> Self {
+        let offered: Vec<&str> = offered.into_iter().collect();
+        Self::NAMES.iter().find(|(name, _)| offered.contains(name)).map(|(_, p)| *p).unwrap_or(Self::Raw)
+    }
+
+    /// The `Sec-WebSocket-Protocol` answer; `None` for the raw protocol.
+    pub fn name(self) -> Option<&'static str> {
+        Self::NAMES.iter().find(|(_, p)| *p == self).map(|(name, _)| *name)
+    }
+
+    /// Whether stdout and stderr are kept apart (pipe mode only).
+    pub fn output_mode(self) -> OutputMode {
+        match self {
+            Self::Raw => OutputMode::Merged,
+            Self::ChannelV4 | Self::ChannelV5 => OutputMode::Separate,
+        }
+    }
+
+    /// The message carrying `data` from `stream`.
+    pub fn output(self, stream: OutputStream, data: &[u8]) -> Message {
+        match self {
+            Self::Raw => Message::Binary(Bytes::copy_from_slice(data)),
+            Self::ChannelV4 | Self::ChannelV5 => {
+                let channel = match stream {
+                    OutputStream::Stdout => channel::STDOUT,
+                    OutputStream::Stderr => channel::STDERR,
+                };
+                Message::Binary(prefixed(channel, data))
+            }
+        }
+    }
+
+    /// What a client message means.
+    pub fn input(self, message: Message) -> Input {
+        match (self, message) {
+            (_, Message::Close(_)) => Input::Close,
+            (_, Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Input::Ignored("control frame"),
+            (Self::Raw, Message::Binary(data)) => Input::Stdin(data),
+            (Self::Raw, Message::Text(text)) => Input::Stdin(Bytes::from(text)),
+            (_, Message::Text(_)) => Input::Ignored("text message on a binary channel protocol"),
+            (protocol, Message::Binary(data)) => match data.first() {
+                None => Input::Ignored("empty message"),
+                Some(&channel::STDIN) => Input::Stdin(data.slice(1..)),
+                Some(&channel::RESIZE) => match serde_json::from_slice::<Resize>(&data[1..]) {
+                    Ok(Resize { width, height }) if width > 0 && height > 0 => {
+                        Input::Resize(TerminalSize { cols: width, rows: height })
+                    }
+                    _ => Input::Ignored("malformed resize"),
+                },
+                Some(&channel::CLOSE) if protocol == Self::ChannelV5 => match data.get(1) {
+                    Some(&channel::STDIN) => Input::EndStdin,
+                    _ => Input::Ignored("close of a channel other than stdin"),
+                },
+                Some(_) => Input::Ignored("unknown channel"),
+            },
+        }
+    }
+
+    /// The messages that end a session whose process exited: for the raw
+    /// protocol, a Close frame carrying the status; for the channel
+    /// protocol, the Kubernetes `Status` on channel 3, then a normal Close.
+    pub fn exit(self, status: ExitStatus) -> Vec<Message> {
+        match self {
+            Self::Raw => vec![Message::Close(Some(exit_close_frame(status)))],
+            Self::ChannelV4 | Self::ChannelV5 => vec![
+                Message::Binary(prefixed(channel::STATUS, kubernetes_status(status).as_bytes())),
+                Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })),
+            ],
+        }
+    }
+}
+
+fn prefixed(channel: u8, data: &[u8]) -> Bytes {
+    let mut message = BytesMut::with_capacity(data.len() + 1);
+    message.put_u8(channel);
+    message.put_slice(data);
+    message.freeze()
+}
+
+/// The exit code a status reports: the code, or 128 + the signal number, as
+/// a shell (and kubelet) reports a death by signal.
+pub fn exit_code(status: ExitStatus) -> Option<i32> {
+    status.code().or_else(|| status.signal().map(|signal| 128 + signal))
+}
+
+/// The Close frame that reports an exit status: 1000 for success, else
+/// 4000 + the exit code, or 4000 + 128 + the signal number.
+pub fn exit_close_frame(status: ExitStatus) -> CloseFrame {
+    let (code, reason) = match (status.code(), status.signal()) {
+        (Some(0), _) => (1000, "exit 0".to_string()),
+        (Some(code), _) => (4000 + code as u16, format!("exit {code}")),
+        (None, Some(signal)) => (4000 + 128 + signal as u16, format!("signal {signal}")),
+        (None, None) => (1011, "unknown exit status".to_string()),
+    };
+    CloseFrame { code: CloseCode::from(code), reason: reason.into() }
+}
+
+/// The Kubernetes `Status` that kubelet sends on channel 3 when an exec
+/// ends: `Success`, or `Failure` with reason `NonZeroExitCode` and the code
+/// (128 + signal for a signal) as the `ExitCode` cause.
+pub fn kubernetes_status(status: ExitStatus) -> String {
+    match exit_code(status) {
+        Some(0) => r#"{"metadata":{},"status":"Success"}"#.to_string(),
+        code => {
+            let code = code.unwrap_or(-1);
+            let message = match status.signal() {
+                Some(signal) => {
+                    format!("command terminated with non-zero exit code: signal {signal}, exit code {code}")
+                }
+                None => format!("command terminated with non-zero exit code: exit status {code}"),
+            };
+            serde_json::json!({
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+            })
+            .to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v5_is_preferred_and_unknown_offers_mean_raw() {
+        assert_eq!(Protocol::negotiate(["v4.channel.k8s.io", "v5.channel.k8s.io"]), Protocol::ChannelV5);
+        assert_eq!(Protocol::negotiate(["v4.channel.k8s.io"]), Protocol::ChannelV4);
+        assert_eq!(Protocol::negotiate(["chat", "base64url.bearer.authorization.k8s.io.eA"]), Protocol::Raw);
+        assert_eq!(Protocol::Raw.name(), None);
+    }
+
+    #[test]
+    fn channel_input_is_decoded() {
+        let p = Protocol::ChannelV5;
+        let binary = |b: &'static [u8]| Message::Binary(Bytes::from_static(b));
+        assert_eq!(p.input(binary(b"\x00hi")), Input::Stdin(Bytes::from_static(b"hi")));
+        assert_eq!(p.input(binary(b"\xff\x00")), Input::EndStdin);
+        assert_eq!(
+            p.input(binary(br#"\x04{"Width":100,"Height":40}"#)),
+            Input::Ignored("unknown channel"),
+            "a literal backslash is not channel 4"
+        );
+        assert_eq!(
+            p.input(Message::Binary(prefixed(4, br#"{"Width":100,"Height":40}"#))),
+            Input::Resize(TerminalSize { cols: 100, rows: 40 })
+        );
+        assert_eq!(p.input(Message::Binary(prefixed(4, b"{oops"))), Input::Ignored("malformed resize"));
+        assert_eq!(p.input(binary(b"")), Input::Ignored("empty message"));
+        assert_eq!(p.input(binary(b"\x07x")), Input::Ignored("unknown channel"));
+        assert_eq!(Protocol::ChannelV4.input(binary(b"\xff\x00")), Input::Ignored("unknown channel"));
+    }
+
+    #[test]
+    fn statuses_read_like_kubelet() {
+        assert_eq!(kubernetes_status(ExitStatus::from_raw(0)), r#"{"metadata":{},"status":"Success"}"#);
+        let failure: serde_json::Value =
+            serde_json::from_str(&kubernetes_status(ExitStatus::from_raw(3 << 8))).unwrap();
+        assert_eq!(failure["status"], "Failure");
+        assert_eq!(failure["reason"], "NonZeroExitCode");
+        assert_eq!(failure["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(failure["details"]["causes"][0]["message"], "3");
+        let killed: serde_json::Value = serde_json::from_str(&kubernetes_status(ExitStatus::from_raw(9))).unwrap();
+        assert_eq!(killed["details"]["causes"][0]["message"], "137");
+    }
+
+    #[test]
+    fn exit_statuses_map_to_close_codes() {
+        let frame = exit_close_frame(ExitStatus::from_raw(0));
+        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1000, "exit 0"));
+        let frame = exit_close_frame(ExitStatus::from_raw(3 << 8));
+        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4003, "exit 3"));
+        let frame = exit_close_frame(ExitStatus::from_raw(9));
+        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4137, "signal 9"));
+    }
+}

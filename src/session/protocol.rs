@@ -110,7 +110,9 @@ impl Protocol {
             (_, Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Input::Ignored("control frame"),
             (Self::Raw, Message::Binary(data)) => Input::Stdin(data),
             (Self::Raw, Message::Text(text)) => Input::Stdin(Bytes::from(text)),
-            (_, Message::Text(_)) => Input::Ignored("text message on a binary channel protocol"),
+            // Kubernetes reads text frames like binary ones (its Python
+            // client writes strings as text), so both carry channels.
+            (protocol, Message::Text(text)) => protocol.input(Message::Binary(Bytes::from(text))),
             (protocol, Message::Binary(data)) => match data.first() {
                 None => Input::Ignored("empty message"),
                 Some(&channel::STDIN) => Input::Stdin(data.slice(1..)),
@@ -225,6 +227,7 @@ mod tests {
         assert_eq!(p.input(binary(b"")), Input::Ignored("empty message"));
         assert_eq!(p.input(binary(b"\x07x")), Input::Ignored("unknown channel"));
         assert_eq!(Protocol::ChannelV4.input(binary(b"\xff\x00")), Input::Ignored("unknown channel"));
+        assert_eq!(p.input(Message::Text("\u{0}typed".into())), Input::Stdin(Bytes::from_static(b"typed")));
     }
 
     #[test]

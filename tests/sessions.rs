@@ -144,27 +144,27 @@ async fn env_and_cwd_of_the_spec_apply() {
     assert_eq!(String::from_utf8(output).unwrap(), format!("hi there\n{}\n\n", cwd.display()));
 }
 
-/// A script that starts a grandchild, reports both pids, and runs until
-/// killed.
-fn family_script(dir: &tempfile::TempDir) -> (String, std::path::PathBuf, std::path::PathBuf) {
+/// Opens a session whose process starts a grandchild and runs until
+/// killed; returns the socket and the two pids.
+async fn session_with_grandchild(dir: &tempfile::TempDir) -> (TestServer, Ws, i32, i32) {
     let (leader, grandchild) = (path_in(dir, "leader"), path_in(dir, "grandchild"));
     let script = format!(
         "sleep 1000 & echo $! > {g}; echo $$ > {l}; echo ready; wait",
         g = grandchild.display(),
         l = leader.display()
     );
-    (script, leader, grandchild)
+    let controller = Controller::shell(&script).await;
+    let server = TestServer::for_controller(&controller).await;
+    let mut ws = server.connect("t").await;
+    read_until(&mut ws, b"ready").await;
+    let pids = (read_pid(&leader).await, read_pid(&grandchild).await);
+    (server, ws, pids.0, pids.1)
 }
 
 #[tokio::test]
 async fn client_close_kills_the_whole_group() {
     let dir = scratch();
-    let (script, leader, grandchild) = family_script(&dir);
-    let controller = Controller::shell(&script).await;
-    let server = TestServer::for_controller(&controller).await;
-    let mut ws = server.connect("t").await;
-    read_until(&mut ws, b"ready").await;
-    let (leader, grandchild) = (read_pid(&leader).await, read_pid(&grandchild).await);
+    let (_server, mut ws, leader, grandchild) = session_with_grandchild(&dir).await;
     ws.close(None).await.unwrap();
     // The server answers the Close.
     let answer = tokio::time::timeout(Duration::from_secs(5), async {
@@ -183,12 +183,7 @@ async fn client_close_kills_the_whole_group() {
 #[tokio::test]
 async fn vanished_client_kills_the_whole_group() {
     let dir = scratch();
-    let (script, leader, grandchild) = family_script(&dir);
-    let controller = Controller::shell(&script).await;
-    let server = TestServer::for_controller(&controller).await;
-    let mut ws = server.connect("t").await;
-    read_until(&mut ws, b"ready").await;
-    let (leader, grandchild) = (read_pid(&leader).await, read_pid(&grandchild).await);
+    let (_server, ws, leader, grandchild) = session_with_grandchild(&dir).await;
     // Drop the TCP connection without a Close frame.
     drop(ws);
     assert!(eventually(Duration::from_secs(5), || is_dead(leader) && is_dead(grandchild)).await);
@@ -343,22 +338,11 @@ async fn silent_client_is_dropped_after_pong_timeout() {
 #[tokio::test]
 async fn a_client_that_stops_reading_stalls_the_process() {
     let dir = scratch();
-    let counter = path_in(&dir, "count");
-    // Writes 64 KiB blocks and counts them; it can only go as fast as the
-    // client reads.
-    let script =
-        format!("i=0; while :; do head -c 65536 /dev/zero || exit; i=$((i+1)); echo $i > {}; done", counter.display());
+    let (script, counter) = counting_producer(&dir);
     let controller = Controller::shell(&script).await;
     let server = TestServer::for_controller(&controller).await;
     let ws = server.connect("t").await;
-    let count = || std::fs::read_to_string(&counter).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let stalled = count();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let later = count();
-    // Socket buffers on both sides hold a few MiB at most.
-    assert!(later * 64 < 32 * 1024, "the process wrote {} KiB with no reader", later * 64);
-    assert!(later <= stalled + 2, "the process kept writing: {stalled} then {later} blocks");
+    assert_producer_stalls(&counter).await;
     drop(ws);
 }
 

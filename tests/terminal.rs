@@ -221,19 +221,11 @@ async fn bad_channel_input_is_ignored_and_the_session_goes_on() {
 #[tokio::test]
 async fn a_stalled_channel_client_stalls_the_process() {
     let dir = scratch();
-    let counter = path_in(&dir, "count");
-    let script =
-        format!("i=0; while :; do head -c 65536 /dev/zero || exit; i=$((i+1)); echo $i > {}; done", counter.display());
+    let (script, counter) = counting_producer(&dir);
     let controller = Controller::shell(&script).await;
     let server = TestServer::for_controller(&controller).await;
     let (ws, _) = connect_with(&server, V5).await;
-    let count = || std::fs::read_to_string(&counter).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let stalled = count();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let later = count();
-    assert!(later * 64 < 32 * 1024, "the process wrote {} KiB with no reader", later * 64);
-    assert!(later <= stalled + 2, "the process kept writing: {stalled} then {later} blocks");
+    assert_producer_stalls(&counter).await;
     drop(ws);
 }
 

@@ -410,3 +410,25 @@ pub fn scratch() -> tempfile::TempDir {
 pub fn path_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
+
+/// A producer that writes 64 KiB blocks forever and counts them in a file:
+/// it can only go as fast as the client reads. Returns the script and the
+/// counting file.
+pub fn counting_producer(dir: &tempfile::TempDir) -> (String, PathBuf) {
+    let counter = path_in(dir, "count");
+    let script =
+        format!("i=0; while :; do head -c 65536 /dev/zero || exit; i=$((i+1)); echo $i > {}; done", counter.display());
+    (script, counter)
+}
+
+/// With the client not reading, the producer of [`counting_producer`] must
+/// stall: socket buffers on both sides hold a few MiB at most.
+pub async fn assert_producer_stalls(counter: &Path) {
+    let count = || std::fs::read_to_string(counter).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled = count();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later = count();
+    assert!(later * 64 < 32 * 1024, "the process wrote {} KiB with no reader", later * 64);
+    assert!(later <= stalled + 2, "the process kept writing: {stalled} then {later} blocks");
+}

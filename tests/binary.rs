@@ -291,3 +291,33 @@ async fn many_sessions_leave_no_descriptor_process_or_zombie() {
     assert_eq!(pids.len(), 151);
     assert!(eventually(Duration::from_secs(5), || pids.iter().all(|&p| is_dead(p))).await, "a grandchild survived");
 }
+
+#[tokio::test]
+async fn accept_errors_back_off_and_the_server_recovers() {
+    let dir = scratch();
+    // Few descriptors: a burst of connections exhausts them (EMFILE).
+    let server =
+        Binary::start_wrapped(&["prlimit", "--nofile=48:48"], &["--listen", "127.0.0.1:0"], &[], dir.path()).await;
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(tokio::net::TcpStream::connect(server.tcp()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = server.log();
+    let failures = log.matches("accept failed").count();
+    assert!(failures >= 1, "descriptors were never exhausted:\n{log}");
+    // Backing off (5 ms doubling to 1 s) means a handful of lines, not a
+    // busy loop's thousands.
+    assert!(failures < 20, "{failures} accept failures logged in 1.5 s");
+    drop(idle);
+    let healthy = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if http_request(server.tcp(), "GET /healthz HTTP/1.1").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(healthy.is_ok(), "the server did not recover");
+}

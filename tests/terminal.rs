@@ -230,6 +230,17 @@ async fn a_stalled_channel_client_stalls_the_process() {
 }
 
 #[tokio::test]
+async fn a_stalled_client_stalls_a_tty_process_too() {
+    let dir = scratch();
+    let (script, counter) = counting_producer(&dir);
+    let controller = controller_for(json!({"command": "/bin/sh", "args": ["-c", script], "tty": true})).await;
+    let server = TestServer::for_controller(&controller).await;
+    let (ws, _) = connect_with(&server, V5).await;
+    assert_producer_stalls(&counter).await;
+    drop(ws);
+}
+
+#[tokio::test]
 async fn tty_session_has_a_terminal_of_the_spec_size_and_term() {
     let controller = controller_for(json!({
         "command": "/bin/sh",
@@ -282,7 +293,8 @@ async fn typing_into_cat_on_a_tty_echoes_the_line() {
     // End of input on a terminal is ^D; cat exits 0.
     ws.send(Message::Binary(Bytes::from_static(&[255, 0]))).await.unwrap();
     let got = collect_channels(&mut ws).await;
-    assert_eq!(got.status.unwrap()["status"], "Success");
+    let status = got.status.unwrap();
+    assert_eq!(status["status"], "Success", "{status}");
 }
 
 #[tokio::test]

@@ -109,6 +109,10 @@ where
 
     let mut status = None;
     let mut output_done = false;
+    // Outputs at their end are kept open until the process is reaped: the
+    // last close of a terminal's master side hangs the terminal up, which
+    // would send SIGHUP to a process that is still on its way out.
+    let mut drained: Vec<ProcessOutput> = Vec::new();
     let ending = loop {
         tokio::select! {
             result = process.wait(), if status.is_none() => match result {
@@ -118,7 +122,10 @@ where
                 }
                 Err(err) => break Ending::Internal(err.to_string()),
             },
-            _ = &mut output.0, if !output_done => output_done = true,
+            outputs = &mut output.0, if !output_done => {
+                output_done = true;
+                drained = outputs.unwrap_or_default();
+            }
             end = &mut input => break end,
             _ = shutdown.cancelled() => break Ending::Shutdown,
         }
@@ -181,6 +188,7 @@ where
     // Whatever the leader left behind in its group does not outlive the
     // session.
     group.signal(Signal::KILL);
+    drop(drained);
     Outcome { ending, status, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out: bytes_out.load(Ordering::Relaxed) }
 }
 
@@ -189,7 +197,6 @@ where
 /// passed, `SIGKILL` to whatever of the group is left. Returns the leader's
 /// status.
 async fn stop(process: &mut Process, group: ProcessGroup, settings: &SessionSettings) -> Option<ExitStatus> {
-    process.stdin = None;
     group.signal(if process.is_tty() { Signal::HUP } else { settings.kill_signal.signal() });
     let deadline = Instant::now() + settings.kill_grace;
     let status = match timeout_at(deadline, process.wait()).await {
@@ -255,8 +262,9 @@ struct OutputEnd {
     grace: Duration,
 }
 
-/// Copies the output pipe to the queue, one message per read, until end of
-/// file; once the output has nowhere to go, it is read and dropped. Once the leader has exited, waiting for more output is bounded by
+/// Copies an output to the queue, one message per read, until end of file;
+/// once the output has nowhere to go, it is read and dropped. Returns the
+/// output, still open, for the caller to close when the process is gone. Once the leader has exited, waiting for more output is bounded by
 /// `grace`; then the group gets `SIGKILL`, and if the pipe is still open
 /// after one more `grace` (something outside the group holds it), the loop
 /// gives up.
@@ -266,7 +274,7 @@ async fn pump_output(
     queue: mpsc::Sender<Message>,
     end: OutputEnd,
     counter: Arc<AtomicU64>,
-) {
+) -> ProcessOutput {
     let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
     let mut deadline = None;
     let mut killed = false;
@@ -284,12 +292,12 @@ async fn pump_output(
             Some(at) => timeout_at(at, pipe.read(&mut buf)).await.ok(),
         };
         let n = match read {
-            Some(Ok(0)) => return,
+            Some(Ok(0)) => return pipe,
             Some(Ok(n)) => n,
             Some(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
             Some(Err(err)) => {
                 tracing::debug!(cause = %err, "output pipe failed");
-                return;
+                return pipe;
             }
             None if !killed => {
                 end.group.signal(Signal::KILL);
@@ -299,7 +307,7 @@ async fn pump_output(
             }
             None => {
                 tracing::warn!("output pipe still open after its process group was killed; giving up on it");
-                return;
+                return pipe;
             }
         };
         if end.discard.is_cancelled() {

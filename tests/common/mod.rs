@@ -310,7 +310,21 @@ pub struct Binary {
 
 impl Binary {
     pub async fn start(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ws-subprocess"));
+        Self::start_wrapped(&[], args, env, dir).await
+    }
+
+    /// Starts the binary through `wrapper` (a command that execs its
+    /// arguments, such as `prlimit --nofile=64:64`).
+    pub async fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
+        let bin = env!("CARGO_BIN_EXE_ws-subprocess");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(wrapper_args).arg(bin);
+                command
+            }
+            None => tokio::process::Command::new(bin),
+        };
         command
             .args(args)
             .current_dir(dir)

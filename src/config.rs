@@ -250,6 +250,21 @@ impl Config {
         if self.pong_timeout <= self.ping_interval {
             problems.push(("pong_timeout", "must be longer than ping_interval"));
         }
+        // Longer timers are surely mistakes, and would overflow clock
+        // arithmetic further down.
+        let day = Duration::from_secs(24 * 3600);
+        for (key, value) in [
+            ("controller_timeout", self.controller_timeout),
+            ("kill_grace", self.kill_grace),
+            ("ping_interval", self.ping_interval),
+            ("pong_timeout", self.pong_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("jwt_leeway", self.jwt_leeway),
+        ] {
+            if value > day {
+                problems.push((key, "must be at most 24h"));
+            }
+        }
         problems
     }
 }
@@ -647,6 +662,13 @@ mod tests {
             jail.set_env("WS_SUBPROCESS_KILL_GRACE", "soon");
             let err = load_in_jail(FlagValues::new()).unwrap_err().to_string();
             assert!(err.contains("kill_grace") && err.contains("WS_SUBPROCESS_KILL_GRACE"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|_| {
+            let mut flags = FlagValues::new();
+            flags.set("kill_grace", "2days");
+            let err = load_in_jail(flags).unwrap_err().to_string();
+            assert!(err.contains("`kill_grace`: must be at most 24h"), "{err}");
             Ok(())
         });
         Jail::expect_with(|_| {

@@ -305,6 +305,8 @@ async fn serve(config: Config, app: App, sessions: Sessions) -> anyhow::Result<(
     }
     let listener =
         server::Listener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    // A peer that vanished is noticed even while the server only sends.
+    let listener = listener.with_tcp_user_timeout(config.pong_timeout);
     tracing::info!(addr = %listener.local_addr()?, path = %config.path, backend = ?config.auth, "listening");
     server::serve(listener, app, sessions, config.shutdown_timeout, shutdown_signal()).await;
     Ok(())

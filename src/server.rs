@@ -51,8 +51,13 @@ impl fmt::Display for PeerAddr {
 
 /// A bound socket: TCP or Unix.
 #[derive(Debug)]
-pub enum Listener {
-    /// A TCP listener.
+pub struct Listener {
+    socket: Socket,
+    user_timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+enum Socket {
     Tcp(TcpListener),
     /// A Unix socket listener and the path it owns.
     Unix(UnixListener, PathBuf),
@@ -62,41 +67,54 @@ impl Listener {
     /// Binds `addr`. A Unix socket left behind by an earlier run is replaced;
     /// any other file at that path is an error.
     pub async fn bind(addr: &ListenAddr) -> io::Result<Self> {
-        match addr {
-            ListenAddr::Tcp(addr) => Ok(Self::Tcp(TcpListener::bind(addr.as_str()).await?)),
+        let socket = match addr {
+            ListenAddr::Tcp(addr) => Socket::Tcp(TcpListener::bind(addr.as_str()).await?),
             ListenAddr::Unix(path) => {
                 use std::os::unix::fs::FileTypeExt;
                 if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
                     std::fs::remove_file(path)?;
                 }
-                Ok(Self::Unix(UnixListener::bind(path)?, path.clone()))
+                Socket::Unix(UnixListener::bind(path)?, path.clone())
             }
-        }
+        };
+        Ok(Self { socket, user_timeout: None })
+    }
+
+    /// Aborts a TCP connection whose sent data stays unacknowledged this
+    /// long (`TCP_USER_TIMEOUT`), so a peer that vanished without a trace
+    /// is noticed even while the server only sends.
+    pub fn with_tcp_user_timeout(mut self, timeout: Duration) -> Self {
+        self.user_timeout = Some(timeout);
+        self
     }
 
     /// The address actually bound (with the real port when 0 was asked).
     pub fn local_addr(&self) -> io::Result<ListenAddr> {
-        match self {
-            Self::Tcp(listener) => Ok(ListenAddr::Tcp(listener.local_addr()?.to_string())),
-            Self::Unix(_, path) => Ok(ListenAddr::Unix(path.clone())),
+        match &self.socket {
+            Socket::Tcp(listener) => Ok(ListenAddr::Tcp(listener.local_addr()?.to_string())),
+            Socket::Unix(_, path) => Ok(ListenAddr::Unix(path.clone())),
         }
     }
 
     async fn accept(&self) -> io::Result<(Either<TcpStream, UnixStream>, PeerAddr)> {
-        match self {
-            Self::Tcp(listener) => {
+        match &self.socket {
+            Socket::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 let _ = stream.set_nodelay(true);
+                if let Some(timeout) = self.user_timeout {
+                    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+                    let _ = rustix::net::sockopt::set_tcp_user_timeout(&stream, ms);
+                }
                 Ok((Either::Left(stream), PeerAddr(Some(peer))))
             }
-            Self::Unix(listener, _) => Ok((Either::Right(listener.accept().await?.0), PeerAddr(None))),
+            Socket::Unix(listener, _) => Ok((Either::Right(listener.accept().await?.0), PeerAddr(None))),
         }
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Self::Unix(_, path) = self {
+        if let Socket::Unix(_, path) = &self.socket {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -111,10 +129,12 @@ pub enum ServeError {
 }
 
 /// Serves the stack built from `config` on `listener` until `shutdown`
-/// completes, then shuts down gracefully (see [`serve`]).
+/// completes, then shuts down gracefully (see [`serve`]). TCP connections
+/// get `pong_timeout` as their `TCP_USER_TIMEOUT`.
 pub async fn run(listener: Listener, config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let sessions = Sessions::new();
     let app = app::build(config, sessions.clone())?;
+    let listener = listener.with_tcp_user_timeout(config.pong_timeout);
     serve(listener, app, sessions, config.shutdown_timeout, shutdown).await;
     Ok(())
 }

@@ -516,3 +516,14 @@ async fn bad_jwt_settings_stop_the_server_at_start() {
     let err = startup_error(&["--jwt-algorithms", "ES256", "--jwt-public-key-file", rsa.to_str().unwrap()], dir.path());
     assert!(err.contains("jwt_public_key_file"), "{err}");
 }
+
+#[tokio::test]
+async fn fractional_exp_still_makes_a_jti_single_use() {
+    let server = jwt_server(&["HS256"], with_secret).await;
+    let now = unix_now() as f64;
+    let claims =
+        json!({"command": "/bin/echo", "args": ["ok"], "iat": now + 0.25, "exp": now + 60.5, "jti": "fractional"});
+    let token = sign(Algorithm::HS256, &KeyFiles::get().secret(), None, &claims);
+    assert_runs(&server, &token).await;
+    assert_denied(&server, &token, "replay of a token with a fractional exp").await;
+}

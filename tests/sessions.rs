@@ -367,3 +367,76 @@ async fn graceful_stop_sends_1001_and_ends_processes() {
     tokio::time::timeout(Duration::from_secs(5), stopped).await.unwrap().unwrap();
     assert!(pids.iter().all(|&pid| is_dead(pid)));
 }
+
+#[tokio::test]
+async fn a_client_that_vanishes_while_stdin_is_full_still_ends_the_session() {
+    let dir = scratch();
+    let pidfile = path_in(&dir, "pid");
+    // Never reads its stdin, so writes to it block once the pipe is full.
+    let controller = Controller::shell(&format!("echo $$ > {}; echo ready; exec sleep 1000", pidfile.display())).await;
+    let mut config = config_for(&controller);
+    config.ping_interval = Duration::from_millis(100);
+    config.pong_timeout = Duration::from_millis(400);
+    let server = TestServer::start(config).await;
+    let mut ws = server.connect("t").await;
+    read_until(&mut ws, b"ready").await;
+    let pid = read_pid(&pidfile).await;
+    let flood = tokio::spawn(async move {
+        for _ in 0..64 {
+            if ws.send(Message::Binary(vec![b'x'; 16 * 1024].into())).await.is_err() {
+                break;
+            }
+        }
+        ws
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The socket goes away mid-flood, without a Close.
+    flood.abort();
+    let _ = flood.await;
+    assert!(eventually(Duration::from_secs(5), || is_dead(pid)).await, "the session outlived its client");
+}
+
+#[tokio::test]
+async fn steady_output_keeps_the_session_alive_and_pinged() {
+    let controller = Controller::allowing("/usr/bin/yes", &[]).await;
+    let mut config = config_for(&controller);
+    config.ping_interval = Duration::from_millis(100);
+    config.pong_timeout = Duration::from_millis(400);
+    let server = TestServer::start(config).await;
+    let mut ws = server.connect("t").await;
+    let mut pings = 0;
+    let mut bytes = 0;
+    let read = tokio::time::timeout(Duration::from_millis(1500), async {
+        while let Some(message) = ws.next().await {
+            match message.unwrap() {
+                Message::Ping(_) => pings += 1,
+                Message::Binary(data) => bytes += data.len(),
+                Message::Close(frame) => panic!("session ended: {frame:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(read.is_err(), "the session ended");
+    assert!(bytes > 1_000_000, "only {bytes} bytes of output");
+    assert!(pings >= 5, "{pings} pings in 1.5 s at a 100 ms interval");
+}
+
+#[tokio::test]
+async fn a_busy_leftover_writer_delays_close_at_most_kill_grace() {
+    let dir = scratch();
+    let pidfile = path_in(&dir, "yes");
+    // `yes` keeps the pipe busy after the leader exits.
+    let controller = Controller::shell(&format!("yes & echo $! > {}; exit 6", pidfile.display())).await;
+    let mut config = config_for(&controller);
+    config.kill_grace = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    let started = Instant::now();
+    let mut ws = server.connect("t").await;
+    let (output, close) = collect(&mut ws).await;
+    assert!(!output.is_empty());
+    assert_eq!(close_of(close), (4006, "exit 6".into()));
+    assert!(started.elapsed() < Duration::from_secs(5), "Close took {:?}", started.elapsed());
+    let pid = read_pid(&pidfile).await;
+    assert!(eventually(Duration::from_secs(3), || is_dead(pid)).await);
+}

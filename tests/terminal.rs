@@ -337,3 +337,32 @@ async fn tty_output_at_exit_is_not_lost() {
     assert!(text == expected);
     assert_eq!(got.status.unwrap()["details"]["causes"][0]["message"], "4");
 }
+
+#[tokio::test]
+async fn resize_still_works_after_stdin_is_closed_on_a_tty() {
+    let controller =
+        controller_for(json!({"command": "/bin/sh", "args": ["-c", "sleep 0.5; stty size"], "tty": true})).await;
+    let server = TestServer::for_controller(&controller).await;
+    let (mut ws, _) = connect_with(&server, V5).await;
+    ws.send(Message::Binary(Bytes::from_static(&[255, 0]))).await.unwrap();
+    ws.send(channel(4, br#"{"Width":100,"Height":30}"#)).await.unwrap();
+    let got = collect_channels(&mut ws).await;
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert!(text.contains("30 100"), "{text:?}");
+}
+
+#[tokio::test]
+async fn jobs_a_tty_shell_put_in_groups_of_their_own_end_with_the_session() {
+    let dir = scratch();
+    let pidfile = path_in(&dir, "job");
+    // With job control (`set -m`) the background job gets its own process
+    // group, out of reach of a signal to the leader's group.
+    let script = format!("set -m; sleep 1000 & echo $! > {}; echo ready; wait", pidfile.display());
+    let controller = controller_for(json!({"command": "/bin/sh", "args": ["-c", script], "tty": true})).await;
+    let server = TestServer::for_controller(&controller).await;
+    let (mut ws, _) = connect_with(&server, V5).await;
+    read_stdout_until(&mut ws, "ready").await;
+    let job = read_pid(&pidfile).await;
+    drop(ws);
+    assert!(eventually(Duration::from_secs(5), || is_dead(job)).await, "a job of the session survived it");
+}

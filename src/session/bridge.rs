@@ -96,7 +96,9 @@ where
     let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
     let (finish, finished) = oneshot::channel();
 
-    let mut writer = AbortOnDrop(tokio::spawn(write_loop(tx, out_rx, finished, settings.ping_interval)));
+    let progress = Progress::default();
+    let mut writer =
+        AbortOnDrop(tokio::spawn(write_loop(tx, out_rx, finished, settings.ping_interval, progress.clone())));
     let end = OutputEnd { exited: exited.clone(), discard: discard.clone(), group, grace: settings.kill_grace };
     let pumps: Vec<_> = process
         .outputs
@@ -104,8 +106,9 @@ where
         .map(|output| pump_output(output, protocol, out_tx.clone(), end.clone(), bytes_out.clone()))
         .collect();
     let mut output = AbortOnDrop(tokio::spawn(futures_util::future::join_all(pumps)));
-    let mut input =
-        Box::pin(pump_input(rx, protocol, process.stdin.take(), settings.pong_timeout, bytes_in.clone()).fuse());
+    let mut input = Box::pin(
+        pump_input(rx, protocol, process.stdin.take(), settings.pong_timeout, progress, bytes_in.clone()).fuse(),
+    );
 
     let mut status = None;
     let mut output_done = false;
@@ -127,6 +130,9 @@ where
                 drained = outputs.unwrap_or_default();
             }
             end = &mut input => break end,
+            // The writer only stops early when the socket failed, which
+            // the input side may not see while it waits on a full stdin.
+            _ = &mut writer.0 => break Ending::ClientGone("sending failed".into()),
             _ = shutdown.cancelled() => break Ending::Shutdown,
         }
         if let (Some(status), true) = (status, output_done) {
@@ -154,7 +160,7 @@ where
         }
     };
     let close_socket = async {
-        if matches!(ending, Ending::ClientGone(_)) {
+        if matches!(ending, Ending::ClientGone(_)) || writer.0.is_finished() {
             return;
         }
         // After an exit, the Close goes through the queue, behind all the
@@ -185,9 +191,9 @@ where
         }
     };
     tokio::join!(stop_process, close_socket);
-    // Whatever the leader left behind in its group does not outlive the
-    // session.
-    group.signal(Signal::KILL);
+    // Whatever the leader left behind in its group (or, on a terminal, its
+    // session) does not outlive the session.
+    group.kill_all();
     drop(drained);
     Outcome { ending, status, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out: bytes_out.load(Ordering::Relaxed) }
 }
@@ -223,27 +229,34 @@ async fn write_loop<Tx>(
     mut queue: mpsc::Receiver<Message>,
     mut finish: oneshot::Receiver<Option<Message>>,
     ping_interval: Duration,
+    progress: Progress,
 ) where
     Tx: Sink<Message, Error = WsError> + Unpin,
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Pings go before queued output, so a steady stream of output
+        // cannot starve them.
         let message = tokio::select! {
             biased;
             last = &mut finish => match last {
                 Ok(Some(close)) => close,
                 Ok(None) | Err(_) => break,
             },
+            _ = ping.tick() => Message::Ping(Bytes::new()),
             message = queue.recv() => match message {
                 Some(message) => message,
                 None => break,
             },
-            _ = ping.tick() => Message::Ping(Bytes::new()),
         };
         let is_close = matches!(message, Message::Close(_));
+        // Pings always fit in the socket buffer; only output taken shows a
+        // live client (a vanished one is left to TCP_USER_TIMEOUT).
+        let is_output = matches!(message, Message::Binary(_) | Message::Text(_));
         match tx.send(message).await {
             Ok(()) if is_close => return,
+            Ok(()) if is_output => progress.mark(),
             Ok(()) => {}
             Err(_) => break,
         }
@@ -279,6 +292,17 @@ async fn pump_output(
     let mut deadline = None;
     let mut killed = false;
     loop {
+        // `kill_grace` after the exit, leftovers get SIGKILL even if they
+        // keep the pipe busy (`yes &` would otherwise delay the Close
+        // forever); what is already in the pipe is still read.
+        if let Some(at) = deadline
+            && !killed
+            && Instant::now() >= at
+        {
+            end.group.signal(Signal::KILL);
+            killed = true;
+            deadline = Some(Instant::now() + end.grace);
+        }
         let read = match deadline {
             None => tokio::select! {
                 read = pipe.read(&mut buf) => Some(read),
@@ -335,13 +359,18 @@ async fn pump_input<Rx>(
     protocol: Protocol,
     mut stdin: Option<ProcessInput>,
     pong_timeout: Duration,
+    progress: Progress,
     counter: Arc<AtomicU64>,
 ) -> Ending
 where
     Rx: Stream<Item = Result<Message, WsError>> + Unpin,
 {
+    let mut stdin_open = true;
     loop {
         let message = match timeout(pong_timeout, rx.next()).await {
+            // A client still taking output is alive, even if its pong is
+            // stuck behind a long backlog.
+            Err(_) if progress.within(pong_timeout) => continue,
             Err(_) => return Ending::ClientGone("no answer to pings".into()),
             Ok(None) => return Ending::ClientGone("connection closed without a Close frame".into()),
             Ok(Some(Ok(message))) => message,
@@ -357,7 +386,7 @@ where
         match protocol.input(message) {
             Input::Close => return Ending::ClientClosed,
             Input::Stdin(data) => {
-                if let Some(input) = stdin.as_mut() {
+                if let Some(input) = stdin.as_mut().filter(|_| stdin_open) {
                     if input.write_all(&data).await.is_err() {
                         stdin = None;
                     } else {
@@ -366,8 +395,12 @@ where
                 }
             }
             Input::EndStdin => {
-                if let Some(input) = stdin.take() {
-                    input.end().await;
+                if let Some(input) = stdin.as_mut().filter(|_| stdin_open) {
+                    stdin_open = false;
+                    // A pipe closes; a terminal gets ^D and stays, for resizes.
+                    if input.end().await {
+                        stdin = None;
+                    }
                 }
             }
             Input::Resize(size) => {
@@ -377,6 +410,31 @@ where
             }
             Input::Ignored(why) => tracing::debug!(why, "client message ignored"),
         }
+    }
+}
+
+/// When the writer last handed a message to the socket: a client that keeps
+/// taking output is alive even while its pong waits behind that output.
+#[derive(Debug, Clone)]
+struct Progress {
+    origin: std::time::Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self { origin: std::time::Instant::now(), last_ms: Arc::default() }
+    }
+}
+
+impl Progress {
+    fn mark(&self) {
+        self.last_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn within(&self, window: Duration) -> bool {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last) < window
     }
 }
 

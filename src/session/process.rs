@@ -16,6 +16,12 @@ use crate::spec::{CommandSpec, TerminalSize};
 /// `TERM` of a tty session unless its spec sets one.
 pub const DEFAULT_TERM: &str = "xterm-256color";
 
+/// Spawns hold this for reading; opening a terminal holds it for writing.
+/// The pty crate opens a terminal's master side and only then marks it
+/// close-on-exec: a process forked in between would keep another session's
+/// terminal (and could read its keystrokes).
+static FORK_GUARD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// How a process's environment is built.
 #[derive(Debug, Clone, Default)]
 pub struct EnvPolicy {
@@ -101,7 +107,10 @@ impl Process {
                 outputs.push((OutputStream::Stderr, err_reader));
             }
         }
-        let mut child = command.spawn()?;
+        let mut child = {
+            let _forking = FORK_GUARD.read().unwrap_or_else(|p| p.into_inner());
+            command.spawn()?
+        };
         // The command holds our copies of the pipes' write ends; only the
         // process may keep them open, or the output never ends.
         drop(command);
@@ -113,18 +122,24 @@ impl Process {
             })
             .collect::<io::Result<Vec<_>>>()?;
         let stdin = child.stdin.take().map(ProcessInput::Pipe);
-        Ok(Self { group: ProcessGroup::of(&child)?, child, tty: false, stdin, outputs })
+        Ok(Self { group: ProcessGroup::of(&child, false)?, child, tty: false, stdin, outputs })
     }
 
     fn spawn_on_pty(command: Command, size: TerminalSize) -> io::Result<Self> {
-        let (pty, pts) = pty_process::open().map_err(pty_error)?;
+        let (pty, pts) = {
+            let _opening = FORK_GUARD.write().unwrap_or_else(|p| p.into_inner());
+            pty_process::open().map_err(pty_error)?
+        };
         pty.resize(pty_process::Size::new(size.rows, size.cols)).map_err(pty_error)?;
         // A new session makes the process a group leader too, so no
         // `process_group` here (setsid would fail with EPERM).
-        let child = pty_process::Command::from(command).spawn(pts).map_err(pty_error)?;
+        let child = {
+            let _forking = FORK_GUARD.read().unwrap_or_else(|p| p.into_inner());
+            pty_process::Command::from(command).spawn(pts).map_err(pty_error)?
+        };
         let (reader, writer) = pty.into_split();
         Ok(Self {
-            group: ProcessGroup::of(&child)?,
+            group: ProcessGroup::of(&child, true)?,
             child,
             tty: true,
             stdin: Some(ProcessInput::Pty(writer)),
@@ -155,7 +170,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.group.signal(Signal::KILL);
+        self.group.kill_all();
     }
 }
 
@@ -164,6 +179,16 @@ fn pty_error(err: pty_process::Error) -> io::Error {
         pty_process::Error::Io(err) => err,
         other => io::Error::other(other.to_string()),
     }
+}
+
+/// The session id of `pid`, from `/proc/<pid>/stat` (`getsid` would do, but
+/// rustix asserts that a session id is never 0, which it is for the few
+/// processes outside any session).
+fn session_of(pid: Pid) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    // The command name may hold spaces and parentheses; the fields after it
+    // are state, ppid, pgrp, session.
+    stat.rsplit_once(") ")?.1.split(' ').nth(3)?.parse().ok()
 }
 
 /// Where client input goes: a pipe, or the terminal.
@@ -192,11 +217,16 @@ impl ProcessInput {
         }
     }
 
-    /// Ends the input: closes the pipe, or types the terminal's end-of-file
-    /// character (a terminal has no other way to say "no more input").
-    pub async fn end(self) {
-        if let Self::Pty(mut pty) = self {
-            let _ = pty.write_all(&[0x04]).await;
+    /// Ends the input: a pipe is to be closed (returns `true`: drop it); a
+    /// terminal gets its end-of-file character, ^D (a terminal has no other
+    /// way to say "no more input"), and stays, for resizes.
+    pub async fn end(&mut self) -> bool {
+        match self {
+            Self::Pipe(_) => true,
+            Self::Pty(pty) => {
+                let _ = pty.write_all(&[0x04]).await;
+                false
+            }
         }
     }
 }
@@ -230,13 +260,34 @@ impl ProcessOutput {
     }
 }
 
-/// A process group that can be signalled.
+/// A process group that can be signalled: the leader's, and for a
+/// terminal, the leader's whole session (a shell's jobs each get a group of
+/// their own).
 #[derive(Debug, Clone, Copy)]
-pub struct ProcessGroup(Pid);
+pub struct ProcessGroup(Pid, bool);
 
 impl ProcessGroup {
-    fn of(child: &Child) -> io::Result<Self> {
-        child.id().and_then(|id| Pid::from_raw(id as i32)).map(Self).ok_or_else(|| io::Error::other("no pid"))
+    fn of(child: &Child, session: bool) -> io::Result<Self> {
+        let pid = child.id().and_then(|id| Pid::from_raw(id as i32)).ok_or_else(|| io::Error::other("no pid"))?;
+        Ok(Self(pid, session))
+    }
+
+    /// `SIGKILL` to the group and, for a terminal session, to every
+    /// process still in the session.
+    pub fn kill_all(self) {
+        self.signal(Signal::KILL);
+        if !self.1 {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()).and_then(Pid::from_raw) else {
+                continue;
+            };
+            if session_of(pid) == Some(self.0.as_raw_nonzero().get()) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+        }
     }
 
     /// Whether any process (zombies included) is still in the group.

@@ -1,10 +1,13 @@
 //! The two ways a session talks: the raw protocol of the original program,
 //! and the Kubernetes exec channel protocol (`v5.channel.k8s.io`,
-//! `v4.channel.k8s.io`), chosen by `Sec-WebSocket-Protocol`.
+//! `v4.channel.k8s.io`, and its text form `v4.base64.channel.k8s.io`),
+//! chosen by `Sec-WebSocket-Protocol`.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message;
@@ -38,6 +41,9 @@ pub enum Protocol {
     Raw,
     /// `v4.channel.k8s.io`.
     ChannelV4,
+    /// `v4.base64.channel.k8s.io`: v4 in text messages, each a channel digit
+    /// followed by the payload in base64.
+    ChannelV4Base64,
     /// `v5.channel.k8s.io`: v4 plus closing a channel.
     ChannelV5,
 }
@@ -66,8 +72,11 @@ struct Resize {
 
 impl Protocol {
     /// The subprotocol names this server speaks, best first.
-    pub const NAMES: [(&'static str, Protocol); 2] =
-        [("v5.channel.k8s.io", Protocol::ChannelV5), ("v4.channel.k8s.io", Protocol::ChannelV4)];
+    pub const NAMES: [(&'static str, Protocol); 3] = [
+        ("v5.channel.k8s.io", Protocol::ChannelV5),
+        ("v4.channel.k8s.io", Protocol::ChannelV4),
+        ("v4.base64.channel.k8s.io", Protocol::ChannelV4Base64),
+    ];
 
     /// The best protocol among those a client offers; the raw protocol when
     /// it offers none this server knows.
@@ -85,7 +94,7 @@ impl Protocol {
     pub fn output_mode(self) -> OutputMode {
         match self {
             Self::Raw => OutputMode::Merged,
-            Self::ChannelV4 | Self::ChannelV5 => OutputMode::Separate,
+            Self::ChannelV4 | Self::ChannelV5 | Self::ChannelV4Base64 => OutputMode::Separate,
         }
     }
 
@@ -93,14 +102,43 @@ impl Protocol {
     pub fn output(self, stream: OutputStream, data: &[u8]) -> Message {
         match self {
             Self::Raw => Message::Binary(Bytes::copy_from_slice(data)),
-            Self::ChannelV4 | Self::ChannelV5 => {
-                let channel = match stream {
+            _ => self.on_channel(
+                match stream {
                     OutputStream::Stdout => channel::STDOUT,
                     OutputStream::Stderr => channel::STDERR,
-                };
-                Message::Binary(prefixed(channel, data))
-            }
+                },
+                data,
+            ),
         }
+    }
+
+    /// A channel message of this (channel) protocol.
+    fn on_channel(self, channel: u8, data: &[u8]) -> Message {
+        if self == Self::ChannelV4Base64 {
+            let mut text = String::with_capacity(1 + data.len().div_ceil(3) * 4);
+            text.push(char::from(b'0' + channel));
+            STANDARD.encode_string(data, &mut text);
+            Message::Text(text.into())
+        } else {
+            Message::Binary(prefixed(channel, data))
+        }
+    }
+
+    /// The channel and payload of a client message, as bytes.
+    fn channel_frame(self, message: Message) -> Result<Bytes, &'static str> {
+        let raw = match message {
+            Message::Binary(data) => data,
+            // Kubernetes reads text frames like binary ones (its Python
+            // client writes strings as text), so both carry channels.
+            Message::Text(text) => Bytes::from(text),
+            _ => return Err("control frame"),
+        };
+        if self != Self::ChannelV4Base64 || raw.is_empty() {
+            return Ok(raw);
+        }
+        let channel = raw[0].wrapping_sub(b'0');
+        let payload = STANDARD.decode(&raw[1..]).map_err(|_| "malformed base64")?;
+        Ok(prefixed(channel, &payload))
     }
 
     /// What a client message means.
@@ -110,24 +148,28 @@ impl Protocol {
             (_, Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Input::Ignored("control frame"),
             (Self::Raw, Message::Binary(data)) => Input::Stdin(data),
             (Self::Raw, Message::Text(text)) => Input::Stdin(Bytes::from(text)),
-            // Kubernetes reads text frames like binary ones (its Python
-            // client writes strings as text), so both carry channels.
-            (protocol, Message::Text(text)) => protocol.input(Message::Binary(Bytes::from(text))),
-            (protocol, Message::Binary(data)) => match data.first() {
-                None => Input::Ignored("empty message"),
-                Some(&channel::STDIN) => Input::Stdin(data.slice(1..)),
-                Some(&channel::RESIZE) => match serde_json::from_slice::<Resize>(&data[1..]) {
-                    Ok(Resize { width, height }) if width > 0 && height > 0 => {
-                        Input::Resize(TerminalSize { cols: width, rows: height })
-                    }
-                    _ => Input::Ignored("malformed resize"),
-                },
-                Some(&channel::CLOSE) if protocol == Self::ChannelV5 => match data.get(1) {
-                    Some(&channel::STDIN) => Input::EndStdin,
-                    _ => Input::Ignored("close of a channel other than stdin"),
-                },
-                Some(_) => Input::Ignored("unknown channel"),
+            (protocol, message) => match protocol.channel_frame(message) {
+                Ok(data) => protocol.channel_input(data),
+                Err(why) => Input::Ignored(why),
             },
+        }
+    }
+
+    fn channel_input(self, data: Bytes) -> Input {
+        match data.first() {
+            None => Input::Ignored("empty message"),
+            Some(&channel::STDIN) => Input::Stdin(data.slice(1..)),
+            Some(&channel::RESIZE) => match serde_json::from_slice::<Resize>(&data[1..]) {
+                Ok(Resize { width, height }) if width > 0 && height > 0 => {
+                    Input::Resize(TerminalSize { cols: width, rows: height })
+                }
+                _ => Input::Ignored("malformed resize"),
+            },
+            Some(&channel::CLOSE) if self == Self::ChannelV5 => match data.get(1) {
+                Some(&channel::STDIN) => Input::EndStdin,
+                _ => Input::Ignored("close of a channel other than stdin"),
+            },
+            Some(_) => Input::Ignored("unknown channel"),
         }
     }
 
@@ -137,8 +179,8 @@ impl Protocol {
     pub fn exit(self, status: ExitStatus) -> Vec<Message> {
         match self {
             Self::Raw => vec![Message::Close(Some(exit_close_frame(status)))],
-            Self::ChannelV4 | Self::ChannelV5 => vec![
-                Message::Binary(prefixed(channel::STATUS, kubernetes_status(status).as_bytes())),
+            _ => vec![
+                self.on_channel(channel::STATUS, kubernetes_status(status).as_bytes()),
                 Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })),
             ],
         }
@@ -228,6 +270,17 @@ mod tests {
         assert_eq!(p.input(binary(b"\x07x")), Input::Ignored("unknown channel"));
         assert_eq!(Protocol::ChannelV4.input(binary(b"\xff\x00")), Input::Ignored("unknown channel"));
         assert_eq!(p.input(Message::Text("\u{0}typed".into())), Input::Stdin(Bytes::from_static(b"typed")));
+    }
+
+    #[test]
+    fn base64_variant_uses_text_with_a_channel_digit() {
+        let p = Protocol::ChannelV4Base64;
+        assert_eq!(Protocol::negotiate(["v4.base64.channel.k8s.io"]), p);
+        assert_eq!(p.output(OutputStream::Stderr, b"hi"), Message::Text("2aGk=".into()));
+        assert_eq!(p.input(Message::Text("0aGk=".into())), Input::Stdin(Bytes::from_static(b"hi")));
+        let resize = format!("4{}", STANDARD.encode(br#"{"Width":10,"Height":5}"#));
+        assert_eq!(p.input(Message::Text(resize.into())), Input::Resize(TerminalSize { cols: 10, rows: 5 }));
+        assert_eq!(p.input(Message::Text("0!!".into())), Input::Ignored("malformed base64"));
     }
 
     #[test]

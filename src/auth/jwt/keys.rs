@@ -17,7 +17,10 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub const JWKS_REFRESH_COOLDOWN: Duration = Duration::from_secs(10);
 /// A key that left the remote key set is still accepted this long, so tokens
 /// signed just before a rotation stay valid.
-pub const JWKS_RETAIN: Duration = Duration::from_secs(3600);
+pub const JWKS_RETAIN: Duration = Duration::from_secs(600);
+/// The remote key set is fetched again when older than this, so keys the
+/// issuer removed stop working even if no unknown `kid` ever arrives.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 /// Largest key set document read from a URL.
 const MAX_JWKS_BODY: usize = 1024 * 1024;
 
@@ -183,11 +186,12 @@ impl KeyRing {
     /// The keys that may verify a token signed with `alg` and carrying
     /// `kid`. A `kid` selects keys that have it; when none has it, keys
     /// without a `kid` are tried. An unknown `kid` refreshes the remote key
-    /// set first (at most once per cooldown).
+    /// set first (at most once per cooldown), and so does a set older than
+    /// [`JWKS_MAX_AGE`].
     pub async fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<Arc<VerifyingKey>> {
         let mut found = self.lookup(alg, kid);
         if let Some(remote) = &self.remote
-            && (found.is_empty() || kid.is_none() && remote.is_empty())
+            && (found.is_empty() || kid.is_none() && remote.is_empty() || remote.is_stale().await)
         {
             remote.refresh().await;
             found = self.lookup(alg, kid);
@@ -228,6 +232,10 @@ impl RemoteKeySet {
 
     fn is_empty(&self) -> bool {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    async fn is_stale(&self) -> bool {
+        self.last_fetch.lock().await.is_some_and(|at| at.elapsed() > JWKS_MAX_AGE)
     }
 
     /// Fetches the set again unless that was tried within the cooldown;

@@ -153,6 +153,13 @@ impl<R: ReplayStore> JwtAuthorizer<R> {
     }
 }
 
+/// A NumericDate claim in whole seconds; JSON numbers with a fraction (as
+/// `Date.now() / 1000` gives) count too, as the verifying crate reads them.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Option<u64> {
+    let value = claims.get(name)?;
+    value.as_u64().or_else(|| value.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+}
+
 /// A `crit` header names extensions the verifier must understand; this one
 /// understands none (RFC 7515 §4.1.11).
 fn reject_critical_header(token: &str) -> Result<(), AuthError> {
@@ -186,8 +193,10 @@ impl<R: ReplayStore> Authorizer for JwtAuthorizer<R> {
             None => None,
         };
         if let Some(jti) = jti {
-            let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or_default();
-            let until = exp.saturating_add(self.settings.leeway.as_secs());
+            // `exp` passed validation, so it is there; the extra second
+            // covers a check made late in the last second of validity.
+            let exp = numeric_date(&claims, "exp").ok_or_else(|| AuthError::Denied("unreadable exp".into()))?;
+            let until = exp.saturating_add(self.settings.leeway.as_secs()).saturating_add(1);
             match self.replay.first_use(&replay_key(&claims, jti), until).await {
                 Ok(true) => {}
                 Ok(false) => return Err(AuthError::Denied("replayed jti".into())),

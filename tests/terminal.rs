@@ -366,3 +366,33 @@ async fn jobs_a_tty_shell_put_in_groups_of_their_own_end_with_the_session() {
     drop(ws);
     assert!(eventually(Duration::from_secs(5), || is_dead(job)).await, "a job of the session survived it");
 }
+
+#[tokio::test]
+async fn base64_channel_variant_speaks_text() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let controller = Controller::shell("head -c 6; echo oops >&2; exit 2").await;
+    let server = TestServer::for_controller(&controller).await;
+    let (mut ws, chosen) = connect_with(&server, "v4.base64.channel.k8s.io").await;
+    assert_eq!(chosen.as_deref(), Some("v4.base64.channel.k8s.io"));
+    ws.send(Message::Text(format!("0{}", STANDARD.encode("hello\n")).into())).await.unwrap();
+    let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), None);
+    while let Some(message) = ws.next().await {
+        match message.unwrap() {
+            Message::Text(text) => {
+                let payload = STANDARD.decode(&text.as_bytes()[1..]).unwrap();
+                match text.as_bytes()[0] {
+                    b'1' => stdout.extend(payload),
+                    b'2' => stderr.extend(payload),
+                    b'3' => status = Some(serde_json::from_slice::<Value>(&payload).unwrap()),
+                    other => panic!("channel {other}"),
+                }
+            }
+            Message::Close(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(stdout, b"hello\n");
+    assert_eq!(stderr, b"oops\n");
+    assert_eq!(status.unwrap()["details"]["causes"][0]["message"], "2");
+}

@@ -10,13 +10,16 @@
 //! (503 beyond `max_sessions`), and [`TokenAuthLayer`](auth::TokenAuthLayer),
 //! which finds the token, checks the WebSocket handshake and asks an
 //! [`Authorizer`](auth::Authorizer) backend (the remote
-//! [`ControllerAuthorizer`](auth::ControllerAuthorizer) by default) for a
-//! [`CommandSpec`]. The innermost service, [`ServeSubprocess`](session::ServeSubprocess),
-//! starts the process in its own process group, answers `101`, and bridges
-//! the upgraded connection to the process until either side ends.
+//! [`ControllerAuthorizer`](auth::ControllerAuthorizer) by default, or the
+//! local JWT verifier) for a [`CommandSpec`]. The innermost service,
+//! [`ServeSubprocess`](session::ServeSubprocess), starts the process in its
+//! own process group (on pipes, or on a pseudo-terminal), answers `101`, and
+//! bridges the upgraded connection to the process, in the raw protocol or
+//! the Kubernetes exec channel protocol, until either side ends.
 //! [`server::run`] serves that stack with hyper and shuts it down
 //! gracefully. Every piece is public, so a library user can compose their
-//! own stack, for example with their own backend or inside an axum router.
+//! own stack with tower's `ServiceBuilder` and tower-http layers, with their
+//! own backend, or inside an axum `Router` (`tests/library.rs` does both).
 //!
 //! ## Layout
 //!
@@ -25,6 +28,12 @@
 //! - [`auth`]: the token layer and its backends;
 //! - [`session`]: handshake, process, bridge;
 //! - [`spec`]: the command spec a backend returns.
+//!
+//! ## Features
+//!
+//! - `jwt` (default): the JWT backend, [`auth::jwt`], with its in-memory and
+//!   Redis replay stores and token minting. Without it, `auth = "jwt"` is a
+//!   startup error and the `jsonwebtoken` and `redis` crates are not built.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

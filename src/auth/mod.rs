@@ -36,7 +36,7 @@ use std::future::Future;
 
 use http::StatusCode;
 
-pub use controller::{ControllerAuthorizer, ControllerSettings, backend_client};
+pub use controller::{ControllerAuthorizer, ControllerSettings, MAX_CONTROLLER_BODY, backend_client};
 pub use layer::{TokenAuth, TokenAuthLayer};
 pub use token::{offered_protocols, token_hash, token_of};
 

@@ -187,7 +187,7 @@ impl KeyRing {
     /// `kid`. A `kid` selects keys that have it; when none has it, keys
     /// without a `kid` are tried. An unknown `kid` refreshes the remote key
     /// set first (at most once per cooldown), and so does a set older than
-    /// [`JWKS_MAX_AGE`].
+    /// [`JWKS_MAX_AGE`](crate::auth::jwt::JWKS_MAX_AGE).
     pub async fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<Arc<VerifyingKey>> {
         let mut found = self.lookup(alg, kid);
         if let Some(remote) = &self.remote

@@ -34,7 +34,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub use keys::{
-    JWKS_REFRESH_COOLDOWN, JWKS_RETAIN, KeyError, KeyRing, KeySources, MIN_SECRET_LEN, VerifyingKey, read_secret,
+    JWKS_MAX_AGE, JWKS_REFRESH_COOLDOWN, JWKS_RETAIN, KeyError, KeyRing, KeySources, MIN_SECRET_LEN, VerifyingKey,
+    read_secret,
 };
 pub use replay::{
     ConfiguredReplayStore, MemoryReplayStore, REDIS_KEY_PREFIX, RedisReplayStore, ReplayError, ReplayStore, unix_now,

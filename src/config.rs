@@ -107,6 +107,12 @@ pub struct Config {
     /// A peer silent for this long is dropped.
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
+    /// When set, a session with no input or output for this long is ended.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// When set, a session is ended after this long, whatever it does.
+    #[serde(with = "humantime_serde")]
+    pub max_session_duration: Option<Duration>,
     /// Bound on graceful shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -145,6 +151,8 @@ impl Default for Config {
             max_message_size: ByteSize::mib(1),
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(60),
+            idle_timeout: None,
+            max_session_duration: None,
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
         }
@@ -244,6 +252,12 @@ impl Config {
         if self.max_message_size.as_u64() == 0 || self.max_message_size.as_u64() > usize::MAX as u64 {
             problems.push(("max_message_size", "must be more than zero"));
         }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            problems.push(("idle_timeout", "must be more than zero (leave it unset for no limit)"));
+        }
+        if self.max_session_duration.is_some_and(|d| d.is_zero()) {
+            problems.push(("max_session_duration", "must be more than zero (leave it unset for no limit)"));
+        }
         if self.ping_interval.is_zero() {
             problems.push(("ping_interval", "must be more than zero"));
         }
@@ -260,7 +274,13 @@ impl Config {
             ("pong_timeout", self.pong_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
             ("jwt_leeway", self.jwt_leeway),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            [("idle_timeout", self.idle_timeout), ("max_session_duration", self.max_session_duration)]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?))),
+        ) {
             if value > day {
                 problems.push((key, "must be at most 24h"));
             }

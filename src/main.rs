@@ -204,6 +204,14 @@ struct SettingFlags {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pong_timeout: Option<String>,
+    /// End a session with no input or output for this long [default: no limit]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_timeout: Option<String>,
+    /// End a session this long after it started [default: no limit]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_session_duration: Option<String>,
     /// Bound on graceful shutdown [default: 10s]
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]

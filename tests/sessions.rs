@@ -440,3 +440,42 @@ async fn a_busy_leftover_writer_delays_close_at_most_kill_grace() {
     let pid = read_pid(&pidfile).await;
     assert!(eventually(Duration::from_secs(3), || is_dead(pid)).await);
 }
+
+#[tokio::test]
+async fn idle_sessions_are_closed_with_1008_and_activity_keeps_them() {
+    let dir = scratch();
+    let pidfile = path_in(&dir, "pid");
+    let controller = Controller::shell(&format!("echo $$ >> {}; exec cat", pidfile.display())).await;
+    let mut config = config_for(&controller);
+    config.idle_timeout = Some(Duration::from_millis(600));
+    let server = TestServer::start(config).await;
+
+    // Typing every 200 ms keeps a session alive well past the timeout.
+    let mut busy = server.connect("busy").await;
+    for i in 0..8 {
+        send_text(&mut busy, &format!("line {i}\n")).await;
+        read_until(&mut busy, format!("line {i}\n").as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then silence ends it.
+    let started = Instant::now();
+    let (_, close) = collect(&mut busy).await;
+    assert_eq!(close_of(close), (1008, "idle timeout".into()));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let pid = read_pid(&pidfile).await;
+    assert!(eventually(Duration::from_secs(3), || is_dead(pid)).await);
+}
+
+#[tokio::test]
+async fn sessions_end_at_max_session_duration() {
+    let controller = Controller::allowing("/usr/bin/yes", &[]).await;
+    let mut config = config_for(&controller);
+    config.max_session_duration = Some(Duration::from_millis(500));
+    let server = TestServer::start(config).await;
+    let started = Instant::now();
+    let mut ws = server.connect("t").await;
+    let (output, close) = collect(&mut ws).await;
+    assert!(!output.is_empty());
+    assert_eq!(close_of(close), (1008, "session time limit".into()));
+    assert!(started.elapsed() >= Duration::from_millis(500) && started.elapsed() < Duration::from_secs(4));
+}

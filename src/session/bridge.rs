@@ -51,6 +51,10 @@ pub enum Ending {
     ProtocolError(String),
     /// The server is shutting down.
     Shutdown,
+    /// Nothing went either way for `idle_timeout`.
+    Idle,
+    /// The session reached `max_session_duration`.
+    TimeLimit,
     /// Waiting for the process failed.
     Internal(String),
 }
@@ -97,17 +101,30 @@ where
     let (finish, finished) = oneshot::channel();
 
     let progress = Progress::default();
+    // Any input or output, for `idle_timeout`.
+    let activity = Progress::default();
+    activity.mark();
+    let time_limit = settings.max_session_duration.map(|limit| Instant::now() + limit);
+    let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
     let mut writer =
         AbortOnDrop(tokio::spawn(write_loop(tx, out_rx, finished, settings.ping_interval, progress.clone())));
     let end = OutputEnd { exited: exited.clone(), discard: discard.clone(), group, grace: settings.kill_grace };
     let pumps: Vec<_> = process
         .outputs
         .drain(..)
-        .map(|output| pump_output(output, protocol, out_tx.clone(), end.clone(), bytes_out.clone()))
+        .map(|output| pump_output(output, protocol, out_tx.clone(), end.clone(), Meter::new(&bytes_out, &activity)))
         .collect();
     let mut output = AbortOnDrop(tokio::spawn(futures_util::future::join_all(pumps)));
     let mut input = Box::pin(
-        pump_input(rx, protocol, process.stdin.take(), settings.pong_timeout, progress, bytes_in.clone()).fuse(),
+        pump_input(
+            rx,
+            protocol,
+            process.stdin.take(),
+            settings.pong_timeout,
+            progress,
+            Meter::new(&bytes_in, &activity),
+        )
+        .fuse(),
     );
 
     let mut status = None;
@@ -134,6 +151,14 @@ where
             // the input side may not see while it waits on a full stdin.
             _ = &mut writer.0 => break Ending::ClientGone("sending failed".into()),
             _ = shutdown.cancelled() => break Ending::Shutdown,
+            _ = sleep_until_some(time_limit) => break Ending::TimeLimit,
+            _ = sleep_until_some(idle_check) => {
+                let idle = settings.idle_timeout.expect("checks only with a timeout");
+                match activity.idle_since() {
+                    Some(last) if last + idle > Instant::now() => idle_check = Some(last + idle),
+                    _ => break Ending::Idle,
+                }
+            }
         }
         if let (Some(status), true) = (status, output_done) {
             break Ending::Exited(status);
@@ -143,6 +168,8 @@ where
     let goodbye = match &ending {
         Ending::Exited(status) => protocol.exit(*status),
         Ending::Shutdown => vec![close_frame(CloseCode::Away, "server shutting down")],
+        Ending::Idle => vec![close_frame(CloseCode::Policy, "idle timeout")],
+        Ending::TimeLimit => vec![close_frame(CloseCode::Policy, "session time limit")],
         Ending::MessageTooBig => vec![close_frame(CloseCode::Size, "message too big")],
         Ending::ProtocolError(_) => vec![close_frame(CloseCode::Protocol, "protocol error")],
         Ending::Internal(_) => vec![close_frame(CloseCode::Error, "internal error")],
@@ -286,7 +313,7 @@ async fn pump_output(
     protocol: Protocol,
     queue: mpsc::Sender<Message>,
     end: OutputEnd,
-    counter: Arc<AtomicU64>,
+    meter: Meter,
 ) -> ProcessOutput {
     let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
     let mut deadline = None;
@@ -339,9 +366,7 @@ async fn pump_output(
         }
         tokio::select! {
             sent = queue.send(protocol.output(pipe.stream, &buf[..n])) => match sent {
-                Ok(()) => {
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                }
+                Ok(()) => meter.add(n),
                 Err(_) => end.discard.cancel(),
             },
             _ = end.discard.cancelled() => {}
@@ -360,7 +385,7 @@ async fn pump_input<Rx>(
     mut stdin: Option<ProcessInput>,
     pong_timeout: Duration,
     progress: Progress,
-    counter: Arc<AtomicU64>,
+    meter: Meter,
 ) -> Ending
 where
     Rx: Stream<Item = Result<Message, WsError>> + Unpin,
@@ -390,7 +415,7 @@ where
                     if input.write_all(&data).await.is_err() {
                         stdin = None;
                     } else {
-                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        meter.add(data.len());
                     }
                 }
             }
@@ -435,6 +460,38 @@ impl Progress {
     fn within(&self, window: Duration) -> bool {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.origin.elapsed().saturating_sub(last) < window
+    }
+
+    /// When it was last marked.
+    fn idle_since(&self) -> Option<Instant> {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Instant::from_std(self.origin).checked_add(last)
+    }
+}
+
+/// Counts the bytes of one direction and marks the session active.
+#[derive(Debug, Clone)]
+struct Meter {
+    bytes: Arc<AtomicU64>,
+    activity: Progress,
+}
+
+impl Meter {
+    fn new(bytes: &Arc<AtomicU64>, activity: &Progress) -> Self {
+        Self { bytes: bytes.clone(), activity: activity.clone() }
+    }
+
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.activity.mark();
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

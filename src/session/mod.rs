@@ -45,6 +45,10 @@ pub struct SessionSettings {
     pub ping_interval: Duration,
     /// A client silent for this long is gone.
     pub pong_timeout: Duration,
+    /// End a session with no input or output for this long.
+    pub idle_timeout: Option<Duration>,
+    /// End a session this long after it started.
+    pub max_session_duration: Option<Duration>,
     /// The environment processes start with.
     pub env: EnvPolicy,
 }
@@ -63,6 +67,8 @@ impl From<&Config> for SessionSettings {
             max_message_size: config.max_message_size.as_u64() as usize,
             ping_interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
+            idle_timeout: config.idle_timeout,
+            max_session_duration: config.max_session_duration,
             env: EnvPolicy { clear: config.clear_env, pass: config.pass_env.clone() },
         }
     }

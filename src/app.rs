@@ -25,6 +25,14 @@ pub enum Backend {
 }
 
 impl Authorizer for Backend {
+    fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Controller(controller) => controller.backend_name(),
+            #[cfg(feature = "jwt")]
+            Self::Jwt(jwt) => jwt.backend_name(),
+        }
+    }
+
     async fn authorize(&self, token: &str, request: &Parts) -> Result<CommandSpec, AuthError> {
         match self {
             Self::Controller(controller) => controller.authorize(token, request).await,

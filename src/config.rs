@@ -116,6 +116,8 @@ pub struct Config {
     /// Bound on graceful shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Where Prometheus metrics are served (`/metrics`); off when unset.
+    pub metrics_listen: Option<ListenAddr>,
     /// Log line format.
     pub log_format: LogFormat,
 }
@@ -154,6 +156,7 @@ impl Default for Config {
             idle_timeout: None,
             max_session_duration: None,
             shutdown_timeout: Duration::from_secs(10),
+            metrics_listen: None,
             log_format: LogFormat::Text,
         }
     }

@@ -27,7 +27,8 @@
 //! - [`server`]: listening, connections, shutdown;
 //! - [`auth`]: the token layer and its backends;
 //! - [`session`]: handshake, process, bridge;
-//! - [`spec`]: the command spec a backend returns.
+//! - [`spec`]: the command spec a backend returns;
+//! - [`metrics`]: Prometheus metrics.
 //!
 //! ## Features
 //!
@@ -41,6 +42,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod origin;
 pub mod reply;
 pub mod routes;

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
@@ -216,6 +217,10 @@ struct SettingFlags {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     shutdown_timeout: Option<String>,
+    /// Serve Prometheus metrics at /metrics on this address [default: off]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<String>,
     /// Log format: text or json; the level comes from RUST_LOG [default: text]
     #[arg(long, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -316,7 +321,21 @@ async fn serve(config: Config, app: App, sessions: Sessions) -> anyhow::Result<(
     // A peer that vanished is noticed even while the server only sends.
     let listener = listener.with_tcp_user_timeout(config.pong_timeout);
     tracing::info!(addr = %listener.local_addr()?, path = %config.path, backend = ?config.auth, "listening");
+    let metrics_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = &config.metrics_listen {
+        let metrics = server::Listener::bind(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(addr = %metrics.local_addr()?, "serving metrics");
+        let stop = metrics_stop.clone().cancelled_owned();
+        tokio::spawn(server::serve(
+            metrics,
+            ws_subprocess::metrics::service(),
+            Sessions::new(),
+            Duration::from_secs(1),
+            stop,
+        ));
+    }
     server::serve(listener, app, sessions, config.shutdown_timeout, shutdown_signal()).await;
+    metrics_stop.cancel();
     Ok(())
 }
 

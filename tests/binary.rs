@@ -321,3 +321,61 @@ async fn accept_errors_back_off_and_the_server_recovers() {
     .await;
     assert!(healthy.is_ok(), "the server did not recover");
 }
+
+#[tokio::test]
+async fn prometheus_metrics_count_sessions_tokens_bytes_and_exits() {
+    let controller = Controller::start(|seen| {
+        let token = seen.token().unwrap_or_default();
+        async move {
+            match token.as_str() {
+                "ok" => json(StatusCode::OK, r#"{"command": "/bin/echo", "args": ["12345"]}"#),
+                "fail" => json(StatusCode::OK, r#"{"command": "/bin/sh", "args": ["-c", "exit 3"]}"#),
+                _ => json(StatusCode::FORBIDDEN, "{}"),
+            }
+        }
+    })
+    .await;
+    let dir = scratch();
+    let url = controller.url();
+    let server = Binary::start(
+        &["--listen", "127.0.0.1:0", "--controller-url", &url, "--metrics-listen", "127.0.0.1:0"],
+        &[],
+        dir.path(),
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(5), || server.log().contains("serving metrics")).await);
+    let metrics_addr: std::net::SocketAddr = {
+        let log = server.log();
+        let line = log.lines().find(|l| l.contains("serving metrics")).unwrap();
+        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    };
+    for token in ["ok", "fail"] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url(token)).await.unwrap();
+        ws.send(Message::Text("input".into())).await.unwrap();
+        collect(&mut ws).await;
+    }
+    assert_eq!(refusal(server.ws_url("nope")).await.0, StatusCode::FORBIDDEN);
+    // Sessions end on the server a moment after the client saw the Close.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let (status, _, body) = http_request(metrics_addr, "GET /metrics HTTP/1.1").await;
+        assert_eq!(status, 200);
+        text = body;
+        if text.contains("ws_subprocess_sessions_active 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for line in [
+        "ws_subprocess_sessions_total 2",
+        r#"ws_subprocess_auth_results_total{backend="controller",result="allowed"} 2"#,
+        r#"ws_subprocess_auth_results_total{backend="controller",result="denied"} 1"#,
+        r#"ws_subprocess_auth_latency_seconds_count{backend="controller"} 3"#,
+        r#"ws_subprocess_bytes_total{direction="out"} 6"#,
+        r#"ws_subprocess_process_exits_total{kind="success"} 1"#,
+        r#"ws_subprocess_process_exits_total{kind="failure"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+    }
+    assert_eq!(http_request(metrics_addr, "GET /other HTTP/1.1").await.0, 404);
+}

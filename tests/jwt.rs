@@ -1,3 +1,4 @@
+#![cfg(feature = "jwt")]
 //! The JWT backend (SPEC §4 JWT) over real sockets, with keys made by
 //! openssl, a real key set server and a real redis-server.
 

@@ -113,6 +113,10 @@ impl ControllerAuthorizer {
 }
 
 impl Authorizer for ControllerAuthorizer {
+    fn backend_name(&self) -> &'static str {
+        "controller"
+    }
+
     async fn authorize(&self, token: &str, parts: &Parts) -> Result<CommandSpec, AuthError> {
         let response = self
             .client

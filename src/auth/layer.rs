@@ -136,7 +136,10 @@ where
                 }
             });
             drop(token);
-            let latency_ms = started.elapsed().as_millis() as u64;
+            let latency = started.elapsed();
+            let latency_ms = latency.as_millis() as u64;
+            let outcome = result.as_ref().map_or_else(AuthError::metric, |_| crate::metrics::AuthResult::allowed);
+            crate::metrics::global().auth(layer.authorizer.backend_name(), outcome, latency);
             match result {
                 Ok(spec) => {
                     tracing::debug!(token = %token_hash, latency_ms, command = %spec.command.display(), "token allowed");

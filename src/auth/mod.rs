@@ -46,6 +46,11 @@ use crate::spec::{CommandSpec, SpecError};
 ///
 /// Implementations must be cheap to share: the layer holds one in an `Arc`.
 pub trait Authorizer: Send + Sync + 'static {
+    /// The backend's name in metrics, e.g. `controller`.
+    fn backend_name(&self) -> &'static str {
+        "custom"
+    }
+
     /// Checks `token`; `request` is the upgrade request it came with (its
     /// headers, and [`PeerAddr`](crate::PeerAddr) in its extensions when the
     /// server knows it).
@@ -82,6 +87,17 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// How this refusal is counted in metrics.
+    pub fn metric(&self) -> crate::metrics::AuthResult {
+        use crate::metrics::AuthResult;
+        match self {
+            Self::Denied(_) | Self::CommandNotAllowed(_) => AuthResult::denied,
+            Self::BackendFailed(_) | Self::InvalidSpec(_) => AuthResult::failed,
+            Self::BackendTimeout => AuthResult::timeout,
+            Self::Unavailable(_) => AuthResult::unavailable,
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -111,9 +111,11 @@ impl ServeSubprocess {
                     }
                 };
                 tracing::info!(args = spec.args.len(), "session started");
+                crate::metrics::global().sessions_started();
                 let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                 let (tx, rx) = socket.split();
                 let outcome = bridge(process, protocol, tx, rx, &settings, shutdown).await;
+                crate::metrics::global().session_ended(outcome.bytes_in, outcome.bytes_out, outcome.status);
                 tracing::info!(
                     ending = ?outcome.ending,
                     status = %outcome.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),

@@ -185,6 +185,10 @@ fn replay_key(claims: &Map<String, Value>, jti: &str) -> String {
 }
 
 impl<R: ReplayStore> Authorizer for JwtAuthorizer<R> {
+    fn backend_name(&self) -> &'static str {
+        "jwt"
+    }
+
     async fn authorize(&self, token: &str, _: &Parts) -> Result<CommandSpec, AuthError> {
         let (spec, claims) = self.verify(token).await?;
         let jti = match claims.get("jti") {

@@ -116,6 +116,10 @@ pub struct Config {
     /// Bound on graceful shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// PEM certificate chain: with `tls_key_file`, serve `wss://` directly.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// Where Prometheus metrics are served (`/metrics`); off when unset.
     pub metrics_listen: Option<ListenAddr>,
     /// Log line format.
@@ -156,6 +160,8 @@ impl Default for Config {
             idle_timeout: None,
             max_session_duration: None,
             shutdown_timeout: Duration::from_secs(10),
+            tls_cert_file: None,
+            tls_key_file: None,
             metrics_listen: None,
             log_format: LogFormat::Text,
         }
@@ -245,6 +251,9 @@ impl Config {
         }
         if self.auth == AuthBackend::Jwt {
             problems.extend(self.jwt_problems());
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            problems.push(("tls_cert_file", "tls_cert_file and tls_key_file go together"));
         }
         if self.allowed_commands.iter().any(|c| !c.is_absolute()) {
             problems.push(("allowed_commands", "must hold absolute paths"));

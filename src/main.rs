@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use serde::Serialize;
+use tokio_rustls::TlsAcceptor;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -217,6 +218,14 @@ struct SettingFlags {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     shutdown_timeout: Option<String>,
+    /// PEM certificate chain; with --tls-key-file, serve wss:// directly
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert_file: Option<String>,
+    /// PEM private key of --tls-cert-file
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key_file: Option<String>,
     /// Serve Prometheus metrics at /metrics on this address [default: off]
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -291,6 +300,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => match server::tls_acceptor(cert, key) {
+            Ok(acceptor) => Some(acceptor),
+            Err(err) => {
+                eprintln!("ws-subprocess: configuration error\n{err}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -298,7 +317,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(serve(config, app, sessions));
+    let result = runtime.block_on(serve(config, app, sessions, tls));
     // Sessions are already over; idle blocking threads (DNS lookups of the
     // controller) need not be waited for.
     runtime.shutdown_background();
@@ -311,7 +330,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config, app: App, sessions: Sessions) -> anyhow::Result<()> {
+async fn serve(config: Config, app: App, sessions: Sessions, tls: Option<TlsAcceptor>) -> anyhow::Result<()> {
     match server::raise_open_file_limit() {
         Ok(limit) => tracing::debug!(limit = ?limit, "open-file limit raised"),
         Err(err) => tracing::warn!(cause = %err, "cannot raise the open-file limit"),
@@ -319,8 +338,17 @@ async fn serve(config: Config, app: App, sessions: Sessions) -> anyhow::Result<(
     let listener =
         server::Listener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     // A peer that vanished is noticed even while the server only sends.
-    let listener = listener.with_tcp_user_timeout(config.pong_timeout);
-    tracing::info!(addr = %listener.local_addr()?, path = %config.path, backend = ?config.auth, "listening");
+    let mut listener = listener.with_tcp_user_timeout(config.pong_timeout);
+    if let Some(acceptor) = tls {
+        listener = listener.with_tls(acceptor);
+    }
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        path = %config.path,
+        backend = ?config.auth,
+        tls = config.tls_cert_file.is_some(),
+        "listening"
+    );
     let metrics_stop = tokio_util::sync::CancellationToken::new();
     if let Some(addr) = &config.metrics_listen {
         let metrics = server::Listener::bind(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?;

@@ -15,7 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -25,6 +25,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tower::Service;
 use tower_http::add_extension::AddExtension;
@@ -49,11 +50,72 @@ impl fmt::Display for PeerAddr {
     }
 }
 
-/// A bound socket: TCP or Unix.
-#[derive(Debug)]
+/// Whether the client's connection is TLS, in the request extensions of
+/// every request the server passes on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Secure(pub bool);
+
+/// Bound on a client's TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection's byte stream, whatever carries it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+/// A bound socket: TCP or Unix, optionally with TLS.
 pub struct Listener {
     socket: Socket,
     user_timeout: Option<Duration>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener").field("socket", &self.socket).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+/// Why TLS could not be set up; names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read `{path}`: {cause}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: io::Error,
+    },
+    /// The certificate file holds no PEM certificate.
+    #[error("tls_cert_file: no PEM certificate in `{0}`")]
+    NoCertificate(PathBuf),
+    /// The key file holds no PEM private key.
+    #[error("tls_key_file: no PEM private key in `{0}`")]
+    NoKey(PathBuf),
+    /// rustls refused the certificate and key.
+    #[error("tls_cert_file/tls_key_file: {0}")]
+    Rejected(#[from] tokio_rustls::rustls::Error),
+}
+
+/// A TLS acceptor for the certificate chain and private key in these PEM
+/// files (TLS 1.2 and 1.3, rustls with aws-lc-rs).
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{ServerConfig, crypto};
+    let read = |path: &Path| std::fs::read(path).map_err(|cause| TlsError::Read { path: path.to_path_buf(), cause });
+    let cert_pem = read(cert_file)?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&cert_pem).filter_map(Result::ok).collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(cert_file.to_path_buf()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key_file)?).map_err(|_| TlsError::NoKey(key_file.to_path_buf()))?;
+    let config = ServerConfig::builder_with_provider(std::sync::Arc::new(crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 #[derive(Debug)]
@@ -77,7 +139,13 @@ impl Listener {
                 Socket::Unix(UnixListener::bind(path)?, path.clone())
             }
         };
-        Ok(Self { socket, user_timeout: None })
+        Ok(Self { socket, user_timeout: None, tls: None })
+    }
+
+    /// Serves TLS (`wss://`) on this socket.
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 
     /// Aborts a TCP connection whose sent data stays unacknowledged this
@@ -126,15 +194,22 @@ pub enum ServeError {
     /// The service stack could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Serves the stack built from `config` on `listener` until `shutdown`
 /// completes, then shuts down gracefully (see [`serve`]). TCP connections
-/// get `pong_timeout` as their `TCP_USER_TIMEOUT`.
+/// get `pong_timeout` as their `TCP_USER_TIMEOUT`; with `tls_cert_file` and
+/// `tls_key_file`, the listener serves TLS.
 pub async fn run(listener: Listener, config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let sessions = Sessions::new();
     let app = app::build(config, sessions.clone())?;
-    let listener = listener.with_tcp_user_timeout(config.pong_timeout);
+    let mut listener = listener.with_tcp_user_timeout(config.pong_timeout);
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        listener = listener.with_tls(tls_acceptor(cert, key)?);
+    }
     serve(listener, app, sessions, config.shutdown_timeout, shutdown).await;
     Ok(())
 }
@@ -175,12 +250,23 @@ pub async fn serve<S>(
                 }
             },
         };
-        let service = TowerToHyperService::new(AddExtension::new(app.clone(), peer));
-        let connection =
-            connections.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned());
+        let secure = Secure(listener.tls.is_some());
+        let service = TowerToHyperService::new(AddExtension::new(AddExtension::new(app.clone(), secure), peer));
+        let (tls, builder, watcher) = (listener.tls.clone(), builder.clone(), connections.watcher());
         let span = tracing::debug_span!("connection", peer = %peer);
         tokio::spawn(
             async move {
+                // The TLS handshake runs here, not in the accept loop, so a
+                // slow client delays only itself.
+                let io: Box<dyn Io> = match tls {
+                    None => Box::new(io),
+                    Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(err)) => return tracing::debug!(cause = %err, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    },
+                };
+                let connection = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
                 if let Err(err) = connection.await {
                     tracing::debug!(cause = %err, "connection ended with an error");
                 }

@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use url::Url;
 
 use super::{AuthError, Authorizer};
-use crate::server::PeerAddr;
+use crate::server::{PeerAddr, Secure};
 use crate::spec::CommandSpec;
 
 /// Largest controller answer read; a longer one is a failed backend.
@@ -98,7 +98,12 @@ impl ControllerAuthorizer {
         if let Some(value) = chain.and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(X_FORWARDED_FOR, value);
         }
-        let proto = client.get(&X_FORWARDED_PROTO).cloned().unwrap_or(HeaderValue::from_static("http"));
+        let secure = parts.extensions.get::<Secure>().is_some_and(|s| s.0);
+        let proto = client.get(&X_FORWARDED_PROTO).cloned().unwrap_or(HeaderValue::from_static(if secure {
+            "https"
+        } else {
+            "http"
+        }));
         headers.insert(X_FORWARDED_PROTO, proto);
         if let Some(host) = client.get(&X_FORWARDED_HOST).or_else(|| client.get(HOST)) {
             headers.insert(X_FORWARDED_HOST, host.clone());

@@ -223,7 +223,10 @@ pub async fn http_request(addr: SocketAddr, head: &str) -> (u16, String, String)
 }
 
 /// Everything a session sends: output bytes, then the Close frame.
-pub async fn collect(ws: &mut Ws) -> (Vec<u8>, Option<CloseFrame>) {
+pub async fn collect<S>(ws: &mut WebSocketStream<S>) -> (Vec<u8>, Option<CloseFrame>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut output = Vec::new();
     while let Some(message) = ws.next().await {
         match message.expect("a clean session") {

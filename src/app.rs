@@ -128,5 +128,9 @@ pub fn build(config: &Config, sessions: Sessions) -> Result<App, BuildError> {
                 .allowed_commands(config.allowed_commands.clone()),
         )
         .service(ServeSubprocess::new(SessionSettings::from(config), sessions));
-    Ok(Routes::new(&config.path, stack))
+    let routes = Routes::new(&config.path, stack);
+    Ok(match &config.static_dir {
+        Some(dir) => routes.static_dir(dir),
+        None => routes,
+    })
 }

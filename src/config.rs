@@ -120,6 +120,8 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// Files served beside the endpoint (for example a terminal page).
+    pub static_dir: Option<PathBuf>,
     /// Where Prometheus metrics are served (`/metrics`); off when unset.
     pub metrics_listen: Option<ListenAddr>,
     /// Log line format.
@@ -162,6 +164,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             tls_cert_file: None,
             tls_key_file: None,
+            static_dir: None,
             metrics_listen: None,
             log_format: LogFormat::Text,
         }
@@ -251,6 +254,9 @@ impl Config {
         }
         if self.auth == AuthBackend::Jwt {
             problems.extend(self.jwt_problems());
+        }
+        if self.static_dir.as_ref().is_some_and(|dir| !dir.is_dir()) {
+            problems.push(("static_dir", "is not a directory"));
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             problems.push(("tls_cert_file", "tls_cert_file and tls_key_file go together"));

@@ -226,6 +226,10 @@ struct SettingFlags {
     #[arg(long, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_key_file: Option<String>,
+    /// Serve the files of this directory beside the endpoint (e.g. a terminal page)
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    static_dir: Option<String>,
     /// Serve Prometheus metrics at /metrics on this address [default: off]
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -33,7 +33,6 @@ use tracing::Instrument;
 
 use crate::app::{self, BuildError};
 use crate::config::{Config, ListenAddr};
-use crate::reply::Body;
 use crate::session::Sessions;
 
 /// The client's address, in the request extensions of every request the
@@ -218,15 +217,17 @@ pub async fn run(listener: Listener, config: &Config, shutdown: impl Future<Outp
 /// accepting, let HTTP connections finish, end every session in `sessions`
 /// (clients get Close 1001, process groups are signalled), and return within
 /// `shutdown_timeout`, killing whatever is left.
-pub async fn serve<S>(
+pub async fn serve<S, B>(
     listener: Listener,
     app: S,
     sessions: Sessions,
     shutdown_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = Builder::new(TokioExecutor::new());
     // With a timer, hyper bounds how long a client may take to send its

@@ -321,3 +321,29 @@ async fn session_limit_is_503_with_retry_after_before_the_controller() {
     .expect("a place frees up after a session ends");
     drop((second, reopened));
 }
+
+#[tokio::test]
+async fn static_dir_serves_files_beside_the_endpoint() {
+    let dir = scratch();
+    std::fs::write(dir.path().join("index.html"), "<h1>terminal</h1>").unwrap();
+    std::fs::write(dir.path().join("app.js"), "console.log(1)").unwrap();
+    let outside = scratch();
+    std::fs::write(outside.path().join("secret"), "s3cret").unwrap();
+    let controller = Controller::allowing("/bin/echo", &["still here"]).await;
+    let mut config = config_for(&controller);
+    config.static_dir = Some(dir.path().to_path_buf());
+    let server = TestServer::start(config).await;
+    let (status, head, body) = http_request(server.addr, "GET / HTTP/1.1").await;
+    assert_eq!((status, body.as_str()), (200, "<h1>terminal</h1>"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/html"), "{head}");
+    assert_eq!(http_request(server.addr, "GET /app.js HTTP/1.1").await.2, "console.log(1)");
+    assert_eq!(http_request(server.addr, "GET /missing.txt HTTP/1.1").await.0, 404);
+    let escape = format!("GET /../{}/secret HTTP/1.1", outside.path().file_name().unwrap().to_str().unwrap());
+    let (status, _, body) = http_request(server.addr, &escape).await;
+    assert!(status == 404 || status == 400, "{status}");
+    assert!(!body.contains("s3cret"));
+    // The endpoint and the health check still come first.
+    assert_eq!(http_request(server.addr, "GET /healthz HTTP/1.1").await.2, "ok\n");
+    let (output, _) = collect(&mut server.connect("t").await).await;
+    assert_eq!(output, b"still here\n");
+}

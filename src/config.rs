@@ -255,6 +255,11 @@ impl Config {
         if self.auth == AuthBackend::Jwt {
             problems.extend(self.jwt_problems());
         }
+        // Port 0 picks a free port each time, so only fixed addresses clash.
+        let fixed = !matches!(&self.listen, ListenAddr::Tcp(addr) if addr.ends_with(":0"));
+        if fixed && self.metrics_listen.as_ref().is_some_and(|m| *m == self.listen) {
+            problems.push(("metrics_listen", "must differ from listen"));
+        }
         if self.static_dir.as_ref().is_some_and(|dir| !dir.is_dir()) {
             problems.push(("static_dir", "is not a directory"));
         }
@@ -707,6 +712,13 @@ mod tests {
             flags.set("kill_grace", "2days");
             let err = load_in_jail(flags).unwrap_err().to_string();
             assert!(err.contains("`kill_grace`: must be at most 24h"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|_| {
+            let mut flags = FlagValues::new();
+            flags.set("listen", "unix:/tmp/ws.sock").set("metrics_listen", "unix:/tmp/ws.sock");
+            let err = load_in_jail(flags).unwrap_err().to_string();
+            assert!(err.contains("`metrics_listen`: must differ from listen"), "{err}");
             Ok(())
         });
         Jail::expect_with(|_| {

@@ -7,7 +7,8 @@
 //! ```
 //! use ws_subprocess::metrics;
 //!
-//! metrics::global().sessions_started();
+//! let session = metrics::global().session_started();
+//! drop(session);
 //! assert!(metrics::render().contains("ws_subprocess_sessions_total"));
 //! ```
 
@@ -128,17 +129,21 @@ impl Metrics {
         self.auth_latency.get_or_create(&BackendLabels { backend }).observe(latency.as_secs_f64());
     }
 
-    /// A session began.
-    pub fn sessions_started(&self) {
+    /// A session began; it counts as active until the guard is dropped,
+    /// however the session ends.
+    pub fn session_started(&'static self) -> ActiveSession {
         self.sessions_total.inc();
         self.sessions_active.inc();
+        ActiveSession(self)
     }
 
-    /// A session ended, having moved these bytes, its process ending so.
-    pub fn session_ended(&self, bytes_in: u64, bytes_out: u64, status: Option<ExitStatus>) {
-        self.sessions_active.dec();
-        self.bytes.get_or_create(&DirectionLabels { direction: Direction::r#in }).inc_by(bytes_in);
-        self.bytes.get_or_create(&DirectionLabels { direction: Direction::out }).inc_by(bytes_out);
+    /// Bytes bridged, counted as they flow.
+    pub fn bytes(&self, direction: Direction, n: u64) {
+        self.bytes.get_or_create(&DirectionLabels { direction }).inc_by(n);
+    }
+
+    /// A process ended so.
+    pub fn process_exited(&self, status: Option<ExitStatus>) {
         let kind = match status.map(|s| (s.success(), s.code())) {
             Some((true, _)) => ExitKind::success,
             Some((false, Some(_))) => ExitKind::failure,
@@ -146,6 +151,16 @@ impl Metrics {
             None => ExitKind::unknown,
         };
         self.exits.get_or_create(&ExitLabels { kind }).inc();
+    }
+}
+
+/// Keeps a session counted as active; see [`Metrics::session_started`].
+#[derive(Debug)]
+pub struct ActiveSession(&'static Metrics);
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.sessions_active.dec();
     }
 }
 

@@ -279,7 +279,11 @@ pub async fn serve<S, B>(
     tracing::info!(sessions = sessions.active(), "shutting down");
     sessions.shutdown();
     let everything = async {
-        tokio::join!(connections.shutdown(), sessions.wait());
+        // Connections first: a request still being authorized finishes
+        // (with 503: sessions are shutting down) before the last session is
+        // waited for, so none can start after that wait.
+        connections.shutdown().await;
+        sessions.wait().await;
     };
     if tokio::time::timeout(shutdown_timeout, everything).await.is_err() {
         tracing::warn!(sessions = sessions.active(), "shutdown timeout passed; killing what is left");

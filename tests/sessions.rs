@@ -479,3 +479,17 @@ async fn sessions_end_at_max_session_duration() {
     assert_eq!(close_of(close), (1008, "session time limit".into()));
     assert!(started.elapsed() >= Duration::from_millis(500) && started.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test]
+async fn limits_do_not_override_an_exit_being_drained() {
+    // The process exits inside the idle window, leaving a grandchild on the
+    // pipe; the drain outlasts the idle timeout, and the exit still wins.
+    let controller = Controller::shell("sleep 0.3; sleep 100 & exit 0").await;
+    let mut config = config_for(&controller);
+    config.idle_timeout = Some(Duration::from_millis(400));
+    config.kill_grace = Duration::from_millis(800);
+    let server = TestServer::start(config).await;
+    let mut ws = server.connect("t").await;
+    let (_, close) = collect(&mut ws).await;
+    assert_eq!(close_of(close), (1000, "exit 0".into()));
+}

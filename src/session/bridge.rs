@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::SessionSettings;
 use super::process::{Process, ProcessGroup, ProcessInput, ProcessOutput};
 use super::protocol::{Input, Protocol};
+use crate::metrics::Direction;
 
 /// Largest output message: one read of the pipe.
 pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
@@ -112,7 +113,15 @@ where
     let pumps: Vec<_> = process
         .outputs
         .drain(..)
-        .map(|output| pump_output(output, protocol, out_tx.clone(), end.clone(), Meter::new(&bytes_out, &activity)))
+        .map(|output| {
+            pump_output(
+                output,
+                protocol,
+                out_tx.clone(),
+                end.clone(),
+                Meter::new(&bytes_out, &activity, Direction::out),
+            )
+        })
         .collect();
     let mut output = AbortOnDrop(tokio::spawn(futures_util::future::join_all(pumps)));
     let mut input = Box::pin(
@@ -122,7 +131,7 @@ where
             process.stdin.take(),
             settings.pong_timeout,
             progress,
-            Meter::new(&bytes_in, &activity),
+            Meter::new(&bytes_in, &activity, Direction::r#in),
         )
         .fuse(),
     );
@@ -151,8 +160,10 @@ where
             // the input side may not see while it waits on a full stdin.
             _ = &mut writer.0 => break Ending::ClientGone("sending failed".into()),
             _ = shutdown.cancelled() => break Ending::Shutdown,
-            _ = sleep_until_some(time_limit) => break Ending::TimeLimit,
-            _ = sleep_until_some(idle_check) => {
+            // Once the process has exited, its output is drained (bounded
+            // by kill_grace) and the exit reported; limits no longer apply.
+            _ = sleep_until_some(time_limit), if status.is_none() => break Ending::TimeLimit,
+            _ = sleep_until_some(idle_check), if status.is_none() => {
                 let idle = settings.idle_timeout.expect("checks only with a timeout");
                 match activity.idle_since() {
                     Some(last) if last + idle > Instant::now() => idle_check = Some(last + idle),
@@ -220,7 +231,7 @@ where
     tokio::join!(stop_process, close_socket);
     // Whatever the leader left behind in its group (or, on a terminal, its
     // session) does not outlive the session.
-    group.kill_all();
+    process.finish().await;
     drop(drained);
     Outcome { ending, status, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out: bytes_out.load(Ordering::Relaxed) }
 }
@@ -474,16 +485,19 @@ impl Progress {
 struct Meter {
     bytes: Arc<AtomicU64>,
     activity: Progress,
+    direction: Direction,
 }
 
 impl Meter {
-    fn new(bytes: &Arc<AtomicU64>, activity: &Progress) -> Self {
-        Self { bytes: bytes.clone(), activity: activity.clone() }
+    fn new(bytes: &Arc<AtomicU64>, activity: &Progress, direction: Direction) -> Self {
+        Self { bytes: bytes.clone(), activity: activity.clone(), direction }
     }
 
+    /// Counts `n` bytes here and in the metrics, as they flow.
     fn add(&self, n: usize) {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
         self.activity.mark();
+        crate::metrics::global().bytes(self.direction, n as u64);
     }
 }
 

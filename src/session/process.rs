@@ -58,6 +58,7 @@ pub struct Process {
     child: Child,
     group: ProcessGroup,
     tty: bool,
+    finished: bool,
     /// The process's input; `None` once taken.
     pub stdin: Option<ProcessInput>,
     /// The process's outputs; empty once taken.
@@ -122,7 +123,7 @@ impl Process {
             })
             .collect::<io::Result<Vec<_>>>()?;
         let stdin = child.stdin.take().map(ProcessInput::Pipe);
-        Ok(Self { group: ProcessGroup::of(&child, false)?, child, tty: false, stdin, outputs })
+        Ok(Self { group: ProcessGroup::of(&child, false)?, child, tty: false, finished: false, stdin, outputs })
     }
 
     fn spawn_on_pty(command: Command, size: TerminalSize) -> io::Result<Self> {
@@ -142,6 +143,7 @@ impl Process {
             group: ProcessGroup::of(&child, true)?,
             child,
             tty: true,
+            finished: false,
             stdin: Some(ProcessInput::Pty(writer)),
             outputs: vec![ProcessOutput { stream: OutputStream::Stdout, reader: OutputReader::Pty(reader) }],
         })
@@ -166,11 +168,21 @@ impl Process {
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         self.child.wait().await
     }
+
+    /// Kills whatever is left of the group (and, on a terminal, of the
+    /// session), off the async threads: sweeping a session reads `/proc`.
+    pub async fn finish(&mut self) {
+        let group = self.group;
+        let _ = tokio::task::spawn_blocking(move || group.kill_all()).await;
+        self.finished = true;
+    }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.group.kill_all();
+        if !self.finished {
+            self.group.kill_all();
+        }
     }
 }
 

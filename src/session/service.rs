@@ -77,6 +77,9 @@ impl ServeSubprocess {
                 return reply::with_headers(rejection.status(), &rejection.to_string(), rejection.response_headers());
             }
         };
+        if self.sessions.shutdown_token().is_cancelled() {
+            return reply::plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+        }
         let protocol = Protocol::negotiate(crate::auth::offered_protocols(request.headers()));
         let mut process = match Process::spawn(&spec, &self.settings.env, protocol.output_mode()) {
             Ok(process) => process,
@@ -111,11 +114,11 @@ impl ServeSubprocess {
                     }
                 };
                 tracing::info!(args = spec.args.len(), "session started");
-                crate::metrics::global().sessions_started();
+                let _active = crate::metrics::global().session_started();
                 let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                 let (tx, rx) = socket.split();
                 let outcome = bridge(process, protocol, tx, rx, &settings, shutdown).await;
-                crate::metrics::global().session_ended(outcome.bytes_in, outcome.bytes_out, outcome.status);
+                crate::metrics::global().process_exited(outcome.status);
                 tracing::info!(
                     ending = ?outcome.ending,
                     status = %outcome.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),

@@ -493,3 +493,28 @@ async fn limits_do_not_override_an_exit_being_drained() {
     let (_, close) = collect(&mut ws).await;
     assert_eq!(close_of(close), (1000, "exit 0".into()));
 }
+
+#[tokio::test]
+async fn the_leader_stays_unreaped_until_its_group_is_killed() {
+    // While a leftover holds the pipe, the exited leader is kept as a
+    // zombie: its pid (the group id) cannot be reused, so the final SIGKILL
+    // to the group cannot reach a stranger. Then it is reaped.
+    let dir = scratch();
+    let leader = path_in(&dir, "leader");
+    let controller = Controller::shell(&format!("echo $$ > {}; sleep 100 & exit 0", leader.display())).await;
+    let mut config = config_for(&controller);
+    config.kill_grace = Duration::from_millis(1500);
+    let server = TestServer::start(config).await;
+    let mut ws = server.connect("t").await;
+    let pid = read_pid(&leader).await;
+    let state = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+    };
+    assert!(eventually(Duration::from_secs(1), || state() == Some('Z')).await, "state {:?}", state());
+    assert!(children_of(std::process::id() as i32).contains(&pid), "the zombie is ours");
+    let (_, close) = collect(&mut ws).await;
+    assert_eq!(close_of(close), (1000, "exit 0".into()));
+    assert!(eventually(Duration::from_secs(3), || state().is_none()).await, "never reaped: {:?}", state());
+}

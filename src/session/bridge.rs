@@ -144,7 +144,7 @@ where
     let mut drained: Vec<ProcessOutput> = Vec::new();
     let ending = loop {
         tokio::select! {
-            result = process.wait(), if status.is_none() => match result {
+            result = process.exited(), if status.is_none() => match result {
                 Ok(s) => {
                     status = Some(s);
                     exited.cancel();
@@ -243,17 +243,17 @@ where
 async fn stop(process: &mut Process, group: ProcessGroup, settings: &SessionSettings) -> Option<ExitStatus> {
     group.signal(if process.is_tty() { Signal::HUP } else { settings.kill_signal.signal() });
     let deadline = Instant::now() + settings.kill_grace;
-    let status = match timeout_at(deadline, process.wait()).await {
+    let status = match timeout_at(deadline, process.exited()).await {
         Ok(result) => result.ok(),
         Err(_) => {
             group.signal(Signal::KILL);
-            return process.wait().await.ok();
+            return process.exited().await.ok();
         }
     };
     // The leader is gone; the rest of its group gets the rest of the grace.
-    while group.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // (The leader is not reaped yet, so the group always looks alive: the
+    // whole grace is given.)
+    tokio::time::sleep_until(deadline).await;
     group.signal(Signal::KILL);
     status
 }

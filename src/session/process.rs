@@ -6,7 +6,10 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::process::{ExitStatus, Stdio};
 
-use rustix::process::{Pid, Signal};
+use std::os::fd::AsFd;
+
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
@@ -59,6 +62,10 @@ pub struct Process {
     group: ProcessGroup,
     tty: bool,
     finished: bool,
+    /// Tells when the leader exits without reaping it, so its pid, and so
+    /// the group id, stays reserved until the last signal to the group.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    status: Option<ExitStatus>,
     /// The process's input; `None` once taken.
     pub stdin: Option<ProcessInput>,
     /// The process's outputs; empty once taken.
@@ -123,7 +130,16 @@ impl Process {
             })
             .collect::<io::Result<Vec<_>>>()?;
         let stdin = child.stdin.take().map(ProcessInput::Pipe);
-        Ok(Self { group: ProcessGroup::of(&child, false)?, child, tty: false, finished: false, stdin, outputs })
+        Ok(Self {
+            group: ProcessGroup::of(&child, false)?,
+            pidfd: pidfd_of(&child),
+            child,
+            tty: false,
+            finished: false,
+            status: None,
+            stdin,
+            outputs,
+        })
     }
 
     fn spawn_on_pty(command: Command, size: TerminalSize) -> io::Result<Self> {
@@ -141,9 +157,11 @@ impl Process {
         let (reader, writer) = pty.into_split();
         Ok(Self {
             group: ProcessGroup::of(&child, true)?,
+            pidfd: pidfd_of(&child),
             child,
             tty: true,
             finished: false,
+            status: None,
             stdin: Some(ProcessInput::Pty(writer)),
             outputs: vec![ProcessOutput { stream: OutputStream::Stdout, reader: OutputReader::Pty(reader) }],
         })
@@ -169,12 +187,57 @@ impl Process {
         self.child.wait().await
     }
 
+    /// Waits for the leader to exit and returns its status, but leaves it
+    /// unreaped (a zombie) until [`Process::finish`]: while it is, its pid
+    /// cannot be reused, so signals to its group cannot reach a stranger.
+    /// Without pidfd support, this reaps like [`Process::wait`].
+    pub async fn exited(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let status = match &self.pidfd {
+            None => self.child.wait().await?,
+            Some(pidfd) => loop {
+                let mut ready = pidfd.readable().await?;
+                let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+                match rustix::process::waitid(WaitId::PidFd(pidfd.get_ref().as_fd()), options)? {
+                    Some(info) => break exit_status(&info),
+                    None => ready.clear_ready(),
+                }
+            },
+        };
+        self.status = Some(status);
+        Ok(status)
+    }
+
     /// Kills whatever is left of the group (and, on a terminal, of the
-    /// session), off the async threads: sweeping a session reads `/proc`.
+    /// session), off the async threads (sweeping a session reads `/proc`),
+    /// then reaps the leader.
     pub async fn finish(&mut self) {
         let group = self.group;
         let _ = tokio::task::spawn_blocking(move || group.kill_all()).await;
         self.finished = true;
+        let _ = self.child.wait().await;
+    }
+}
+
+fn pidfd_of(child: &Child) -> Option<AsyncFd<OwnedFd>> {
+    let pid = Pid::from_raw(child.id()? as i32)?;
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    // Deprecated because an `AsyncFd` over a borrowed descriptor could
+    // outlive it; this one owns its `OwnedFd`, which nothing else can close.
+    // The replacement is an `unsafe fn`, and this crate forbids unsafe code.
+    #[allow(deprecated)]
+    AsyncFd::with_interest(fd, tokio::io::Interest::READABLE).ok()
+}
+
+/// The status `waitid` reported, as the standard library represents it.
+fn exit_status(info: &rustix::process::WaitIdStatus) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match (info.exit_status(), info.terminating_signal()) {
+        (Some(code), _) => ExitStatus::from_raw((code & 0xff) << 8),
+        (None, Some(signal)) => ExitStatus::from_raw((signal & 0x7f) | if info.dumped() { 0x80 } else { 0 }),
+        (None, None) => ExitStatus::from_raw(0xff << 8),
     }
 }
 

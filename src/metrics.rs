@@ -137,9 +137,10 @@ impl Metrics {
         ActiveSession(self)
     }
 
-    /// Bytes bridged, counted as they flow.
-    pub fn bytes(&self, direction: Direction, n: u64) {
-        self.bytes.get_or_create(&DirectionLabels { direction }).inc_by(n);
+    /// The counter of bytes bridged one way; hold on to it rather than
+    /// looking it up for every message.
+    pub fn bytes(&self, direction: Direction) -> Counter {
+        self.bytes.get_or_create(&DirectionLabels { direction }).clone()
     }
 
     /// A process ended so.

@@ -485,19 +485,19 @@ impl Progress {
 struct Meter {
     bytes: Arc<AtomicU64>,
     activity: Progress,
-    direction: Direction,
+    metric: prometheus_client::metrics::counter::Counter,
 }
 
 impl Meter {
     fn new(bytes: &Arc<AtomicU64>, activity: &Progress, direction: Direction) -> Self {
-        Self { bytes: bytes.clone(), activity: activity.clone(), direction }
+        Self { bytes: bytes.clone(), activity: activity.clone(), metric: crate::metrics::global().bytes(direction) }
     }
 
     /// Counts `n` bytes here and in the metrics, as they flow.
     fn add(&self, n: usize) {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
         self.activity.mark();
-        crate::metrics::global().bytes(self.direction, n as u64);
+        self.metric.inc_by(n as u64);
     }
 }
 

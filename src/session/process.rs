@@ -182,15 +182,10 @@ impl Process {
         self.group
     }
 
-    /// Waits for the leader to exit and reaps it.
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        self.child.wait().await
-    }
-
     /// Waits for the leader to exit and returns its status, but leaves it
     /// unreaped (a zombie) until [`Process::finish`]: while it is, its pid
     /// cannot be reused, so signals to its group cannot reach a stranger.
-    /// Without pidfd support, this reaps like [`Process::wait`].
+    /// Without pidfd support, this reaps at once.
     pub async fn exited(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.status {
             return Ok(status);
@@ -363,11 +358,6 @@ impl ProcessGroup {
                 let _ = rustix::process::kill_process(pid, Signal::KILL);
             }
         }
-    }
-
-    /// Whether any process (zombies included) is still in the group.
-    pub fn exists(self) -> bool {
-        rustix::process::test_kill_process_group(self.0).is_ok()
     }
 
     /// Sends `signal` to every process in the group; a group that is already

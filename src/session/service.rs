@@ -108,8 +108,7 @@ impl ServeSubprocess {
                     Ok(upgraded) => upgraded,
                     Err(err) => {
                         tracing::info!(cause = %err, "client left before the upgrade completed");
-                        process.group().signal(rustix::process::Signal::KILL);
-                        let _ = process.wait().await;
+                        process.finish().await;
                         return;
                     }
                 };

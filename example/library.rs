@@ -6,9 +6,9 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 use ws_subprocess::CommandSpec;
 use ws_subprocess::auth::{AuthError, Authorizer, TokenAuthLayer};
-use ws_subprocess::config::ListenAddr;
 use ws_subprocess::origin::OriginLayer;
 use ws_subprocess::routes::Routes;
+use ws_subprocess::server::ListenAddr;
 use ws_subprocess::server::{Listener, serve};
 use ws_subprocess::session::{ServeSubprocess, SessionLimitLayer, SessionSettings, Sessions};
 

@@ -1,18 +1,37 @@
-//! The whole service stack the binary serves, built from a [`Config`].
+//! The composition root: everything the binary serves, built from a
+//! [`Config`]. The binary and the tests both start the server through
+//! [`App`], so the wiring they run is the same.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), ws_subprocess::app::StartError> {
+//! use ws_subprocess::{App, Config};
+//!
+//! let app = App::bind(Config::default()).await?;
+//! println!("serving on {}", app.local_addr());
+//! app.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
 
 use http::request::Parts;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
-use crate::auth::{AuthError, Authorizer, ControllerAuthorizer, ControllerSettings, TokenAuth, TokenAuthLayer};
-use crate::config::{AuthBackend, Config};
+use crate::auth::{AuthError, Authorizer, ControllerAuthorizer, TokenAuth, TokenAuthLayer, backend_client};
+use crate::config::{AuthBackend, Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::origin::{OriginCheck, OriginLayer};
 use crate::routes::Routes;
-use crate::session::{ServeSubprocess, SessionLimit, SessionLimitLayer, SessionSettings, Sessions};
+use crate::server::{self, ListenAddr, Listener, TlsError};
+use crate::session::{ServeSubprocess, SessionLimit, SessionLimitLayer, Sessions};
 use crate::spec::CommandSpec;
 
 /// The stack, outermost first, in the order of `SPEC §3`: path, origin,
 /// session limit, token and handshake, backend, process.
-pub type App = Routes<OriginCheck<SessionLimit<TokenAuth<ServeSubprocess, Backend>>>>;
+pub type Stack = Routes<OriginCheck<SessionLimit<TokenAuth<ServeSubprocess, Backend>>>>;
 
 /// The backend a configuration names.
 #[derive(Debug)]
@@ -42,95 +61,197 @@ impl Authorizer for Backend {
     }
 }
 
-/// Why the stack could not be built.
+/// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub enum StartError {
+    /// A setting is invalid.
+    #[error("configuration error")]
+    Config(#[from] ConfigError),
     /// The backends' HTTP client could not be set up.
     #[error("cannot build the HTTP client")]
     HttpClient(#[source] reqwest::Error),
     /// The JWT keys could not be loaded.
     #[cfg(feature = "jwt")]
-    #[error(transparent)]
+    #[error("configuration error")]
     JwtKeys(#[from] crate::auth::jwt::KeyError),
     /// The replay store URL is unusable.
     #[cfg(feature = "jwt")]
-    #[error("jwt_replay_store: {0}")]
+    #[error("configuration error: jwt_replay_store")]
     ReplayStore(#[from] crate::auth::jwt::ReplayError),
     /// `auth = "jwt"` in a build without the `jwt` feature.
-    #[error("auth: this build has no JWT support (feature `jwt`)")]
+    #[error("configuration error: auth: this build has no JWT support (feature `jwt`)")]
     JwtNotBuilt,
+    /// TLS could not be set up.
+    #[error("configuration error")]
+    Tls(#[from] TlsError),
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: ListenAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StartError {
+    /// Whether the configuration is at fault (the binary exits with 2), as
+    /// opposed to the machine (exit 1).
+    pub fn is_configuration(&self) -> bool {
+        !matches!(self, Self::Listen { .. })
+    }
 }
 
 /// Bound on each call to Redis, connect included.
 #[cfg(feature = "jwt")]
-const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn backend(config: &Config) -> Result<Backend, BuildError> {
-    let client = crate::auth::backend_client(config.controller_timeout).map_err(BuildError::HttpClient)?;
+fn backend(config: &Config) -> Result<Backend, StartError> {
+    let client = backend_client(config.controller_timeout).map_err(StartError::HttpClient)?;
     match config.auth {
-        AuthBackend::Controller => Ok(Backend::Controller(ControllerAuthorizer::with_client(
-            client,
-            ControllerSettings {
-                url: config.controller_url.clone(),
-                timeout: config.controller_timeout,
-                forward_headers: config
-                    .controller_forward_headers
-                    .iter()
-                    // Validated with the rest of the config.
-                    .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
-                    .collect(),
-            },
-        ))),
+        AuthBackend::Controller => {
+            Ok(Backend::Controller(ControllerAuthorizer::with_client(client, config.controller_settings())))
+        }
         #[cfg(feature = "jwt")]
         AuthBackend::Jwt => {
-            use crate::auth::jwt::{
-                ConfiguredReplayStore, JwtAuthorizer, JwtSettings, KeySources, MemoryReplayStore, RedisReplayStore,
-            };
+            use crate::auth::jwt::{ConfiguredReplayStore, JwtAuthorizer, MemoryReplayStore, RedisReplayStore};
             use crate::config::ReplayStoreAddr;
-            let settings = JwtSettings {
-                // Validated with the rest of the config.
-                algorithms: config.jwt_algorithms.iter().filter_map(|a| a.parse().ok()).collect(),
-                keys: KeySources {
-                    secret_file: config.jwt_secret_file.clone(),
-                    public_key_file: config.jwt_public_key_file.clone(),
-                    jwks_file: config.jwt_jwks_file.clone(),
-                    jwks_url: config.jwt_jwks_url.clone(),
-                    ..KeySources::default()
-                },
-                issuer: config.jwt_issuer.clone(),
-                audience: config.jwt_audience.clone(),
-                leeway: config.jwt_leeway,
-                max_lifetime: config.jwt_max_lifetime,
-                require_jti: config.jwt_require_jti,
-            };
             let replay = match &config.jwt_replay_store {
                 ReplayStoreAddr::Memory => ConfiguredReplayStore::Memory(MemoryReplayStore::default()),
                 ReplayStoreAddr::Redis(url) => {
                     ConfiguredReplayStore::Redis(RedisReplayStore::new(url.as_str(), REDIS_TIMEOUT)?)
                 }
             };
-            Ok(Backend::Jwt(Box::new(JwtAuthorizer::new(settings, replay, client)?)))
+            Ok(Backend::Jwt(Box::new(JwtAuthorizer::new(config.jwt_settings(), replay, client)?)))
         }
         #[cfg(not(feature = "jwt"))]
-        AuthBackend::Jwt => Err(BuildError::JwtNotBuilt),
+        AuthBackend::Jwt => Err(StartError::JwtNotBuilt),
     }
 }
 
-/// Builds the stack for `config`; its sessions are tracked in `sessions`.
-/// Key files are read here, so a bad key is a startup error.
-pub fn build(config: &Config, sessions: Sessions) -> Result<App, BuildError> {
+/// The binary's stack for `config`; its sessions are tracked in `sessions`
+/// and counted in `metrics`. Key files are read here, so a bad key is a
+/// startup error.
+pub fn stack(config: &Config, sessions: Sessions, metrics: Metrics) -> Result<Stack, StartError> {
+    config.validate()?;
+    let settings = config.session_settings().map_err(|e| ConfigError(vec![e.to_string()]))?;
     let stack = ServiceBuilder::new()
         .layer(OriginLayer::new(config.allowed_origins.clone()))
         .layer(SessionLimitLayer::new(config.max_sessions))
         .layer(
             TokenAuthLayer::new(backend(config)?)
                 .token_param(&config.token_param)
-                .allowed_commands(config.allowed_commands.clone()),
+                .allowed_commands(config.allowed_commands.clone())
+                .metrics(metrics.clone()),
         )
-        .service(ServeSubprocess::new(SessionSettings::from(config), sessions));
+        .service(ServeSubprocess::new(settings, sessions).metrics(metrics));
     let routes = Routes::new(&config.path, stack);
     Ok(match &config.static_dir {
         Some(dir) => routes.static_dir(dir),
         None => routes,
     })
+}
+
+/// The whole server, bound and ready to run: the endpoint's listener (TLS
+/// when configured) with the stack, and the metrics listener when
+/// `metrics_listen` is set.
+#[derive(Debug)]
+pub struct App {
+    listener: Listener,
+    local_addr: ListenAddr,
+    metrics_listener: Option<(Listener, ListenAddr)>,
+    stack: Stack,
+    sessions: Sessions,
+    metrics: Metrics,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    /// Checks `config`, raises the open-file limit, builds the stack (reading
+    /// key files), sets up TLS and binds the listeners.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let metrics = Metrics::new();
+        let sessions = Sessions::new();
+        let stack = stack(&config, sessions.clone(), metrics.clone())?;
+        match server::raise_open_file_limit() {
+            Ok(limit) => tracing::debug!(limit = ?limit, "open-file limit raised"),
+            Err(err) => tracing::warn!(cause = %err, "cannot raise the open-file limit"),
+        }
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let (listener, local_addr) = bind(&config.listen).await?;
+        // A peer that vanished is noticed even while the server only sends.
+        let mut listener = listener.with_tcp_user_timeout(config.pong_timeout);
+        if let Some(acceptor) = tls {
+            listener = listener.with_tls(acceptor);
+        }
+        tracing::info!(
+            addr = %local_addr,
+            path = %config.path,
+            backend = ?config.auth,
+            tls = config.tls_cert_file.is_some(),
+            "listening"
+        );
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => {
+                let (listener, addr) = bind(addr).await?;
+                tracing::info!(addr = %addr, "serving metrics");
+                Some((listener, addr))
+            }
+            None => None,
+        };
+        Ok(Self {
+            listener,
+            local_addr,
+            metrics_listener,
+            stack,
+            sessions,
+            metrics,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The address the endpoint is served on (with the real port when 0
+    /// was asked).
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.local_addr
+    }
+
+    /// The address metrics are served on, when they are.
+    pub fn metrics_addr(&self) -> Option<&ListenAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| addr)
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully (see
+    /// [`server::serve`]).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let metrics_stop = CancellationToken::new();
+        if let Some((listener, _)) = self.metrics_listener {
+            let stop = metrics_stop.clone().cancelled_owned();
+            let service = self.metrics.service();
+            tokio::spawn(server::serve(listener, service, Sessions::new(), Duration::from_secs(1), stop));
+        }
+        server::serve(self.listener, self.stack, self.sessions, self.shutdown_timeout, shutdown).await;
+        metrics_stop.cancel();
+    }
+}
+
+async fn bind(addr: &ListenAddr) -> Result<(Listener, ListenAddr), StartError> {
+    let failed = |source| StartError::Listen { addr: addr.clone(), source };
+    let listener = Listener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
 }

@@ -8,7 +8,8 @@
 //! [`Routes`](routes::Routes) (the endpoint path, `/healthz`, 404),
 //! [`OriginLayer`](origin::OriginLayer), [`SessionLimitLayer`](session::SessionLimitLayer)
 //! (503 beyond `max_sessions`), and [`TokenAuthLayer`](auth::TokenAuthLayer),
-//! which finds the token, checks the WebSocket handshake and asks an
+//! which finds the token, validates the WebSocket handshake into a
+//! [`WebSocketUpgrade`](websocket::WebSocketUpgrade) and asks an
 //! [`Authorizer`](auth::Authorizer) backend (the remote
 //! [`ControllerAuthorizer`](auth::ControllerAuthorizer) by default, or the
 //! local JWT verifier) for a [`CommandSpec`]. The innermost service,
@@ -16,19 +17,23 @@
 //! own process group (on pipes, or on a pseudo-terminal), answers `101`, and
 //! bridges the upgraded connection to the process, in the raw protocol or
 //! the Kubernetes exec channel protocol, until either side ends.
-//! [`server::run`] serves that stack with hyper and shuts it down
-//! gracefully. Every piece is public, so a library user can compose their
+//! [`server::serve`] serves any such stack with hyper and shuts it down
+//! gracefully; [`App`] builds the binary's stack from a [`Config`] and
+//! serves it. Every piece is public, so a library user can compose their
 //! own stack with tower's `ServiceBuilder` and tower-http layers, with their
 //! own backend, or inside an axum `Router` (`tests/library.rs` does both).
 //!
-//! ## Layout
+//! ## Layout, in the order of a request's story
 //!
-//! - [`config`]: settings from defaults, file, environment and flags;
+//! - [`app`]: the composition root, [`App`], built from a [`Config`];
+//! - [`cli`], [`config`]: flags, and settings from every source;
 //! - [`server`]: listening, connections, shutdown;
+//! - [`routes`], [`origin`]: the outer layers;
 //! - [`auth`]: the token layer and its backends;
-//! - [`session`]: handshake, process, bridge;
-//! - [`spec`]: the command spec a backend returns;
-//! - [`metrics`]: Prometheus metrics.
+//! - [`session`]: the session limit, the process, the bridge;
+//! - [`websocket`]: the handshake and the protocols spoken over the socket;
+//! - [`connection`], [`spec`], [`metrics`], [`reply`], [`report`]: what the
+//!   others share.
 //!
 //! ## Features
 //!
@@ -41,15 +46,20 @@
 
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod metrics;
 pub mod origin;
 pub mod reply;
+pub mod report;
 pub mod routes;
 pub mod server;
 pub mod session;
 pub mod spec;
+pub mod websocket;
 
+pub use app::App;
 pub use config::Config;
-pub use server::PeerAddr;
+pub use metrics::Metrics;
 pub use spec::CommandSpec;

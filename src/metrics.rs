@@ -1,22 +1,26 @@
 //! Prometheus metrics (SPEC §6): sessions, token checks, bytes and process
 //! exits, served in the text format on `metrics_listen`.
 //!
-//! The metrics are process-wide, like the process table they describe;
-//! [`global`] returns them and [`service`] serves them.
+//! A [`Metrics`] is a handle: clones share one registry. The binary makes one
+//! and hands it to every layer that counts; a library user may do the same,
+//! or leave each layer its own default, unserved one. Tests and several
+//! servers in one process therefore never share counters by accident.
 //!
 //! ```
-//! use ws_subprocess::metrics;
+//! use ws_subprocess::metrics::Metrics;
 //!
-//! let session = metrics::global().session_started();
+//! let metrics = Metrics::new();
+//! let session = metrics.session_started();
 //! drop(session);
-//! assert!(metrics::render().contains("ws_subprocess_sessions_total"));
+//! assert!(metrics.render().contains("ws_subprocess_sessions_total 1"));
 //! ```
 
 use std::convert::Infallible;
 use std::process::ExitStatus;
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::{Ready, ready};
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -90,9 +94,12 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
-/// The server's metrics.
+/// The server's metrics; clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(Arc<Registered>);
+
 #[derive(Debug)]
-pub struct Metrics {
+struct Registered {
     registry: Registry,
     sessions_active: Gauge,
     sessions_total: Counter,
@@ -102,8 +109,8 @@ pub struct Metrics {
     exits: Family<ExitLabels, Counter>,
 }
 
-impl Metrics {
-    fn new() -> Self {
+impl Default for Registered {
+    fn default() -> Self {
         let mut registry = Registry::with_prefix("ws_subprocess");
         let metrics = Self {
             registry: Registry::default(),
@@ -122,25 +129,32 @@ impl Metrics {
         registry.register("process_exits", "Processes ended, by how they ended", metrics.exits.clone());
         Self { registry, ..metrics }
     }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
 
     /// Records a token check.
     pub fn auth(&self, backend: &'static str, result: AuthResult, latency: Duration) {
-        self.auth_results.get_or_create(&AuthLabels { backend, result }).inc();
-        self.auth_latency.get_or_create(&BackendLabels { backend }).observe(latency.as_secs_f64());
+        self.0.auth_results.get_or_create(&AuthLabels { backend, result }).inc();
+        self.0.auth_latency.get_or_create(&BackendLabels { backend }).observe(latency.as_secs_f64());
     }
 
     /// A session began; it counts as active until the guard is dropped,
     /// however the session ends.
-    pub fn session_started(&'static self) -> ActiveSession {
-        self.sessions_total.inc();
-        self.sessions_active.inc();
-        ActiveSession(self)
+    pub fn session_started(&self) -> ActiveSession {
+        self.0.sessions_total.inc();
+        self.0.sessions_active.inc();
+        ActiveSession(self.0.sessions_active.clone())
     }
 
     /// The counter of bytes bridged one way; hold on to it rather than
     /// looking it up for every message.
     pub fn bytes(&self, direction: Direction) -> Counter {
-        self.bytes.get_or_create(&DirectionLabels { direction }).clone()
+        self.0.bytes.get_or_create(&DirectionLabels { direction }).clone()
     }
 
     /// A process ended so.
@@ -151,54 +165,80 @@ impl Metrics {
             Some((false, None)) => ExitKind::signal,
             None => ExitKind::unknown,
         };
-        self.exits.get_or_create(&ExitLabels { kind }).inc();
+        self.0.exits.get_or_create(&ExitLabels { kind }).inc();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.0.registry).expect("writing to a String");
+        text
+    }
+
+    /// A service answering `GET /metrics` with [`Metrics::render`], and 404
+    /// otherwise; serve it on its own listener with
+    /// [`server::serve`](crate::server::serve).
+    pub fn service<B>(
+        &self,
+    ) -> impl tower::Service<
+        Request<B>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = Ready<Result<Response<Body>, Infallible>>,
+    > + Clone
+    + Send
+    + 'static {
+        let metrics = self.clone();
+        tower::service_fn(move |request: Request<B>| {
+            let response = if request.method() == Method::GET && request.uri().path() == "/metrics" {
+                let mut response = Response::new(Body::from(Bytes::from(metrics.render())));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                response
+            } else {
+                reply::plain(StatusCode::NOT_FOUND, "not found")
+            };
+            ready(Ok(response))
+        })
     }
 }
 
 /// Keeps a session counted as active; see [`Metrics::session_started`].
 #[derive(Debug)]
-pub struct ActiveSession(&'static Metrics);
+pub struct ActiveSession(Gauge);
 
 impl Drop for ActiveSession {
     fn drop(&mut self) {
-        self.0.sessions_active.dec();
+        self.0.dec();
     }
 }
 
-/// The metrics of this process.
-pub fn global() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
 
-/// The metrics in the Prometheus text format.
-pub fn render() -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &global().registry).expect("writing to a String");
-    text
-}
+    #[test]
+    fn two_handles_do_not_share_counters() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.auth("controller", AuthResult::allowed, Duration::from_millis(3));
+        assert!(a.render().contains(r#"ws_subprocess_auth_results_total{backend="controller",result="allowed"} 1"#));
+        assert!(!b.render().contains("result=\"allowed\""));
+        // Clones share.
+        let a2 = a.clone();
+        a2.process_exited(None);
+        assert!(a.render().contains(r#"ws_subprocess_process_exits_total{kind="unknown"} 1"#));
+    }
 
-/// A service answering `GET /metrics` with [`render`], and 404 otherwise;
-/// serve it on its own listener with [`server::serve`](crate::server::serve).
-pub fn service() -> impl tower::Service<
-    Request<hyper::body::Incoming>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = Ready<Result<Response<Body>, Infallible>>,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(|request: Request<hyper::body::Incoming>| {
-        let response = if request.method() == Method::GET && request.uri().path() == "/metrics" {
-            let mut response = Response::new(Body::from(render()));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
-            response
-        } else {
-            reply::plain(StatusCode::NOT_FOUND, "not found")
-        };
-        ready(Ok(response))
-    })
+    #[tokio::test]
+    async fn service_answers_metrics_and_404() {
+        let metrics = Metrics::new();
+        let get = |path: &str| Request::get(path).body(()).unwrap();
+        let response = metrics.service().oneshot(get("/metrics")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let response = metrics.service().oneshot(get("/other")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
 }

@@ -1,20 +1,34 @@
 //! Short plain-text answers, the only kind of error body this server sends.
+//!
+//! They are generic over the response body, so every layer of this crate
+//! can answer in the body type of the service it wraps (anything that can
+//! be made from [`Bytes`], such as `http_body_util::Full<Bytes>` or axum's
+//! `Body`).
+//!
+//! ```
+//! use http::StatusCode;
+//! use ws_subprocess::reply;
+//!
+//! let response: http::Response<reply::Body> = reply::plain(StatusCode::NOT_FOUND, "not found");
+//! assert_eq!(response.headers()["content-type"], "text/plain; charset=utf-8");
+//! ```
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
-/// The response body of every service in this crate.
+/// The response body of the innermost service,
+/// [`ServeSubprocess`](crate::session::ServeSubprocess).
 pub type Body = http_body_util::Full<Bytes>;
 
 /// A `text/plain` response whose body is `message` and a newline.
-pub fn plain(status: StatusCode, message: &str) -> Response<Body> {
+pub fn plain<B: From<Bytes>>(status: StatusCode, message: &str) -> Response<B> {
     with_headers(status, message, HeaderMap::new())
 }
 
 /// Like [`plain`], with extra headers.
-pub fn with_headers(status: StatusCode, message: &str, headers: HeaderMap) -> Response<Body> {
-    let mut response = Response::new(Body::from(format!("{message}\n")));
+pub fn with_headers<B: From<Bytes>>(status: StatusCode, message: &str, headers: HeaderMap) -> Response<B> {
+    let mut response = Response::new(B::from(Bytes::from(format!("{message}\n"))));
     *response.status_mut() = status;
     response.headers_mut().extend(headers);
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -235,7 +235,7 @@ async fn unknown_path_is_404_and_healthz_is_200() {
 async fn forwarding_headers_reach_the_controller() {
     let controller = Controller::allowing("/bin/true", &[]).await;
     let mut config = config_for(&controller);
-    config.controller_forward_headers = vec!["cookie".into()];
+    config.controller_forward_headers = vec![http::header::COOKIE];
     let server = TestServer::start(config).await;
     let mut request = server.ws_url("t").into_client_request().unwrap();
     let headers = request.headers_mut();

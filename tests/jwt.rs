@@ -97,7 +97,7 @@ fn jwt_config(algorithms: &[&str], tweak: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         auth: AuthBackend::Jwt,
-        jwt_algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
+        jwt_algorithms: algorithms.iter().map(|a| a.parse().unwrap()).collect(),
         kill_grace: Duration::from_millis(300),
         ..Config::default()
     };

@@ -3,7 +3,6 @@
 //! `GET <controller_url>?token=<T>`; exactly `200` with a JSON
 //! [`CommandSpec`] allows, any other answer denies.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use http::header::{HOST, ORIGIN, USER_AGENT};
@@ -11,8 +10,9 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode};
 use url::Url;
 
+use super::client::{BodyError, backend_client, read_capped};
 use super::{AuthError, Authorizer};
-use crate::server::{PeerAddr, Secure};
+use crate::connection::{PeerAddr, Secure};
 use crate::spec::CommandSpec;
 
 /// Largest controller answer read; a longer one is a failed backend.
@@ -38,29 +38,15 @@ pub struct ControllerSettings {
 ///
 /// Redirects are never followed, the body is capped at
 /// [`MAX_CONTROLLER_BODY`], and proxies from the environment are not used
-/// (see [`backend_client`]).
+/// (see [`backend_client`](super::backend_client)).
 #[derive(Debug, Clone)]
 pub struct ControllerAuthorizer {
     client: reqwest::Client,
     settings: ControllerSettings,
 }
 
-/// The HTTP client backends share (controller calls, key set fetches):
-/// every request bounded by `timeout`, connect included; redirects never
-/// followed; proxies from the environment not used, because a token must go
-/// only where it is configured to go.
-pub fn backend_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .no_proxy()
-        .user_agent(concat!("ws-subprocess/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
 impl ControllerAuthorizer {
-    /// A controller backend with its own client (see [`backend_client`]).
+    /// A controller backend with its own client (see [`backend_client`](super::backend_client)).
     pub fn new(settings: ControllerSettings) -> Result<Self, reqwest::Error> {
         Ok(Self::with_client(backend_client(settings.timeout)?, settings))
     }
@@ -132,14 +118,17 @@ impl Authorizer for ControllerAuthorizer {
             .map_err(request_failed)?;
         let status = response.status();
         if status != StatusCode::OK {
-            let why = format!("controller answered {status}");
+            let why = format!("controller answered {status}").into();
             return Err(if status.is_redirection() || status.is_server_error() {
                 AuthError::BackendFailed(why)
             } else {
                 AuthError::Denied(why)
             });
         }
-        let body = read_capped(response).await?;
+        let body = read_capped(response, MAX_CONTROLLER_BODY).await.map_err(|e| match e {
+            BodyError::Read(err) => request_failed(err),
+            too_long => AuthError::BackendFailed(too_long.into()),
+        })?;
         let (spec, ignored) = CommandSpec::from_json(&body)?;
         if !ignored.is_empty() {
             tracing::debug!(fields = ?ignored, "controller sent fields this server ignores");
@@ -148,33 +137,10 @@ impl Authorizer for ControllerAuthorizer {
     }
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, AuthError> {
-    let too_long = || AuthError::BackendFailed(format!("controller body over {MAX_CONTROLLER_BODY} bytes"));
-    if response.content_length().is_some_and(|len| len > MAX_CONTROLLER_BODY as u64) {
-        return Err(too_long());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(request_failed)? {
-        if body.len() + chunk.len() > MAX_CONTROLLER_BODY {
-            return Err(too_long());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// Describes a failed request without its URL, which holds the token.
+/// The error of a failed request, without its URL, which holds the token.
 fn request_failed(err: reqwest::Error) -> AuthError {
     if err.is_timeout() {
         return AuthError::BackendTimeout;
     }
-    let err = err.without_url();
-    let mut why = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        why.push_str(": ");
-        why.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    AuthError::BackendFailed(why)
+    AuthError::BackendFailed(Box::new(err.without_url()))
 }

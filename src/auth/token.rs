@@ -2,9 +2,11 @@
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use http::header::AUTHORIZATION;
 use http::request::Parts;
 use sha2::{Digest, Sha256};
+
+use crate::websocket::offered_protocols;
 
 /// Prefix of the Kubernetes-style subprotocol that carries a bearer token,
 /// for browsers, which cannot set `Authorization` on a WebSocket.
@@ -46,23 +48,20 @@ fn from_subprotocol(parts: &Parts) -> Option<String> {
     })
 }
 
-/// The subprotocols a client offers, in its order of preference.
-pub fn offered_protocols(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-}
-
 /// A short, stable name for a token, safe to log: the first 12 hex digits of
 /// its SHA-256. It lets an operator match log lines to a token they hold
 /// without the log ever holding the token.
 pub fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(token.as_bytes())[..6])
+}
+
+/// Lowercase hexadecimal, two digits a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, b| {
+        let _ = write!(text, "{b:02x}");
+        text
+    })
 }
 
 #[cfg(test)]
@@ -106,6 +105,11 @@ mod tests {
         ] {
             assert_eq!(token_of(&p, "token"), None);
         }
+    }
+
+    #[test]
+    fn hex_is_two_lowercase_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
     }
 
     #[test]

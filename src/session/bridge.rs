@@ -25,10 +25,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use tokio_util::task::AbortOnDropHandle;
+
 use super::SessionSettings;
 use super::process::{Process, ProcessGroup, ProcessInput, ProcessOutput};
-use super::protocol::{Input, Protocol};
-use crate::metrics::Direction;
+use crate::metrics::{Direction, Metrics};
+use crate::websocket::{Input, Protocol};
 
 /// Largest output message: one read of the pipe.
 pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
@@ -87,6 +89,7 @@ pub async fn bridge<Tx, Rx>(
     tx: Tx,
     rx: Rx,
     settings: &SessionSettings,
+    metrics: &Metrics,
     shutdown: CancellationToken,
 ) -> Outcome
 where
@@ -107,8 +110,13 @@ where
     activity.mark();
     let time_limit = settings.max_session_duration.map(|limit| Instant::now() + limit);
     let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
-    let mut writer =
-        AbortOnDrop(tokio::spawn(write_loop(tx, out_rx, finished, settings.ping_interval, progress.clone())));
+    let mut writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
+        tx,
+        out_rx,
+        finished,
+        settings.ping_interval,
+        progress.clone(),
+    )));
     let end = OutputEnd { exited: exited.clone(), discard: discard.clone(), group, grace: settings.kill_grace };
     let pumps: Vec<_> = process
         .outputs
@@ -119,11 +127,11 @@ where
                 protocol,
                 out_tx.clone(),
                 end.clone(),
-                Meter::new(&bytes_out, &activity, Direction::out),
+                Meter::new(&bytes_out, &activity, metrics.bytes(Direction::out)),
             )
         })
         .collect();
-    let mut output = AbortOnDrop(tokio::spawn(futures_util::future::join_all(pumps)));
+    let mut output = AbortOnDropHandle::new(tokio::spawn(futures_util::future::join_all(pumps)));
     let mut input = Box::pin(
         pump_input(
             rx,
@@ -131,7 +139,7 @@ where
             process.stdin.take(),
             settings.pong_timeout,
             progress,
-            Meter::new(&bytes_in, &activity, Direction::r#in),
+            Meter::new(&bytes_in, &activity, metrics.bytes(Direction::r#in)),
         )
         .fuse(),
     );
@@ -151,14 +159,14 @@ where
                 }
                 Err(err) => break Ending::Internal(err.to_string()),
             },
-            outputs = &mut output.0, if !output_done => {
+            outputs = &mut output, if !output_done => {
                 output_done = true;
                 drained = outputs.unwrap_or_default();
             }
             end = &mut input => break end,
             // The writer only stops early when the socket failed, which
             // the input side may not see while it waits on a full stdin.
-            _ = &mut writer.0 => break Ending::ClientGone("sending failed".into()),
+            _ = &mut writer => break Ending::ClientGone("sending failed".into()),
             _ = shutdown.cancelled() => break Ending::Shutdown,
             // Once the process has exited, its output is drained (bounded
             // by kill_grace) and the exit reported; limits no longer apply.
@@ -198,7 +206,7 @@ where
         }
     };
     let close_socket = async {
-        if matches!(ending, Ending::ClientGone(_)) || writer.0.is_finished() {
+        if matches!(ending, Ending::ClientGone(_)) || writer.is_finished() {
             return;
         }
         // After an exit, the Close goes through the queue, behind all the
@@ -214,7 +222,7 @@ where
             } else {
                 let _ = finish.send(goodbye.into_iter().next());
             }
-            let _ = (&mut writer.0).await;
+            let _ = (&mut writer).await;
         };
         let bound = if exited { Duration::MAX } else { CLOSE_HANDSHAKE_TIMEOUT };
         tokio::select! {
@@ -489,8 +497,8 @@ struct Meter {
 }
 
 impl Meter {
-    fn new(bytes: &Arc<AtomicU64>, activity: &Progress, direction: Direction) -> Self {
-        Self { bytes: bytes.clone(), activity: activity.clone(), metric: crate::metrics::global().bytes(direction) }
+    fn new(bytes: &Arc<AtomicU64>, activity: &Progress, metric: prometheus_client::metrics::counter::Counter) -> Self {
+        Self { bytes: bytes.clone(), activity: activity.clone(), metric }
     }
 
     /// Counts `n` bytes here and in the metrics, as they flow.
@@ -506,15 +514,5 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Aborts a spawned task when the bridge is dropped (for example when a
-/// shutdown deadline passes), so no loop outlives its session.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready};
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Request, Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
-use crate::reply::{self, Body};
+use crate::reply;
 
 /// A place among the live sessions, held for the whole session.
 ///
@@ -23,8 +24,9 @@ pub struct SessionPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 /// Answers `503` with `Retry-After` when `max` sessions already run.
 ///
 /// It stands before token checking, so a single-use token is not spent on a
-/// request that cannot run. It does not wait for a place: a client should be
-/// told at once.
+/// request that cannot run. It sheds load rather than queueing it: a client
+/// is told at once, so [`SessionLimit::poll_ready`] only asks the inner
+/// service, and the place is taken in `call`.
 #[derive(Debug, Clone)]
 pub struct SessionLimitLayer {
     places: Arc<Semaphore>,
@@ -52,13 +54,14 @@ pub struct SessionLimit<S> {
     places: Arc<Semaphore>,
 }
 
-impl<S, B> Service<Request<B>> for SessionLimit<S>
+impl<S, B, ResBody> Service<Request<B>> for SessionLimit<S>
 where
-    S: Service<Request<B>, Response = Response<Body>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
 {
-    type Response = Response<Body>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
+    type Future = Either<S::Future, Ready<Result<Response<ResBody>, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -81,5 +84,37 @@ where
                 ))))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::reply::Body;
+
+    #[tokio::test]
+    async fn places_are_held_by_permits_and_freed_when_they_drop() {
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let keeper = kept.clone();
+        let service = ServiceBuilder::new().layer(SessionLimitLayer::new(2)).service(tower::service_fn(
+            move |mut request: Request<()>| {
+                // The inner service keeps the permit, as a session does.
+                keeper.lock().unwrap().push(request.extensions_mut().remove::<SessionPermit>().unwrap());
+                async { Ok::<_, Infallible>(Response::new(Body::default())) }
+            },
+        ));
+        let call = || service.clone().oneshot(Request::new(()));
+        assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+        let full = call().await.unwrap();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(full.headers()[RETRY_AFTER], "1");
+        kept.lock().unwrap().pop();
+        assert_eq!(call().await.unwrap().status(), StatusCode::OK);
     }
 }

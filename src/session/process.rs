@@ -14,7 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
 
+use super::settings::EnvPolicy;
 use crate::spec::{CommandSpec, TerminalSize};
+use crate::websocket::{OutputMode, OutputStream};
 
 /// `TERM` of a tty session unless its spec sets one.
 pub const DEFAULT_TERM: &str = "xterm-256color";
@@ -24,33 +26,6 @@ pub const DEFAULT_TERM: &str = "xterm-256color";
 /// close-on-exec: a process forked in between would keep another session's
 /// terminal (and could read its keystrokes).
 static FORK_GUARD: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// How a process's environment is built.
-#[derive(Debug, Clone, Default)]
-pub struct EnvPolicy {
-    /// Start from an empty environment instead of the server's.
-    pub clear: bool,
-    /// With `clear`, the server variables still passed through.
-    pub pass: Vec<String>,
-}
-
-/// Where stdout and stderr go in pipe mode (a terminal always merges them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputMode {
-    /// One pipe for both, so their order is kept.
-    Merged,
-    /// A pipe each, so a client can tell them apart.
-    Separate,
-}
-
-/// Which stream an output is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputStream {
-    /// stdout (or both, merged, or the terminal).
-    Stdout,
-    /// stderr, in [`OutputMode::Separate`].
-    Stderr,
-}
 
 /// A running command: its input, its outputs and its process group.
 ///

@@ -25,7 +25,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use ws_subprocess::config::Config;
-use ws_subprocess::server;
+use ws_subprocess::server::ListenAddr;
+use ws_subprocess::{App, Metrics};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -124,10 +125,13 @@ pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
     Response::builder().status(status).header("content-type", "application/json").body(Full::new(body.into())).unwrap()
 }
 
-/// The server, run in this process with `server::run` on port 0.
+/// The server, run in this process through [`App`], as the binary runs it,
+/// on port 0.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub config: Config,
+    /// This server's own metrics.
+    pub metrics: Metrics,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -151,18 +155,16 @@ impl TestServer {
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
             .with_test_writer()
             .try_init();
-        let listener = server::Listener::bind(&config.listen).await.unwrap();
-        let addr = match listener.local_addr().unwrap() {
-            ws_subprocess::config::ListenAddr::Tcp(addr) => addr.parse().unwrap(),
+        let app = App::bind(config.clone()).await.unwrap();
+        let addr = match app.local_addr() {
+            ListenAddr::Tcp(addr) => addr.parse().unwrap(),
             other => panic!("not TCP: {other}"),
         };
+        let metrics = app.metrics().clone();
         let stop = CancellationToken::new();
         let shutdown = stop.clone();
-        let run_config = config.clone();
-        let done = tokio::spawn(async move {
-            server::run(listener, &run_config, async move { shutdown.cancelled().await }).await.unwrap();
-        });
-        Self { addr, config, stop, done }
+        let done = tokio::spawn(app.run(async move { shutdown.cancelled().await }));
+        Self { addr, config, metrics, stop, done }
     }
 
     /// Starts a server in front of `controller` with the test defaults.
@@ -185,7 +187,7 @@ impl TestServer {
         refusal(self.ws_url(token)).await
     }
 
-    /// Stops the server gracefully and waits for `server::run` to return.
+    /// Stops the server gracefully and waits for [`App::run`] to return.
     pub async fn stop(self) {
         self.stop.cancel();
         self.done.await.unwrap();

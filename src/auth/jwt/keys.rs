@@ -10,6 +10,9 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use url::Url;
 
+use crate::auth::{BodyError, read_capped};
+use crate::report::Report;
+
 /// Shortest HMAC secret accepted: RFC 7518 asks for at least the hash size.
 pub const MIN_SECRET_LEN: usize = 32;
 /// A key set URL is fetched again at most this often, however many unknown
@@ -257,22 +260,30 @@ impl RemoteKeySet {
                 }
                 keys.retain(|_, (_, seen)| now.duration_since(*seen) < JWKS_RETAIN);
             }
-            Err(why) => tracing::warn!(cause = %why, "cannot fetch the JWT key set"),
+            Err(err) => tracing::warn!(cause = %Report(&err), "cannot fetch the JWT key set"),
         }
     }
 
-    async fn fetch(&self) -> Result<JwkSet, String> {
-        let mut response = self.client.get(self.url.clone()).send().await.map_err(|e| e.without_url().to_string())?;
+    async fn fetch(&self) -> Result<JwkSet, FetchError> {
+        let response =
+            self.client.get(self.url.clone()).send().await.map_err(|e| FetchError::Request(e.without_url()))?;
         if response.status() != reqwest::StatusCode::OK {
-            return Err(format!("key set URL answered {}", response.status()));
+            return Err(FetchError::Status(response.status()));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
-            if body.len() + chunk.len() > MAX_JWKS_BODY {
-                return Err("key set over 1 MiB".into());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))
+        let body = read_capped(response, MAX_JWKS_BODY).await?;
+        Ok(serde_json::from_slice(&body)?)
     }
+}
+
+/// Why the remote key set could not be fetched.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("requesting the key set failed")]
+    Request(#[source] reqwest::Error),
+    #[error("key set URL answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("reading the key set failed")]
+    Body(#[from] BodyError),
+    #[error("not a JWK set")]
+    Json(#[from] serde_json::Error),
 }

@@ -47,7 +47,7 @@ pub fn random_id() -> String {
         filled += rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
             .expect("the kernel's random source");
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::auth::hex(&bytes)
 }
 
 /// Why a token could not be minted.

@@ -25,8 +25,11 @@ pub enum ReplayError {
     #[error("replay store is full ({0} live token ids)")]
     Full(usize),
     /// Redis could not be reached or answered an error.
-    #[error("redis: {0}")]
-    Redis(String),
+    #[error("redis failed")]
+    Redis(#[source] redis::RedisError),
+    /// Redis did not answer in time.
+    #[error("redis timed out")]
+    Timeout,
 }
 
 /// Unix time now, in seconds.
@@ -119,7 +122,7 @@ impl RedisReplayStore {
     /// A store at `url` (`redis://host:port/db`); each Redis call, connect
     /// included, is bounded by `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, ReplayError> {
-        let client = redis::Client::open(url).map_err(|e| ReplayError::Redis(e.to_string()))?;
+        let client = redis::Client::open(url).map_err(ReplayError::Redis)?;
         Ok(Self { client, timeout, connection: OnceCell::new() })
     }
 
@@ -132,7 +135,7 @@ impl RedisReplayStore {
             .connection
             .get_or_try_init(|| redis::aio::ConnectionManager::new_with_config(self.client.clone(), config))
             .await
-            .map_err(|e| ReplayError::Redis(e.to_string()))?;
+            .map_err(ReplayError::Redis)?;
         Ok(manager.clone())
     }
 }
@@ -150,10 +153,10 @@ impl ReplayStore for RedisReplayStore {
                 .arg(ttl)
                 .query_async(&mut connection)
                 .await
-                .map_err(|e| ReplayError::Redis(e.to_string()))?;
+                .map_err(ReplayError::Redis)?;
             Ok(answer.is_some())
         };
-        tokio::time::timeout(self.timeout * 2, claim).await.map_err(|_| ReplayError::Redis("timed out".into()))?
+        tokio::time::timeout(self.timeout * 2, claim).await.map_err(|_| ReplayError::Timeout)?
     }
 }
 

@@ -14,7 +14,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::process::{OutputMode, OutputStream};
 use crate::spec::TerminalSize;
 
 /// Channel bytes of the Kubernetes exec protocol.
@@ -31,6 +30,24 @@ pub mod channel {
     pub const RESIZE: u8 = 4;
     /// v5: `[CLOSE, c]` closes channel `c`.
     pub const CLOSE: u8 = 255;
+}
+
+/// Where stdout and stderr go in pipe mode (a terminal always merges them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// One pipe for both, so their order is kept.
+    Merged,
+    /// A pipe each, so a client can tell them apart.
+    Separate,
+}
+
+/// Which stream an output is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// stdout (or both, merged, or the terminal).
+    Stdout,
+    /// stderr, in [`OutputMode::Separate`].
+    Stderr,
 }
 
 /// The subprotocol a session speaks.

@@ -1,0 +1,156 @@
+//! Every setting, declared once: its key, type, flag value name, default and
+//! help text (the doc comment) come from one line each, and [`Config`], its
+//! `Default` and the [`SETTINGS`] table the command line is built from are
+//! generated from them. The environment variable is
+//! `WS_SUBPROCESS_<KEY IN UPPER CASE>` and the flag `--<key-with-dashes>`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use http::HeaderName;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::values::{AuthBackend, JwtAlgorithm, LogFormat, ReplayStoreAddr, list, via_str};
+use crate::server::ListenAddr;
+use crate::session::{KillSignal, SessionSettings};
+
+/// One setting, as the command line and the docs see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The TOML key, e.g. `kill_grace`.
+    pub key: &'static str,
+    /// What the flag's value is called in `--help`, e.g. `DURATION`.
+    pub value_name: &'static str,
+    /// The help text: the field's doc comment.
+    pub help: &'static str,
+}
+
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $(#[serde($($serde:tt)*)])*
+        $key:ident: $ty:ty [$value_name:literal] = $default:expr;
+    )+) => {
+        /// Every setting of the server; see the module docs of
+        /// [`config`](crate::config) for where values come from.
+        ///
+        /// Values are typed as the program uses them (header names,
+        /// algorithms, durations, addresses); [`Config::validate`] checks what
+        /// a type alone cannot.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $(
+                $(#[doc = $doc])+
+                $(#[serde($($serde)*)])*
+                pub $key: $ty,
+            )+
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $($key: $default,)+ }
+            }
+        }
+
+        /// Every setting, in the order of [`Config`]'s fields.
+        pub const SETTINGS: &[Setting] = &[$(
+            Setting { key: stringify!($key), value_name: $value_name, help: concat!($($doc, "\n"),+) },
+        )+];
+    };
+}
+
+settings! {
+    /// Address to serve on: host:port, :port (all interfaces) or unix:/path/to.sock.
+    #[serde(with = "via_str")]
+    listen: ListenAddr ["ADDR"] = ListenAddr::Tcp("127.0.0.1:8866".into());
+    /// The WebSocket endpoint.
+    path: String ["PATH"] = "/ws".into();
+    /// Token backend: controller or jwt.
+    auth: AuthBackend ["BACKEND"] = AuthBackend::Controller;
+    /// Query parameter carrying the token.
+    token_param: String ["NAME"] = "token".into();
+    /// URL of the controller asked about each token.
+    controller_url: Url ["URL"] = Url::parse("http://127.0.0.1/ws-controller").expect("a valid URL");
+    /// Bound on the whole controller request, connect included.
+    #[serde(with = "humantime_serde")]
+    controller_timeout: Duration ["DURATION"] = Duration::from_secs(5);
+    /// Extra client request headers copied to the controller, e.g. cookie.
+    #[serde(with = "list")]
+    controller_forward_headers: Vec<HeaderName> ["NAMES"] = Vec::new();
+    /// JWT algorithms accepted, e.g. HS256 or RS256,ES256,EdDSA (required for auth jwt).
+    #[serde(with = "list")]
+    jwt_algorithms: Vec<JwtAlgorithm> ["ALGS"] = Vec::new();
+    /// File holding the HMAC secret (at least 32 bytes).
+    jwt_secret_file: Option<PathBuf> ["PATH"] = None;
+    /// PEM public key file (RSA, EC or Ed25519).
+    jwt_public_key_file: Option<PathBuf> ["PATH"] = None;
+    /// JSON Web Key Set file; keys selected by kid.
+    jwt_jwks_file: Option<PathBuf> ["PATH"] = None;
+    /// JSON Web Key Set URL; cached, refreshed on an unknown kid.
+    jwt_jwks_url: Option<Url> ["URL"] = None;
+    /// Required iss claim.
+    jwt_issuer: Option<String> ["ISSUER"] = None;
+    /// Required aud claim.
+    jwt_audience: Option<String> ["AUDIENCE"] = None;
+    /// Clock skew allowed for exp and nbf.
+    #[serde(with = "humantime_serde")]
+    jwt_leeway: Duration ["DURATION"] = Duration::from_secs(5);
+    /// Reject tokens whose exp - iat exceeds this.
+    #[serde(with = "humantime_serde")]
+    jwt_max_lifetime: Option<Duration> ["DURATION"] = None;
+    /// Reject tokens without jti.
+    jwt_require_jti: bool ["BOOL"] = false;
+    /// Where used jtis are remembered: memory, or redis://HOST:PORT to share them.
+    #[serde(with = "via_str")]
+    jwt_replay_store: ReplayStoreAddr ["STORE"] = ReplayStoreAddr::Memory;
+    /// If set, only these absolute command paths may run.
+    #[serde(deserialize_with = "list::deserialize")]
+    allowed_commands: Vec<PathBuf> ["PATHS"] = Vec::new();
+    /// If set, the Origin header must equal one of these.
+    #[serde(deserialize_with = "list::deserialize")]
+    allowed_origins: Vec<String> ["ORIGINS"] = Vec::new();
+    /// Start processes with an empty environment (plus pass_env and the spec's env).
+    clear_env: bool ["BOOL"] = false;
+    /// Server variables passed through when clear_env is on.
+    #[serde(deserialize_with = "list::deserialize")]
+    pass_env: Vec<String> ["NAMES"] = Vec::new();
+    /// First signal to the process group when a session ends early.
+    #[serde(with = "via_str")]
+    kill_signal: KillSignal ["SIGNAL"] = SessionSettings::DEFAULT_KILL_SIGNAL;
+    /// Wait after the kill signal (and after exit, for leftover output) before SIGKILL.
+    #[serde(with = "humantime_serde")]
+    kill_grace: Duration ["DURATION"] = SessionSettings::DEFAULT_KILL_GRACE;
+    /// Concurrent sessions; beyond it requests get 503.
+    max_sessions: usize ["N"] = 1024;
+    /// Largest message accepted from a client; larger closes with 1009.
+    max_message_size: ByteSize ["SIZE"] = ByteSize::b(SessionSettings::DEFAULT_MAX_MESSAGE_SIZE as u64);
+    /// Interval between keepalive pings.
+    #[serde(with = "humantime_serde")]
+    ping_interval: Duration ["DURATION"] = SessionSettings::DEFAULT_PING_INTERVAL;
+    /// A client silent this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pong_timeout: Duration ["DURATION"] = SessionSettings::DEFAULT_PONG_TIMEOUT;
+    /// End a session with no input or output for this long.
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Option<Duration> ["DURATION"] = None;
+    /// End a session this long after it started.
+    #[serde(with = "humantime_serde")]
+    max_session_duration: Option<Duration> ["DURATION"] = None;
+    /// Bound on graceful shutdown.
+    #[serde(with = "humantime_serde")]
+    shutdown_timeout: Duration ["DURATION"] = Duration::from_secs(10);
+    /// PEM certificate chain; with tls_key_file, serve wss:// directly.
+    tls_cert_file: Option<PathBuf> ["PATH"] = None;
+    /// PEM private key of tls_cert_file.
+    tls_key_file: Option<PathBuf> ["PATH"] = None;
+    /// Serve the files of this directory beside the endpoint (e.g. a terminal page).
+    static_dir: Option<PathBuf> ["DIR"] = None;
+    /// Serve Prometheus metrics at /metrics on this address.
+    #[serde(with = "via_str::option")]
+    metrics_listen: Option<ListenAddr> ["ADDR"] = None;
+    /// Log format: text or json; the level comes from RUST_LOG.
+    log_format: LogFormat ["FORMAT"] = LogFormat::Text;
+}

@@ -1,0 +1,170 @@
+//! What a value's type alone cannot check, and the settings of each piece of
+//! the server, built from the checked values. Nothing after this parses a
+//! setting again.
+
+use super::Config;
+use super::load::ConfigError;
+use super::values::{AuthBackend, KeyFamily};
+use crate::auth::ControllerSettings;
+use crate::server::ListenAddr;
+use crate::session::{EnvPolicy, InvalidSettings, SessionSettings};
+
+/// Longest timer accepted outside the session settings (which check their
+/// own): longer ones are surely mistakes.
+const MAX_TIMER: std::time::Duration = SessionSettings::MAX_TIMER;
+
+impl Config {
+    /// Checks what the types of the values cannot; the same checks
+    /// [`Config::from_figment`] runs, for a `Config` built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError(problems.into_iter().map(|(key, why)| format!("`{key}`: {why}")).collect()))
+    }
+
+    /// Every problem, as the key at fault and what is wrong.
+    pub(super) fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut problems = Vec::new();
+        if !self.path.starts_with('/') || self.path.contains(['?', '#']) {
+            problems.push(("path", "must start with `/` and hold no query"));
+        }
+        if self.path == "/healthz" {
+            problems.push(("path", "`/healthz` is the health check"));
+        }
+        if self.token_param.is_empty() {
+            problems.push(("token_param", "must not be empty"));
+        }
+        if !matches!(self.controller_url.scheme(), "http" | "https") {
+            problems.push(("controller_url", "must be an http or https URL"));
+        }
+        if self.controller_timeout.is_zero() {
+            problems.push(("controller_timeout", "must be more than zero"));
+        }
+        if let Some(url) = &self.jwt_jwks_url
+            && !matches!(url.scheme(), "http" | "https")
+        {
+            problems.push(("jwt_jwks_url", "must be an http or https URL"));
+        }
+        if self.auth == AuthBackend::Jwt {
+            problems.extend(self.jwt_problems());
+        }
+        // Port 0 picks a free port each time, so only fixed addresses clash.
+        let fixed = !matches!(&self.listen, ListenAddr::Tcp(addr) if addr.ends_with(":0"));
+        if fixed && self.metrics_listen.as_ref().is_some_and(|m| *m == self.listen) {
+            problems.push(("metrics_listen", "must differ from listen"));
+        }
+        if self.static_dir.as_ref().is_some_and(|dir| !dir.is_dir()) {
+            problems.push(("static_dir", "is not a directory"));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            problems.push(("tls_cert_file", "tls_cert_file and tls_key_file go together"));
+        }
+        if self.allowed_commands.iter().any(|c| !c.is_absolute()) {
+            problems.push(("allowed_commands", "must hold absolute paths"));
+        }
+        if self.max_sessions == 0 {
+            problems.push(("max_sessions", "must be at least 1"));
+        }
+        if let Err(InvalidSettings(session)) = self.session_settings() {
+            problems.extend(session);
+        }
+        for (key, value) in [
+            ("controller_timeout", self.controller_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("jwt_leeway", self.jwt_leeway),
+        ] {
+            if value > MAX_TIMER {
+                problems.push((key, "must be at most 24h"));
+            }
+        }
+        problems
+    }
+
+    /// The JWT settings a JWT backend cannot start without.
+    fn jwt_problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut problems = Vec::new();
+        if self.jwt_algorithms.is_empty() {
+            problems.push(("jwt_algorithms", "is required when auth is `jwt`"));
+        }
+        let keys = [&self.jwt_secret_file, &self.jwt_public_key_file, &self.jwt_jwks_file];
+        if keys.iter().all(|k| k.is_none()) && self.jwt_jwks_url.is_none() {
+            problems.push((
+                "jwt_secret_file",
+                "auth `jwt` needs a key: jwt_secret_file, jwt_public_key_file, jwt_jwks_file or jwt_jwks_url",
+            ));
+        }
+        let hmac = self.jwt_algorithms.iter().any(|a| a.family() == KeyFamily::Hmac);
+        if self.jwt_secret_file.is_some() && !hmac {
+            problems.push(("jwt_secret_file", "is set but jwt_algorithms allows no HS* algorithm"));
+        }
+        problems
+    }
+
+    /// How sessions run.
+    pub fn session_settings(&self) -> Result<SessionSettings, InvalidSettings> {
+        let max_message_size = usize::try_from(self.max_message_size.as_u64()).unwrap_or(usize::MAX);
+        SessionSettings::builder()
+            .kill_signal(self.kill_signal)
+            .kill_grace(self.kill_grace)
+            .max_message_size(max_message_size)
+            .keepalive(self.ping_interval, self.pong_timeout)
+            .idle_timeout(self.idle_timeout)
+            .max_session_duration(self.max_session_duration)
+            .env(EnvPolicy { clear: self.clear_env, pass: self.pass_env.clone() })
+            .build()
+    }
+
+    /// How the controller backend reaches the controller.
+    pub fn controller_settings(&self) -> ControllerSettings {
+        ControllerSettings {
+            url: self.controller_url.clone(),
+            timeout: self.controller_timeout,
+            forward_headers: self.controller_forward_headers.clone(),
+        }
+    }
+
+    /// How the JWT backend checks tokens.
+    #[cfg(feature = "jwt")]
+    pub fn jwt_settings(&self) -> crate::auth::jwt::JwtSettings {
+        use crate::auth::jwt::{JwtSettings, KeySources};
+        JwtSettings {
+            algorithms: self.jwt_algorithms.iter().map(|a| a.to_jsonwebtoken()).collect(),
+            keys: KeySources {
+                secret_file: self.jwt_secret_file.clone(),
+                public_key_file: self.jwt_public_key_file.clone(),
+                jwks_file: self.jwt_jwks_file.clone(),
+                jwks_url: self.jwt_jwks_url.clone(),
+                ..KeySources::default()
+            },
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: self.jwt_leeway,
+            max_lifetime: self.jwt_max_lifetime,
+            require_jti: self.jwt_require_jti,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_config_built_in_code_is_checked_too() {
+        let config = Config { ping_interval: Duration::ZERO, max_sessions: 0, ..Config::default() };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("`max_sessions`: must be at least 1"), "{err}");
+        assert!(err.contains("`ping_interval`: must be more than zero"), "{err}");
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn session_settings_carry_the_config_values() {
+        let config = Config { kill_grace: Duration::from_millis(10), ..Config::default() };
+        assert_eq!(config.session_settings().unwrap().kill_grace(), Duration::from_millis(10));
+    }
+}

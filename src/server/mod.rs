@@ -1,0 +1,30 @@
+//! Serving: listening sockets, the accept loop, HTTP connections, and
+//! graceful shutdown, for any service. Nothing here knows the configuration
+//! or the stack; [`App`](crate::App) puts them together.
+//!
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use ws_subprocess::server::{self, Listener};
+//! use ws_subprocess::session::Sessions;
+//!
+//! let listener = Listener::bind(&"127.0.0.1:0".parse().unwrap()).await?;
+//! let hello = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi"))))
+//! });
+//! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+//! server::serve(listener, hello, Sessions::new(), Duration::from_secs(10), shutdown).await;
+//! # Ok(()) }
+//! ```
+//!
+//! - `listener`: [`Listener`], a bound TCP or Unix socket, optionally TLS;
+//! - `tls`: [`tls_acceptor`] from PEM files;
+//! - `serve`: [`serve`], the accept loop and shutdown.
+
+mod listener;
+mod serve;
+mod tls;
+
+pub use listener::{ListenAddr, Listener};
+pub use serve::{raise_open_file_limit, serve};
+pub use tls::{TlsError, tls_acceptor};

@@ -1,15 +1,12 @@
 //! The README's "Using it as a library" example, compiled by CI so it stays true.
 //! Run: `cargo run --example library`, then connect to ws://127.0.0.1:8866/ws?token=s3cret
 
-use std::time::Duration;
-
 use tower::ServiceBuilder;
 use ws_subprocess::CommandSpec;
 use ws_subprocess::auth::{AuthError, Authorizer, TokenAuthLayer};
 use ws_subprocess::origin::OriginLayer;
 use ws_subprocess::routes::Routes;
-use ws_subprocess::server::ListenAddr;
-use ws_subprocess::server::{Listener, serve};
+use ws_subprocess::server::{ListenAddr, Listener, ServeSettings, serve};
 use ws_subprocess::session::{ServeSubprocess, SessionLimitLayer, SessionSettings, Sessions};
 
 /// Lets one fixed token run `top` in batch mode.
@@ -39,6 +36,6 @@ async fn main() -> std::io::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve(listener, app, sessions, Duration::from_secs(10), shutdown).await;
+    serve(listener, app, ServeSettings::default(), sessions, shutdown).await;
     Ok(())
 }

@@ -20,18 +20,82 @@ use http::request::Parts;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
-use crate::auth::{AuthError, Authorizer, ControllerAuthorizer, TokenAuth, TokenAuthLayer, backend_client};
+use crate::auth::{
+    AuthError, AuthLimit, AuthLimitLayer, Authorizer, ControllerAuthorizer, TokenAuth, TokenAuthLayer, backend_client,
+};
 use crate::config::{AuthBackend, Config, ConfigError};
+use crate::forwarded::{ForwardedFacts, ForwardedLayer};
 use crate::metrics::Metrics;
 use crate::origin::{OriginCheck, OriginLayer};
 use crate::routes::Routes;
-use crate::server::{self, ListenAddr, Listener, TlsError};
-use crate::session::{ServeSubprocess, SessionLimit, SessionLimitLayer, Sessions};
+use crate::server::{self, ListenAddr, Listener, ServeSettings, TlsError};
+use crate::session::{ServeSubprocess, SessionLimit, SessionLimitLayer, SessionSettings, Sessions};
 use crate::spec::CommandSpec;
 
-/// The stack, outermost first, in the order of `SPEC §3`: path, origin,
-/// session limit, token and handshake, backend, process.
-pub type Stack = Routes<OriginCheck<SessionLimit<TokenAuth<ServeSubprocess, Backend>>>>;
+/// The stack, outermost first, in the order of `SPEC §3`: path, who the
+/// client is, origin, session limit, attempts and waiting requests per
+/// address, token and handshake, backend, process.
+pub type Stack =
+    Routes<ForwardedFacts<OriginCheck<SessionLimit<AuthLimit<TokenAuth<ServeSubprocess, Backend>>>>>>;
+
+/// How many sessions and connections the open-file limit holds, so that
+/// sessions always have descriptors left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Sessions at once: `max_sessions`, or fewer if the limit cannot hold
+    /// that many.
+    pub sessions: usize,
+    /// Open connections: `max_connections`, or what the limit holds beside
+    /// the sessions.
+    pub connections: usize,
+}
+
+impl Capacity {
+    /// Descriptors kept for everything but connections, sessions and
+    /// backend calls: listeners, standard streams, the runtime, logs,
+    /// DNS lookups, Redis, key set fetches.
+    pub const RESERVED_FDS: usize = 32;
+
+    /// What `open_files` descriptors hold for `config`. Each session needs
+    /// its connection and [`SessionSettings::FDS_PER_SESSION`] more; each
+    /// request waiting for a controller may hold one connection to it.
+    pub fn of(config: &Config, open_files: u64) -> Result<Self, ConfigError> {
+        let budget = usize::try_from(open_files).unwrap_or(usize::MAX).saturating_sub(Self::RESERVED_FDS);
+        let backend_calls = config.max_pending_auth.min(budget / 8);
+        let for_sessions = budget - backend_calls;
+        let sessions = config.max_sessions.min(for_sessions / (SessionSettings::FDS_PER_SESSION + 1));
+        if sessions == 0 {
+            return Err(ConfigError(vec![format!(
+                "the open-file limit ({open_files}) leaves no descriptors for a session; raise it (ulimit -n)"
+            )]));
+        }
+        let derived = for_sessions - sessions * SessionSettings::FDS_PER_SESSION;
+        Ok(Self { sessions, connections: config.max_connections.unwrap_or(derived) })
+    }
+
+    /// Logs how the limit was shared, and what it could not hold.
+    fn log(&self, config: &Config, open_files: u64) {
+        if self.sessions < config.max_sessions {
+            tracing::warn!(
+                open_files,
+                max_sessions = config.max_sessions,
+                sessions = self.sessions,
+                "the open-file limit cannot hold max_sessions; fewer sessions are allowed (raise the limit)"
+            );
+        }
+        let derived = Self::of(&Config { max_connections: None, ..config.clone() }, open_files).map(|c| c.connections);
+        if let Ok(derived) = derived
+            && self.connections > derived
+        {
+            tracing::warn!(
+                max_connections = self.connections,
+                safe = derived,
+                "max_connections is more than the open-file limit holds beside the sessions"
+            );
+        }
+        tracing::info!(open_files, sessions = self.sessions, connections = self.connections, "capacity");
+    }
+}
 
 /// The backend a configuration names.
 #[derive(Debug)]
@@ -130,15 +194,17 @@ fn backend(config: &Config) -> Result<Backend, StartError> {
     }
 }
 
-/// The binary's stack for `config`; its sessions are tracked in `sessions`
-/// and counted in `metrics`. Key files are read here, so a bad key is a
-/// startup error.
-pub fn stack(config: &Config, sessions: Sessions, metrics: Metrics) -> Result<Stack, StartError> {
+/// The binary's stack for `config`, holding at most `max_sessions`; its
+/// sessions are tracked in `sessions` and counted in `metrics`. Key files
+/// are read here, so a bad key is a startup error.
+pub fn stack(config: &Config, max_sessions: usize, sessions: Sessions, metrics: Metrics) -> Result<Stack, StartError> {
     config.validate()?;
     let settings = config.session_settings().map_err(|e| ConfigError(vec![e.to_string()]))?;
     let stack = ServiceBuilder::new()
+        .layer(ForwardedLayer::new(config.trusted()))
         .layer(OriginLayer::new(config.allowed_origins.clone()))
-        .layer(SessionLimitLayer::new(config.max_sessions))
+        .layer(SessionLimitLayer::new(max_sessions).metrics(metrics.clone()))
+        .layer(AuthLimitLayer::new(config.auth_limits(), metrics.clone()))
         .layer(
             TokenAuthLayer::new(backend(config)?)
                 .token_param(&config.token_param)
@@ -164,20 +230,29 @@ pub struct App {
     stack: Stack,
     sessions: Sessions,
     metrics: Metrics,
-    shutdown_timeout: Duration,
+    capacity: Capacity,
+    serve: ServeSettings,
 }
 
 impl App {
-    /// Checks `config`, raises the open-file limit, builds the stack (reading
+    /// Checks `config`, raises the open-file limit and shares it between
+    /// sessions and connections ([`Capacity`]), builds the stack (reading
     /// key files), sets up TLS and binds the listeners.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        let open_files = server::raise_open_file_limit().unwrap_or_else(|err| {
+            tracing::warn!(cause = %err, "cannot raise the open-file limit");
+            rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+        });
+        let open_files = open_files.unwrap_or(u64::MAX);
+        let capacity = Capacity::of(&config, open_files)?;
+        capacity.log(&config, open_files);
         let metrics = Metrics::new();
         let sessions = Sessions::new();
-        let stack = stack(&config, sessions.clone(), metrics.clone())?;
-        match server::raise_open_file_limit() {
-            Ok(limit) => tracing::debug!(limit = ?limit, "open-file limit raised"),
-            Err(err) => tracing::warn!(cause = %err, "cannot raise the open-file limit"),
-        }
+        let stack = stack(&config, capacity.sessions, sessions.clone(), metrics.clone())?;
+        let serve = config
+            .serve_settings(capacity.connections, metrics.clone())
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
         let tls = match (&config.tls_cert_file, &config.tls_key_file) {
             (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
             _ => None,
@@ -210,7 +285,8 @@ impl App {
             stack,
             sessions,
             metrics,
-            shutdown_timeout: config.shutdown_timeout,
+            capacity,
+            serve,
         })
     }
 
@@ -230,6 +306,11 @@ impl App {
         &self.metrics
     }
 
+    /// How many sessions and connections it holds.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
     /// The live sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
@@ -242,12 +323,23 @@ impl App {
         if let Some((listener, _)) = self.metrics_listener {
             let stop = metrics_stop.clone().cancelled_owned();
             let service = self.metrics.service();
-            tokio::spawn(server::serve(listener, service, Sessions::new(), Duration::from_secs(1), stop));
+            // Its own connections, with the endpoint's timeouts and a small
+            // cap, so a scraper gone wrong cannot take the endpoint's.
+            let settings = ServeSettings::builder()
+                .request_header_timeout(self.serve.request_header_timeout())
+                .max_connections(METRICS_CONNECTIONS)
+                .shutdown_timeout(Duration::from_secs(1))
+                .build()
+                .expect("valid metrics listener settings");
+            tokio::spawn(server::serve(listener, service, settings, Sessions::new(), stop));
         }
-        server::serve(self.listener, self.stack, self.sessions, self.shutdown_timeout, shutdown).await;
+        server::serve(self.listener, self.stack, self.serve, self.sessions, shutdown).await;
         metrics_stop.cancel();
     }
 }
+
+/// Open connections on the metrics listener.
+const METRICS_CONNECTIONS: usize = 16;
 
 async fn bind(addr: &ListenAddr) -> Result<(Listener, ListenAddr), StartError> {
     let failed = |source| StartError::Listen { addr: addr.clone(), source };

@@ -28,7 +28,7 @@
 //! - [`app`]: the composition root, [`App`], built from a [`Config`];
 //! - [`cli`], [`config`]: flags, and settings from every source;
 //! - [`server`]: listening, connections, shutdown;
-//! - [`routes`], [`origin`]: the outer layers;
+//! - [`routes`], [`forwarded`], [`origin`]: the outer layers;
 //! - [`auth`]: the token layer and its backends;
 //! - [`session`]: the session limit, the process, the bridge;
 //! - [`websocket`]: the handshake and the protocols spoken over the socket;
@@ -49,6 +49,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod forwarded;
 pub mod metrics;
 pub mod origin;
 pub mod reply;

@@ -67,8 +67,15 @@ async fn shutdown_signal() {
     }
 }
 
+/// Logs to stderr at the level of `RUST_LOG` (default `info`). The
+/// WebSocket crates trace every frame with its payload, so they never log
+/// below `warn`, whatever `RUST_LOG` says: session data stays out of the
+/// log.
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive("tungstenite=warn".parse().expect("a valid directive"))
+        .add_directive("tokio_tungstenite=warn".parse().expect("a valid directive"));
     let ansi = std::io::stderr().is_terminal();
     let registry = tracing_subscriber::registry().with(filter);
     match format {

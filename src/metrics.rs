@@ -68,6 +68,32 @@ pub enum ExitKind {
     unknown,
 }
 
+/// Why a connection or request was turned away before it could become a
+/// session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Refusal {
+    /// `max_connections` open connections.
+    connections,
+    /// `max_connections_per_ip` open connections from the address.
+    connections_per_ip,
+    /// No complete request head within `request_header_timeout`.
+    header_timeout,
+    /// `max_sessions` running.
+    sessions,
+    /// `auth_rate_per_ip` exceeded.
+    rate,
+    /// `max_pending_auth` requests waiting for the backend.
+    pending,
+    /// `max_pending_auth_per_ip` requests from the address waiting.
+    pending_per_ip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: Refusal,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct AuthLabels {
     backend: &'static str,
@@ -107,6 +133,7 @@ struct Registered {
     auth_latency: Family<BackendLabels, Histogram, fn() -> Histogram>,
     bytes: Family<DirectionLabels, Counter>,
     exits: Family<ExitLabels, Counter>,
+    refused: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Registered {
@@ -120,6 +147,7 @@ impl Default for Registered {
             auth_latency: Family::new_with_constructor(latency_histogram),
             bytes: Family::default(),
             exits: Family::default(),
+            refused: Family::default(),
         };
         registry.register("sessions_active", "Sessions running now", metrics.sessions_active.clone());
         registry.register("sessions", "Sessions started", metrics.sessions_total.clone());
@@ -127,6 +155,7 @@ impl Default for Registered {
         registry.register("auth_latency_seconds", "Time a backend took to check a token", metrics.auth_latency.clone());
         registry.register("bytes", "Bytes bridged, in (to the process) and out (to the client)", metrics.bytes.clone());
         registry.register("process_exits", "Processes ended, by how they ended", metrics.exits.clone());
+        registry.register("refused", "Connections and requests turned away, by reason", metrics.refused.clone());
         Self { registry, ..metrics }
     }
 }
@@ -166,6 +195,11 @@ impl Metrics {
             None => ExitKind::unknown,
         };
         self.0.exits.get_or_create(&ExitLabels { kind }).inc();
+    }
+
+    /// A connection or request was turned away.
+    pub fn refused(&self, reason: Refusal) {
+        self.0.refused.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// The metrics in the Prometheus text format.

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
 use tower::{Service, ServiceExt};
 use tower_http::services::ServeDir;
 use tower_http::services::fs::ServeFileSystemResponseBody;
@@ -26,7 +27,7 @@ pub type RoutesBody<B> = http_body_util::Either<B, ServeFileSystemResponseBody>;
 pub struct Routes<S> {
     path: Arc<str>,
     inner: S,
-    files: Option<ServeDir>,
+    files: Option<StaticFiles>,
 }
 
 impl<S> Routes<S> {
@@ -36,12 +37,64 @@ impl<S> Routes<S> {
     }
 
     /// Also serves the files under `dir` (for example a terminal page) at
-    /// every other path; `/` serves `index.html`. Paths that would leave
-    /// `dir` are refused.
+    /// every other path; `/` serves `index.html`. A file outside `dir`
+    /// (symlinks are resolved), a dotfile or anything in a dot-directory,
+    /// and a path with an empty segment are `404`.
     pub fn static_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.files = Some(ServeDir::new(dir));
+        self.files = Some(StaticFiles::new(dir.as_ref()));
         self
     }
+}
+
+/// The files of a directory, as tower-http's `ServeDir` serves them, but
+/// never a dotfile, a file that is not in the directory once symlinks are
+/// resolved, or a path with an empty segment (whose directory redirect,
+/// `//host/` → `Location: //host/`, would send a browser to another host).
+#[derive(Debug, Clone)]
+struct StaticFiles {
+    root: Arc<Path>,
+    serve: ServeDir,
+}
+
+impl StaticFiles {
+    fn new(dir: &Path) -> Self {
+        let root: Arc<Path> = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).into();
+        Self { serve: ServeDir::new(&*root), root }
+    }
+
+    /// Whether `path` (of a request URI) may be served.
+    async fn allows(&self, path: &str) -> bool {
+        let Some(relative) = path.strip_prefix('/') else { return false };
+        let Ok(relative) = percent_decode_str(relative).decode_utf8() else { return false };
+        if relative.contains(['\\', '\0']) {
+            return false;
+        }
+        let segments: Vec<&str> = relative.split('/').collect();
+        let last = segments.len() - 1;
+        for (i, segment) in segments.iter().enumerate() {
+            // An empty segment is only the trailing slash of a directory.
+            if segment.is_empty() && i != last || segment.starts_with('.') {
+                return false;
+            }
+        }
+        let root = self.root.clone();
+        let candidate = root.join(relative.trim_end_matches('/'));
+        tokio::task::spawn_blocking(move || resolves_inside(&root, &candidate)).await.unwrap_or(false)
+    }
+}
+
+/// Whether `candidate`, with its symlinks resolved, is inside `root`, and
+/// for a directory, so is the `index.html` it would be served as. A path
+/// that does not exist is left to `ServeDir`, which answers 404.
+fn resolves_inside(root: &Path, candidate: &Path) -> bool {
+    let Ok(real) = std::fs::canonicalize(candidate) else { return true };
+    if !real.starts_with(root) {
+        return false;
+    }
+    if real.is_dir() {
+        return std::fs::canonicalize(real.join("index.html")).map_or(true, |index| index.starts_with(root));
+    }
+    true
 }
 
 /// The future of [`Routes`].
@@ -79,7 +132,11 @@ where
         }
         match self.files.clone() {
             Some(files) => Box::pin(async move {
-                let response = match files.oneshot(request).await {
+                if !files.allows(request.uri().path()).await {
+                    let response: Response<ResBody> = reply::plain(StatusCode::NOT_FOUND, "not found");
+                    return Ok(response.map(RoutesBody::Left));
+                }
+                let response = match files.serve.oneshot(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
@@ -134,5 +191,29 @@ mod tests {
         assert_eq!(get(routes.clone(), "/").await, (StatusCode::OK, "<p>hi</p>".into()));
         assert_eq!(get(routes.clone(), "/missing.html").await.0, StatusCode::NOT_FOUND);
         assert_eq!(get(routes, "/ws").await.1, "endpoint\n");
+    }
+
+    #[tokio::test]
+    async fn static_files_never_leave_the_directory_or_show_dotfiles() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "secret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".env"), "TOKEN=x").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/page.html"), "page").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("leak.txt")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("sub/page.html"), dir.path().join("alias.html")).unwrap();
+        let routes = routes().static_dir(dir.path());
+        for path in ["/.env", "/%2eenv", "/out/secret", "/leak.txt", "//sub", "/%2F%2Fsub", "/sub//page.html", "/\\sub"]
+        {
+            assert_eq!(get(routes.clone(), path).await.0, StatusCode::NOT_FOUND, "{path}");
+        }
+        assert_eq!(get(routes.clone(), "/sub/page.html").await, (StatusCode::OK, "page".into()));
+        // A symlink that stays inside is fine.
+        assert_eq!(get(routes.clone(), "/alias.html").await, (StatusCode::OK, "page".into()));
+        // A directory still redirects to its slash, on this host.
+        let response = routes.oneshot(Request::get("/sub").body(()).unwrap()).await.unwrap();
+        assert_eq!(response.headers()["location"], "/sub/");
     }
 }

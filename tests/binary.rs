@@ -295,9 +295,16 @@ async fn many_sessions_leave_no_descriptor_process_or_zombie() {
 #[tokio::test]
 async fn accept_errors_back_off_and_the_server_recovers() {
     let dir = scratch();
-    // Few descriptors: a burst of connections exhausts them (EMFILE).
-    let server =
-        Binary::start_wrapped(&["prlimit", "--nofile=48:48"], &["--listen", "127.0.0.1:0"], &[], dir.path()).await;
+    // Few descriptors, and a connection cap set above what they hold (the
+    // derived cap would refuse the extra connections before the table is
+    // full): a burst of connections exhausts them (EMFILE).
+    let server = Binary::start_wrapped(
+        &["prlimit", "--nofile=48:48"],
+        &["--listen", "127.0.0.1:0", "--max-connections", "1000"],
+        &[],
+        dir.path(),
+    )
+    .await;
     let mut idle = Vec::new();
     for _ in 0..80 {
         idle.push(tokio::net::TcpStream::connect(server.tcp()).await.unwrap());

@@ -236,6 +236,8 @@ async fn forwarding_headers_reach_the_controller() {
     let controller = Controller::allowing("/bin/true", &[]).await;
     let mut config = config_for(&controller);
     config.controller_forward_headers = vec![http::header::COOKIE];
+    // The test client stands for a reverse proxy the operator trusts.
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     let server = TestServer::start(config).await;
     let mut request = server.ws_url("t").into_client_request().unwrap();
     let headers = request.headers_mut();

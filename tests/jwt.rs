@@ -196,7 +196,8 @@ async fn jwks_url_is_cached_refreshed_on_unknown_kid_with_a_cooldown() {
     );
     let listener = ws_subprocess::server::Listener::bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(ws_subprocess::server::serve(listener, app, sessions, Duration::from_secs(1), std::future::pending()));
+    let settings = ws_subprocess::server::ServeSettings::default();
+    tokio::spawn(ws_subprocess::server::serve(listener, app, settings, sessions, std::future::pending()));
     let url = |token: &str| format!("ws://{addr}/ws?token={token}");
 
     // First use fetches the set.
@@ -451,18 +452,33 @@ async fn unreachable_redis_is_503_and_starts_nothing() {
 #[tokio::test]
 async fn bearer_subprotocol_carries_the_token_and_is_never_echoed() {
     let server = jwt_server(&["HS256"], with_secret).await;
-    let token = sign(Algorithm::HS256, &KeyFiles::get().secret(), None, &claims());
+    let token = sign(Algorithm::HS256, &KeyFiles::get().secret(), None, &claims_with_jti("bearer-once"));
     let protocol = format!("base64url.bearer.authorization.k8s.io.{}", URL_SAFE_NO_PAD.encode(&token));
-    let (status, head, _) = http_request(
-        server.addr,
-        &format!(
-            "GET /ws HTTP/1.1\r\nSec-WebSocket-Protocol: {protocol}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
-        ),
-    )
-    .await;
+    let upgrade = |protocols: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nSec-WebSocket-Protocol: {protocols}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
+        )
+    };
+    // Offering only the token's protocol would make a browser fail the
+    // 101: it is refused before the token is checked (and spent).
+    let (status, head, body) = http_request(server.addr, &upgrade(&protocol)).await;
+    assert_eq!(status, 400, "{head}");
+    assert!(body.contains("v5.channel.k8s.io"), "{body}");
+    let (status, head, _) = http_request(server.addr, &upgrade(&format!("{protocol}, chat"))).await;
+    assert_eq!(status, 400, "{head}");
+    // With a protocol this server speaks, the answer names only that one.
+    let (status, head, _) = http_request(server.addr, &upgrade(&format!("{protocol}, v5.channel.k8s.io"))).await;
     assert_eq!(status, 101, "{head}");
-    assert!(!head.to_ascii_lowercase().contains("sec-websocket-protocol"), "{head}");
-    assert!(!head.contains(&token));
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("sec-websocket-protocol: v5.channel.k8s.io\r\n"), "{head}");
+    assert!(!head.contains(&token.to_ascii_lowercase()));
+}
+
+/// The standard claims with a `jti`.
+fn claims_with_jti(jti: &str) -> Value {
+    let mut claims = claims();
+    claims["jti"] = json!(jti);
+    claims
 }
 
 fn minted(args: &[&str]) -> String {

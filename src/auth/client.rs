@@ -12,6 +12,8 @@ pub fn backend_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Err
         .timeout(timeout)
         .connect_timeout(timeout)
         .no_proxy()
+        // Each idle connection holds a descriptor that sessions may need.
+        .pool_max_idle_per_host(16)
         .user_agent(concat!("ws-subprocess/", env!("CARGO_PKG_VERSION")))
         .build()
 }

@@ -5,22 +5,19 @@
 
 use std::time::Duration;
 
-use http::header::{HOST, ORIGIN, USER_AGENT};
+use http::header::{ORIGIN, USER_AGENT};
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, StatusCode};
 use url::Url;
 
 use super::client::{BodyError, backend_client, read_capped};
 use super::{AuthError, Authorizer};
-use crate::connection::{PeerAddr, Secure};
+use crate::forwarded::{Forwarded, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::spec::CommandSpec;
 
 /// Largest controller answer read; a longer one is a failed backend.
 pub const MAX_CONTROLLER_BODY: usize = 64 * 1024;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// How to reach the controller.
 #[derive(Debug, Clone)]
@@ -69,33 +66,21 @@ impl ControllerAuthorizer {
         url
     }
 
-    /// The client's forwarding headers, extended the way a reverse proxy
-    /// extends them, plus the configured extra headers.
+    /// The forwarding headers (believed only from trusted proxies, see
+    /// [`Forwarded`]), plus `Origin`, `User-Agent` and the configured extra
+    /// headers of the client.
     fn forwarded_headers(&self, parts: &Parts) -> http::HeaderMap {
-        let client = &parts.headers;
+        let facts = Forwarded::of_request(parts);
         let mut headers = http::HeaderMap::new();
-        let peer = parts.extensions.get::<PeerAddr>().and_then(|p| p.0).map(|addr| addr.ip().to_string());
-        let prior = client.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-        let chain = match (prior, peer) {
-            (Some(prior), Some(peer)) => Some(format!("{prior}, {peer}")),
-            (Some(prior), None) => Some(prior.to_string()),
-            (None, peer) => peer,
-        };
-        if let Some(value) = chain.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            headers.insert(X_FORWARDED_FOR, value);
+        if let Some(chain) = facts.chain {
+            headers.insert(X_FORWARDED_FOR, chain);
         }
-        let secure = parts.extensions.get::<Secure>().is_some_and(|s| s.0);
-        let proto = client.get(&X_FORWARDED_PROTO).cloned().unwrap_or(HeaderValue::from_static(if secure {
-            "https"
-        } else {
-            "http"
-        }));
-        headers.insert(X_FORWARDED_PROTO, proto);
-        if let Some(host) = client.get(&X_FORWARDED_HOST).or_else(|| client.get(HOST)) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
+        headers.insert(X_FORWARDED_PROTO, facts.proto);
+        if let Some(host) = facts.host {
+            headers.insert(X_FORWARDED_HOST, host);
         }
         for name in [ORIGIN, USER_AGENT].iter().chain(&self.settings.forward_headers) {
-            for value in client.get_all(name) {
+            for value in parts.headers.get_all(name) {
                 headers.append(name.clone(), value.clone());
             }
         }

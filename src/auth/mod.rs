@@ -9,6 +9,7 @@
 //!
 //! - `authorizer`: the [`Authorizer`] trait and [`AuthError`];
 //! - `layer`: [`TokenAuthLayer`];
+//! - `limit`: [`AuthLimitLayer`], attempts and waiting requests per address;
 //! - `token`: where a request carries its token, and its loggable hash;
 //! - `client`: the HTTP client backends share;
 //! - `controller`: the remote controller backend;
@@ -42,10 +43,12 @@ mod controller;
 #[cfg(feature = "jwt")]
 pub mod jwt;
 mod layer;
+mod limit;
 mod token;
 
 pub use authorizer::{AuthError, Authorizer, BoxError};
 pub use client::{BodyError, backend_client, read_capped};
 pub use controller::{ControllerAuthorizer, ControllerSettings, MAX_CONTROLLER_BODY};
 pub use layer::{ResponseFuture, TokenAuth, TokenAuthLayer};
-pub use token::{BEARER_PROTOCOL_PREFIX, hex, token_hash, token_of};
+pub use limit::{AuthLimit, AuthLimitFuture, AuthLimitLayer, AuthLimits, Per, Rate};
+pub use token::{hex, token_hash, token_of};

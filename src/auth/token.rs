@@ -6,11 +6,8 @@ use http::header::AUTHORIZATION;
 use http::request::Parts;
 use sha2::{Digest, Sha256};
 
-use crate::websocket::offered_protocols;
+use crate::websocket::{BEARER_PROTOCOL_PREFIX, offered_protocols};
 
-/// Prefix of the Kubernetes-style subprotocol that carries a bearer token,
-/// for browsers, which cannot set `Authorization` on a WebSocket.
-pub const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 
 const BASE64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,

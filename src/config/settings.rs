@@ -4,16 +4,19 @@
 //! generated from them. The environment variable is
 //! `WS_SUBPROCESS_<KEY IN UPPER CASE>` and the flag `--<key-with-dashes>`.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use http::HeaderName;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::values::{AuthBackend, JwtAlgorithm, LogFormat, ReplayStoreAddr, list, via_str};
-use crate::server::ListenAddr;
+use super::values::{AuthBackend, JwtAlgorithm, LogFormat, ReplayStoreAddr, cidrs, list, via_str};
+use crate::auth::Rate;
+use crate::server::{ListenAddr, ServeSettings};
 use crate::session::{KillSignal, SessionSettings};
 
 /// One setting, as the command line and the docs see it.
@@ -153,4 +156,29 @@ settings! {
     metrics_listen: Option<ListenAddr> ["ADDR"] = None;
     /// Log format: text or json; the level comes from RUST_LOG.
     log_format: LogFormat ["FORMAT"] = LogFormat::Text;
+    /// From accept to a complete request head (TLS handshake and protocol detection included), and between requests; a connection that sends nothing is closed then.
+    #[serde(with = "humantime_serde")]
+    request_header_timeout: Duration ["DURATION"] = ServeSettings::DEFAULT_REQUEST_HEADER_TIMEOUT;
+    /// Largest request head; larger ones get 431.
+    max_header_size: ByteSize ["SIZE"] = ByteSize::b(ServeSettings::DEFAULT_MAX_HEADER_SIZE as u64);
+    /// Serve HTTP/2 as well as HTTP/1.1 (with the same timeouts).
+    http2: bool ["BOOL"] = false;
+    /// Open connections of every kind; derived from the open-file limit when unset, so sessions always have descriptors left.
+    max_connections: Option<usize> ["N"] = None;
+    /// Open connections per client address (IPv6: per /64); beyond it new ones are closed at once.
+    max_connections_per_ip: usize ["N"] = ServeSettings::DEFAULT_MAX_CONNECTIONS_PER_IP;
+    /// Requests waiting for the backend; beyond it 503 with Retry-After.
+    max_pending_auth: usize ["N"] = 512;
+    /// Requests from one address waiting for the backend; beyond it 429 with Retry-After.
+    max_pending_auth_per_ip: usize ["N"] = 32;
+    /// Upgrade attempts per address, e.g. 20/s or 300/min; beyond it 429 with Retry-After (off when unset).
+    #[serde(with = "via_str::option")]
+    auth_rate_per_ip: Option<Rate> ["RATE"] = None;
+    /// Attempts one address may make at once beyond auth_rate_per_ip (twice the rate when unset).
+    auth_burst_per_ip: Option<NonZeroU32> ["N"] = None;
+    /// Bytes queued to one client (output, pongs, control frames); a client that takes nothing for pong_timeout while this is full is gone.
+    max_write_buffer: ByteSize ["SIZE"] = ByteSize::b(SessionSettings::DEFAULT_MAX_WRITE_BUFFER as u64);
+    /// Reverse proxies (CIDRs or addresses) whose X-Forwarded-For/-Proto/-Host are believed.
+    #[serde(with = "cidrs")]
+    trusted_proxies: Vec<IpNet> ["CIDRS"] = Vec::new();
 }

@@ -2,12 +2,22 @@
 //! the server, built from the checked values. Nothing after this parses a
 //! setting again.
 
+use bytesize::ByteSize;
+
 use super::Config;
 use super::load::ConfigError;
 use super::values::{AuthBackend, KeyFamily};
-use crate::auth::ControllerSettings;
-use crate::server::ListenAddr;
+use crate::auth::{AuthLimits, ControllerSettings};
+use crate::forwarded::TrustedProxies;
+use crate::metrics::Metrics;
+use crate::server::{ListenAddr, ServeSettings};
 use crate::session::{EnvPolicy, InvalidSettings, SessionSettings};
+
+/// A size as the program uses it (a size beyond memory is as good as
+/// unlimited).
+fn bytes(size: ByteSize) -> usize {
+    usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
+}
 
 /// Longest timer accepted outside the session settings (which check their
 /// own): longer ones are surely mistakes.
@@ -67,13 +77,29 @@ impl Config {
         if self.max_sessions == 0 {
             problems.push(("max_sessions", "must be at least 1"));
         }
+        if self.max_connections == Some(0) {
+            problems.push(("max_connections", "must be at least 1 (leave it unset to derive it)"));
+        }
+        if self.max_pending_auth == 0 {
+            problems.push(("max_pending_auth", "must be at least 1"));
+        }
+        if self.max_pending_auth_per_ip == 0 {
+            problems.push(("max_pending_auth_per_ip", "must be at least 1"));
+        }
+        if self.auth_burst_per_ip.is_some() && self.auth_rate_per_ip.is_none() {
+            problems.push(("auth_burst_per_ip", "needs auth_rate_per_ip"));
+        }
         if let Err(InvalidSettings(session)) = self.session_settings() {
             problems.extend(session);
+        }
+        if let Err(InvalidSettings(serve)) = self.serve_settings(usize::MAX, Metrics::default()) {
+            problems.extend(serve);
         }
         for (key, value) in [
             ("controller_timeout", self.controller_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
             ("jwt_leeway", self.jwt_leeway),
+            ("request_header_timeout", self.request_header_timeout),
         ] {
             if value > MAX_TIMER {
                 problems.push((key, "must be at most 24h"));
@@ -104,16 +130,45 @@ impl Config {
 
     /// How sessions run.
     pub fn session_settings(&self) -> Result<SessionSettings, InvalidSettings> {
-        let max_message_size = usize::try_from(self.max_message_size.as_u64()).unwrap_or(usize::MAX);
         SessionSettings::builder()
             .kill_signal(self.kill_signal)
             .kill_grace(self.kill_grace)
-            .max_message_size(max_message_size)
+            .max_message_size(bytes(self.max_message_size))
+            .max_write_buffer(bytes(self.max_write_buffer))
             .keepalive(self.ping_interval, self.pong_timeout)
             .idle_timeout(self.idle_timeout)
             .max_session_duration(self.max_session_duration)
             .env(EnvPolicy { clear: self.clear_env, pass: self.pass_env.clone() })
             .build()
+    }
+
+    /// How connections are served, holding at most `max_connections`.
+    pub fn serve_settings(&self, max_connections: usize, metrics: Metrics) -> Result<ServeSettings, InvalidSettings> {
+        ServeSettings::builder()
+            .request_header_timeout(self.request_header_timeout)
+            .max_header_size(bytes(self.max_header_size))
+            .http2(self.http2)
+            .max_connections(max_connections)
+            .max_connections_per_ip(self.max_connections_per_ip, self.trusted())
+            .keepalive(self.ping_interval, self.pong_timeout)
+            .shutdown_timeout(self.shutdown_timeout)
+            .metrics(metrics)
+            .build()
+    }
+
+    /// The proxies whose forwarding headers are believed.
+    pub fn trusted(&self) -> TrustedProxies {
+        TrustedProxies::new(self.trusted_proxies.iter().copied())
+    }
+
+    /// Limits on attempts and on requests waiting for the backend.
+    pub fn auth_limits(&self) -> AuthLimits {
+        AuthLimits {
+            max_pending: self.max_pending_auth,
+            max_pending_per_ip: self.max_pending_auth_per_ip,
+            rate_per_ip: self.auth_rate_per_ip,
+            burst_per_ip: self.auth_burst_per_ip,
+        }
     }
 
     /// How the controller backend reaches the controller.

@@ -230,6 +230,30 @@ pub(super) mod list {
     }
 }
 
+/// A list of networks: CIDRs, or bare addresses meaning just themselves.
+pub(super) mod cidrs {
+    use std::net::IpAddr;
+
+    use ipnet::IpNet;
+    use serde::{Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        super::list::serialize(nets, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        let items: Vec<String> = super::list::deserialize(d)?;
+        items
+            .iter()
+            .map(|item| {
+                item.parse::<IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| de::Error::custom(format!("`{item}` is neither a CIDR nor an address")))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

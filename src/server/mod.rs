@@ -4,8 +4,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
-//! use std::time::Duration;
-//! use ws_subprocess::server::{self, Listener};
+//! use ws_subprocess::server::{self, Listener, ServeSettings};
 //! use ws_subprocess::session::Sessions;
 //!
 //! let listener = Listener::bind(&"127.0.0.1:0".parse().unwrap()).await?;
@@ -13,18 +12,23 @@
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi"))))
 //! });
 //! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
-//! server::serve(listener, hello, Sessions::new(), Duration::from_secs(10), shutdown).await;
+//! server::serve(listener, hello, ServeSettings::default(), Sessions::new(), shutdown).await;
 //! # Ok(()) }
 //! ```
 //!
 //! - `listener`: [`Listener`], a bound TCP or Unix socket, optionally TLS;
+//! - `settings`: [`ServeSettings`], timeouts and caps;
+//! - `limits`: connection caps, in all and per address;
 //! - `tls`: [`tls_acceptor`] from PEM files;
 //! - `serve`: [`serve`], the accept loop and shutdown.
 
+mod limits;
 mod listener;
 mod serve;
+mod settings;
 mod tls;
 
 pub use listener::{ListenAddr, Listener};
 pub use serve::{raise_open_file_limit, serve};
+pub use settings::{ServeSettings, ServeSettingsBuilder};
 pub use tls::{TlsError, tls_acceptor};

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -12,32 +13,40 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tower::Service;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
 use tower_http::add_extension::AddExtension;
 use tracing::Instrument;
 
-use super::Listener;
-use crate::connection::Secure;
+use super::limits::{ConnectionLimits, Counted};
+use super::{Listener, ServeSettings};
+use crate::connection::{PeerAddr, Secure};
+use crate::metrics::Refusal;
 use crate::session::Sessions;
-
-/// Bound on a client's TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection's byte stream, whatever carries it.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// Serves `app` on `listener` until `shutdown` completes. Every request
-/// carries the connection's [`PeerAddr`](crate::connection::PeerAddr) and
-/// [`Secure`] in its extensions. After `shutdown`: stop accepting, let HTTP
-/// connections finish, end every session in `sessions` (clients get Close
-/// 1001, process groups are signalled), and return within
-/// `shutdown_timeout`, killing whatever is left.
+/// carries the connection's [`PeerAddr`] and [`Secure`] in its extensions.
+///
+/// Each connection must deliver a complete request head within
+/// `request_header_timeout` of being accepted (TLS handshake and protocol
+/// detection included), and again between requests; connections beyond
+/// `max_connections`, or beyond `max_connections_per_ip` from one address,
+/// are closed at once. HTTP/1.1 only, unless `http2` is set.
+///
+/// After `shutdown`: stop accepting, let HTTP connections finish, end every
+/// session in `sessions` (clients get Close 1001, process groups are
+/// signalled), and return within `shutdown_timeout`, killing whatever is
+/// left.
 pub async fn serve<S, B>(
     listener: Listener,
     app: S,
+    settings: ServeSettings,
     sessions: Sessions,
-    shutdown_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -45,12 +54,15 @@ pub async fn serve<S, B>(
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = Builder::new(TokioExecutor::new());
-    // With a timer, hyper bounds how long a client may take to send its
-    // request headers.
-    builder.http1().timer(TokioTimer::new());
+    let http = http_builder(&settings);
+    let limits = ConnectionLimits::new(
+        settings.max_connections,
+        settings.max_connections_per_ip,
+        settings.trusted_proxies.clone(),
+    );
     let connections = GracefulShutdown::new();
     let mut backoff = AcceptBackoff::default();
+    let mut refusals = RefusalLog::default();
     tokio::pin!(shutdown);
     loop {
         let (io, peer) = tokio::select! {
@@ -67,24 +79,59 @@ pub async fn serve<S, B>(
                 }
             },
         };
-        let secure = Secure(listener.tls.is_some());
-        let service = TowerToHyperService::new(AddExtension::new(AddExtension::new(app.clone(), secure), peer));
-        let (tls, builder, watcher) = (listener.tls.clone(), builder.clone(), connections.watcher());
+        let place = match limits.admit(peer) {
+            Ok(place) => place,
+            Err(reason) => {
+                // Closed at once: the descriptor is back before the next
+                // accept.
+                drop(io);
+                settings.metrics.refused(reason);
+                refusals.note(reason, peer, limits.open());
+                continue;
+            }
+        };
+        let deadline = Instant::now() + settings.request_header_timeout;
+        let io = Counted { io, _place: place };
+        let first_request = Arc::new(Notify::new());
+        let seen = first_request.clone();
+        let service = AddExtension::new(AddExtension::new(app.clone(), Secure(listener.tls.is_some())), peer)
+            .map_request(move |request: Request<Incoming>| {
+                seen.notify_one();
+                request
+            });
+        let service = TowerToHyperService::new(service);
+        let (tls, http, watcher, metrics) =
+            (listener.tls.clone(), http.clone(), connections.watcher(), settings.metrics.clone());
         let span = tracing::debug_span!("connection", peer = %peer);
         tokio::spawn(
             async move {
                 // The TLS handshake runs here, not in the accept loop, so a
-                // slow client delays only itself.
+                // slow client delays only itself; it counts against the
+                // request head's deadline.
                 let io: Box<dyn Io> = match tls {
                     None => Box::new(io),
-                    Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                    Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
                         Ok(Ok(stream)) => Box::new(stream),
                         Ok(Err(err)) => return tracing::debug!(cause = %err, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                        Err(_) => {
+                            metrics.refused(Refusal::header_timeout);
+                            return tracing::debug!("TLS handshake timed out");
+                        }
                     },
                 };
-                let connection = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
-                if let Err(err) = connection.await {
+                // hyper's timers cover neither protocol detection nor
+                // HTTP/2, so the first head's deadline is kept here.
+                let connection = watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(io), service));
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = &mut connection => result,
+                    _ = first_request.notified() => connection.await,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        metrics.refused(Refusal::header_timeout);
+                        return tracing::debug!("no request head in time; closing");
+                    }
+                };
+                if let Err(err) = result {
                     tracing::debug!(cause = %err, "connection ended with an error");
                 }
             }
@@ -101,12 +148,59 @@ pub async fn serve<S, B>(
         connections.shutdown().await;
         sessions.wait().await;
     };
-    if tokio::time::timeout(shutdown_timeout, everything).await.is_err() {
+    if tokio::time::timeout(settings.shutdown_timeout, everything).await.is_err() {
         tracing::warn!(sessions = sessions.active(), "shutdown timeout passed; killing what is left");
         sessions.abort();
         let _ = tokio::time::timeout(Duration::from_millis(200), sessions.wait()).await;
     }
     tracing::info!("stopped");
+}
+
+/// The HTTP side of connections: HTTP/1.1 alone, or HTTP/1.1 and HTTP/2
+/// told apart by the first bytes (the sniff is covered by the first head's
+/// deadline, kept by the connection's task).
+fn http_builder(settings: &ServeSettings) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    // hyper's own header timer covers the heads of later requests on a
+    // kept-alive connection (from the end of the previous one). The read
+    // buffer, and so a request head, is bounded: beyond it, 431.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.request_header_timeout)
+        .max_buf_size(settings.max_header_size);
+    if !settings.http2 {
+        return builder.http1_only();
+    }
+    let (interval, timeout) = settings.keepalive;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(128)
+        .keep_alive_interval(Some(interval))
+        .keep_alive_timeout(timeout);
+    builder
+}
+
+/// Logs refused connections: each at debug level, and a warning at most
+/// every ten seconds, so a flood of them cannot flood the log.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    since_warning: u64,
+    last_warning: Option<Instant>,
+}
+
+impl RefusalLog {
+    fn note(&mut self, reason: Refusal, peer: PeerAddr, open: usize) {
+        tracing::debug!(peer = %peer, reason = ?reason, "connection refused");
+        self.since_warning += 1;
+        if self.last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(reason = ?reason, refused = self.since_warning, open, "connections refused at their cap");
+            self.since_warning = 0;
+            self.last_warning = Some(Instant::now());
+        }
+    }
 }
 
 /// Backs off after accept errors such as `EMFILE`, so a full file table

@@ -114,7 +114,7 @@ where
         tx,
         out_rx,
         finished,
-        settings.ping_interval,
+        (settings.ping_interval, settings.pong_timeout),
         progress.clone(),
     )));
     let end = OutputEnd { exited: exited.clone(), discard: discard.clone(), group, grace: settings.kill_grace };
@@ -164,9 +164,13 @@ where
                 drained = outputs.unwrap_or_default();
             }
             end = &mut input => break end,
-            // The writer only stops early when the socket failed, which
-            // the input side may not see while it waits on a full stdin.
-            _ = &mut writer => break Ending::ClientGone("sending failed".into()),
+            // The writer only stops early when the socket failed or the
+            // client took nothing for pong_timeout, which the input side
+            // may not see (it waits on a full stdin, or pings keep coming).
+            stopped = &mut writer => break Ending::ClientGone(match stopped {
+                Ok(WriterStop::Stalled) => "client took no data for pong_timeout".into(),
+                _ => "sending failed".into(),
+            }),
             _ = shutdown.cancelled() => break Ending::Shutdown,
             // Once the process has exited, its output is drained (bounded
             // by kill_grace) and the exit reported; limits no longer apply.
@@ -266,17 +270,35 @@ async fn stop(process: &mut Process, group: ProcessGroup, settings: &SessionSett
     status
 }
 
+/// Why the writer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterStop {
+    /// It sent its last message or closed the sink, as asked.
+    Done,
+    /// The socket failed.
+    Failed,
+    /// The client took nothing for `pong_timeout` while something waited
+    /// for it.
+    Stalled,
+}
+
 /// Sends queued messages and keepalive pings until it has sent a Close
 /// from the queue, or `finish` says how to end: with a Close frame of its
 /// own (ahead of any queued output), or by just closing the sink, which also
 /// flushes the protocol's answer to a client's Close.
+///
+/// Liveness is judged by the client taking data, not by what it sends: a
+/// message that cannot be handed to the socket for `pong_timeout` (the
+/// socket's buffers and our own are full) means the client is gone, however
+/// many pings it sends meanwhile.
 async fn write_loop<Tx>(
     mut tx: Tx,
     mut queue: mpsc::Receiver<Message>,
     mut finish: oneshot::Receiver<Option<Message>>,
-    ping_interval: Duration,
+    (ping_interval, pong_timeout): (Duration, Duration),
     progress: Progress,
-) where
+) -> WriterStop
+where
     Tx: Sink<Message, Error = WsError> + Unpin,
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
@@ -297,17 +319,40 @@ async fn write_loop<Tx>(
             },
         };
         let is_close = matches!(message, Message::Close(_));
-        // Pings always fit in the socket buffer; only output taken shows a
-        // live client (a vanished one is left to TCP_USER_TIMEOUT).
         let is_output = matches!(message, Message::Binary(_) | Message::Text(_));
-        match tx.send(message).await {
-            Ok(()) if is_close => return,
+        match deliver(&mut tx, message, pong_timeout).await {
+            Ok(()) if is_close => return WriterStop::Done,
             Ok(()) if is_output => progress.mark(),
             Ok(()) => {}
-            Err(_) => break,
+            Err(stop) => return stop,
         }
     }
-    let _ = tx.close().await;
+    match timeout(pong_timeout, tx.close()).await {
+        Ok(_) => WriterStop::Done,
+        Err(_) => WriterStop::Stalled,
+    }
+}
+
+/// Hands `message` to the socket, waiting at most `pong_timeout` for the
+/// client to take what is ahead of it. When our write buffer is full of what
+/// the client has not taken (pongs to a flood of its pings), it waits for the
+/// client to take it, then tries again.
+async fn deliver<Tx>(tx: &mut Tx, message: Message, pong_timeout: Duration) -> Result<(), WriterStop>
+where
+    Tx: Sink<Message, Error = WsError> + Unpin,
+{
+    loop {
+        match timeout(pong_timeout, tx.send(message.clone())).await {
+            Err(_) => return Err(WriterStop::Stalled),
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(WsError::WriteBufferFull(_))) => match timeout(pong_timeout, tx.flush()).await {
+                Err(_) => return Err(WriterStop::Stalled),
+                Ok(Err(_)) => return Err(WriterStop::Failed),
+                Ok(Ok(())) => {}
+            },
+            Ok(Err(_)) => return Err(WriterStop::Failed),
+        }
+    }
 }
 
 /// When and how the output loop stops waiting for a pipe that a leftover

@@ -10,6 +10,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
+use crate::metrics::{Metrics, Refusal};
 use crate::reply;
 
 /// A place among the live sessions, held for the whole session.
@@ -30,12 +31,19 @@ pub struct SessionPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 #[derive(Debug, Clone)]
 pub struct SessionLimitLayer {
     places: Arc<Semaphore>,
+    metrics: Metrics,
 }
 
 impl SessionLimitLayer {
     /// A limit of `max` concurrent sessions.
     pub fn new(max: usize) -> Self {
-        Self { places: Arc::new(Semaphore::new(max)) }
+        Self { places: Arc::new(Semaphore::new(max)), metrics: Metrics::default() }
+    }
+
+    /// Counts refusals in `metrics`.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -43,7 +51,7 @@ impl<S> Layer<S> for SessionLimitLayer {
     type Service = SessionLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionLimit { inner, places: self.places.clone() }
+        SessionLimit { inner, places: self.places.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -52,6 +60,7 @@ impl<S> Layer<S> for SessionLimitLayer {
 pub struct SessionLimit<S> {
     inner: S,
     places: Arc<Semaphore>,
+    metrics: Metrics,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for SessionLimit<S>
@@ -74,6 +83,7 @@ where
                 Either::Left(self.inner.call(request))
             }
             Err(_) => {
+                self.metrics.refused(Refusal::sessions);
                 tracing::warn!(status = 503, "session limit reached");
                 let mut headers = HeaderMap::new();
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));

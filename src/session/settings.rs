@@ -27,6 +27,7 @@ pub struct SessionSettings {
     pub(crate) kill_signal: KillSignal,
     pub(crate) kill_grace: Duration,
     pub(crate) max_message_size: usize,
+    pub(crate) max_write_buffer: usize,
     pub(crate) ping_interval: Duration,
     pub(crate) pong_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
@@ -41,6 +42,15 @@ impl SessionSettings {
     pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(1);
     /// Default `max_message_size`: 1 MiB.
     pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+    /// Default `max_write_buffer`: 1 MiB.
+    pub const DEFAULT_MAX_WRITE_BUFFER: usize = 1024 * 1024;
+    /// Smallest `max_write_buffer`: room for the socket's own buffer, one
+    /// output message and control frames.
+    pub const MIN_MAX_WRITE_BUFFER: usize = 128 * 1024;
+    /// Descriptors a session holds besides its connection's socket: the
+    /// process's stdin, stdout and stderr and its pidfd, and one more while
+    /// it is being started.
+    pub const FDS_PER_SESSION: usize = 5;
     /// Default `ping_interval`.
     pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
     /// Default `pong_timeout`.
@@ -55,6 +65,7 @@ impl SessionSettings {
             kill_signal: Self::DEFAULT_KILL_SIGNAL,
             kill_grace: Self::DEFAULT_KILL_GRACE,
             max_message_size: Self::DEFAULT_MAX_MESSAGE_SIZE,
+            max_write_buffer: Self::DEFAULT_MAX_WRITE_BUFFER,
             ping_interval: Self::DEFAULT_PING_INTERVAL,
             pong_timeout: Self::DEFAULT_PONG_TIMEOUT,
             idle_timeout: None,
@@ -69,10 +80,19 @@ impl SessionSettings {
         self.kill_grace
     }
 
-    /// Limits of the WebSocket connection a session runs on.
+    /// Limits of the WebSocket connection a session runs on: the largest
+    /// message read, and the bytes queued to the client. Output waits while
+    /// the socket's own buffer is full, so only control frames (a flood of
+    /// pongs) could fill the rest; a pong that does not fit replaces the one
+    /// waiting.
     pub(crate) fn websocket_config(&self) -> WebSocketConfig {
         let max = self.max_message_size;
-        WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max))
+        let write_buffer = (self.max_write_buffer / 4).min(128 * 1024);
+        WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+            .write_buffer_size(write_buffer)
+            .max_write_buffer_size(self.max_write_buffer)
     }
 }
 
@@ -104,6 +124,13 @@ impl SessionSettingsBuilder {
     /// Largest message accepted from a client; larger ones close with 1009.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.0.max_message_size = bytes;
+        self
+    }
+
+    /// Bytes queued to one client (output, pongs, control frames); a client
+    /// that takes nothing for `pong_timeout` while this is full is gone.
+    pub fn max_write_buffer(mut self, bytes: usize) -> Self {
+        self.0.max_write_buffer = bytes;
         self
     }
 
@@ -139,6 +166,9 @@ impl SessionSettingsBuilder {
         let mut problems = Vec::new();
         if s.max_message_size == 0 {
             problems.push(("max_message_size", "must be more than zero"));
+        }
+        if s.max_write_buffer < SessionSettings::MIN_MAX_WRITE_BUFFER {
+            problems.push(("max_write_buffer", "must be at least 128KiB"));
         }
         if s.idle_timeout.is_some_and(|d| d.is_zero()) {
             problems.push(("idle_timeout", "must be more than zero (leave it unset for no limit)"));

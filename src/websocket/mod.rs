@@ -10,5 +10,5 @@
 pub mod protocol;
 mod upgrade;
 
-pub use protocol::{Input, OutputMode, OutputStream, Protocol};
+pub use protocol::{BEARER_PROTOCOL_PREFIX, Input, OutputMode, OutputStream, Protocol};
 pub use upgrade::{HandshakeRejection, PendingSocket, Socket, WebSocketUpgrade, offered_protocols};

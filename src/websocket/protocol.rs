@@ -32,6 +32,11 @@ pub mod channel {
     pub const CLOSE: u8 = 255;
 }
 
+/// Prefix of the Kubernetes-style subprotocol that carries a bearer token,
+/// for browsers, which cannot set `Authorization` on a WebSocket. It is
+/// never spoken, so never chosen.
+pub const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
 /// Where stdout and stderr go in pipe mode (a terminal always merges them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputMode {

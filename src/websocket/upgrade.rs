@@ -21,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::Protocol;
+use super::protocol::BEARER_PROTOCOL_PREFIX;
 use crate::reply;
 
 /// A request that is a valid WebSocket upgrade; see the module docs.
@@ -65,6 +66,13 @@ impl WebSocketUpgrade {
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let accept = HeaderValue::from_str(&accept).expect("base64 is a valid header value");
         let protocol = Protocol::negotiate(offered_protocols(headers));
+        // A browser fails a handshake whose answer names none of the
+        // subprotocols it offered; offering only the token's is a mistake
+        // to answer now, before a backend is asked (and a single-use token
+        // spent) for a session no browser would open.
+        if protocol == Protocol::Raw && offered_protocols(headers).any(|p| p.starts_with(BEARER_PROTOCOL_PREFIX)) {
+            return Err(HandshakeRejection::OnlyTokenProtocol);
+        }
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(HandshakeRejection::ConnectionNotUpgradable)?;
         Ok(Self { accept, protocol, on_upgrade })
     }
@@ -149,6 +157,10 @@ pub enum HandshakeRejection {
     /// `Sec-WebSocket-Key` is missing or not 16 base64-encoded bytes.
     #[error("missing or invalid Sec-WebSocket-Key")]
     InvalidKey,
+    /// The client offers the bearer-token subprotocol and no subprotocol
+    /// this server speaks.
+    #[error("offer a subprotocol this server speaks (v5.channel.k8s.io) beside the token's")]
+    OnlyTokenProtocol,
     /// The server the request came through cannot hand over its connection
     /// (it is not hyper with upgrades enabled).
     #[error("this connection cannot be upgraded")]
@@ -164,7 +176,9 @@ impl HandshakeRejection {
             | Self::UpgradeNotWebSocket
             | Self::UnsupportedVersion
             | Self::ConnectionNotUpgradable => StatusCode::UPGRADE_REQUIRED,
-            Self::MethodNotGet | Self::NotHttp11 | Self::InvalidKey => StatusCode::BAD_REQUEST,
+            Self::MethodNotGet | Self::NotHttp11 | Self::InvalidKey | Self::OnlyTokenProtocol => {
+                StatusCode::BAD_REQUEST
+            }
         }
     }
 
@@ -212,6 +226,9 @@ mod tests {
         let mut b = upgrade();
         b.headers_mut().unwrap().insert("sec-websocket-key", HeaderValue::from_static("c2hvcnQ="));
         assert_eq!(check(b).unwrap_err(), HandshakeRejection::InvalidKey);
+        let mut b = upgrade();
+        b = b.header("sec-websocket-protocol", "base64url.bearer.authorization.k8s.io.eA, chat");
+        assert_eq!(check(b).unwrap_err(), HandshakeRejection::OnlyTokenProtocol);
         // A valid handshake on a connection hyper cannot hand over.
         assert_eq!(check(upgrade()).unwrap_err(), HandshakeRejection::ConnectionNotUpgradable);
     }

@@ -106,12 +106,15 @@ impl<R: ReplayStore> JwtAuthorizer<R> {
         }
         let claims = claims.ok_or_else(|| AuthError::Denied(Box::new(last.expect("a key was tried"))))?;
         if let Some(max) = self.settings.max_lifetime {
-            let (Some(iat), Some(exp)) =
-                (claims.get("iat").and_then(Value::as_u64), claims.get("exp").and_then(Value::as_u64))
-            else {
+            let (Some(iat), Some(exp)) = (numeric_date(&claims, "iat"), numeric_date(&claims, "exp")) else {
                 return Err(deny("no iat, so the lifetime is unknown"));
             };
-            if exp.saturating_sub(iat) > max.as_secs() {
+            // An `iat` in the future would let a long-lived token pass as a
+            // short one.
+            if iat > unix_now_f64() + self.settings.leeway.as_secs_f64() {
+                return Err(deny("iat is in the future"));
+            }
+            if exp - iat > max.as_secs_f64() {
                 return Err(deny("lifetime over jwt_max_lifetime"));
             }
         }
@@ -126,11 +129,15 @@ impl<R: ReplayStore> JwtAuthorizer<R> {
     }
 }
 
-/// A NumericDate claim in whole seconds; JSON numbers with a fraction (as
-/// `Date.now() / 1000` gives) count too, as the verifying crate reads them.
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Option<u64> {
-    let value = claims.get(name)?;
-    value.as_u64().or_else(|| value.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+/// A NumericDate claim in seconds; JSON numbers with a fraction (as
+/// `Date.now() / 1000` gives) count too.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Option<f64> {
+    claims.get(name)?.as_f64().filter(|f| f.is_finite() && *f >= 0.0)
+}
+
+/// Unix time now, in seconds with their fraction.
+fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// A denial for `why`.
@@ -172,10 +179,13 @@ impl<R: ReplayStore> Authorizer for JwtAuthorizer<R> {
             None => None,
         };
         if let Some(jti) = jti {
-            // `exp` passed validation, so it is there; the extra second
-            // covers a check made late in the last second of validity.
+            // `exp` passed validation, so it is there. The verifying crate
+            // rounds a fractional `exp` and compares it with the current
+            // whole second, so a token passes until the second after
+            // `exp + leeway` (`exp` rounded up, to be sure) has begun; its
+            // id is remembered until then.
             let exp = numeric_date(&claims, "exp").ok_or_else(|| deny("unreadable exp"))?;
-            let until = exp.saturating_add(self.settings.leeway.as_secs()).saturating_add(1);
+            let until = (exp.ceil() as u64).saturating_add(self.settings.leeway.as_secs()).saturating_add(1);
             match self.replay.first_use(&replay_key(&claims, jti), until).await {
                 Ok(true) => {}
                 Ok(false) => return Err(deny("replayed jti")),

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
@@ -132,7 +133,7 @@ impl Default for KeySources {
 #[derive(Debug)]
 pub struct KeyRing {
     fixed: Vec<Arc<VerifyingKey>>,
-    remote: Option<RemoteKeySet>,
+    remote: Option<Arc<RemoteKeySet>>,
 }
 
 impl KeyRing {
@@ -175,35 +176,44 @@ impl KeyRing {
                 });
             }
         }
-        let remote = sources.jwks_url.clone().map(|url| RemoteKeySet {
-            url,
-            client,
-            cooldown: sources.jwks_cooldown,
-            allowed: allowed.to_vec(),
-            keys: RwLock::default(),
-            last_fetch: tokio::sync::Mutex::new(None),
+        let remote = sources.jwks_url.clone().map(|url| {
+            Arc::new(RemoteKeySet {
+                url,
+                client,
+                cooldown: sources.jwks_cooldown,
+                allowed: allowed.to_vec(),
+                keys: RwLock::default(),
+                last_fetch: Mutex::new(None),
+                fetching: tokio::sync::Mutex::new(()),
+                refreshing: AtomicBool::new(false),
+            })
         });
         Ok(Self { fixed, remote })
     }
 
     /// The keys that may verify a token signed with `alg` and carrying
     /// `kid`. A `kid` selects keys that have it; when none has it, keys
-    /// without a `kid` are tried. An unknown `kid` refreshes the remote key
-    /// set first (at most once per cooldown), and so does a set older than
-    /// [`JWKS_MAX_AGE`](crate::auth::jwt::JWKS_MAX_AGE).
+    /// without a `kid` are tried. An unknown `kid` waits for the remote key
+    /// set to be fetched again (at most once per cooldown). A set older than
+    /// [`JWKS_MAX_AGE`](crate::auth::jwt::JWKS_MAX_AGE) is fetched again
+    /// beside the check: a token whose key is known never waits for the
+    /// issuer.
     pub async fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<Arc<VerifyingKey>> {
-        let mut found = self.lookup(alg, kid);
-        if let Some(remote) = &self.remote
-            && (found.is_empty() || kid.is_none() && remote.is_empty() || remote.is_stale().await)
-        {
+        let found = self.lookup(alg, kid);
+        let Some(remote) = &self.remote else { return found };
+        if found.is_empty() || kid.is_none() && remote.is_empty() {
             remote.refresh().await;
-            found = self.lookup(alg, kid);
+            return self.lookup(alg, kid);
+        }
+        if remote.is_stale() && !remote.refreshing.swap(true, Ordering::AcqRel) {
+            let remote = remote.clone();
+            tokio::spawn(async move { remote.refresh().await });
         }
         found
     }
 
     fn lookup(&self, alg: Algorithm, kid: Option<&str>) -> Vec<Arc<VerifyingKey>> {
-        let remote = self.remote.as_ref().map(RemoteKeySet::keys).unwrap_or_default();
+        let remote = self.remote.as_ref().map(|remote| remote.keys()).unwrap_or_default();
         let usable: Vec<Arc<VerifyingKey>> =
             self.fixed.iter().cloned().chain(remote).filter(|k| k.algorithms.contains(&alg)).collect();
         let Some(kid) = kid else { return usable };
@@ -225,7 +235,12 @@ struct RemoteKeySet {
     /// Keys by `kid` (keys without one under ""), with when they were last
     /// in the fetched set.
     keys: RwLock<HashMap<String, (Arc<VerifyingKey>, Instant)>>,
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When a fetch last began; read without waiting for a fetch.
+    last_fetch: Mutex<Option<Instant>>,
+    /// Held while fetching, so concurrent callers share one fetch.
+    fetching: tokio::sync::Mutex<()>,
+    /// Set while a refresh is under way.
+    refreshing: AtomicBool,
 }
 
 impl RemoteKeySet {
@@ -237,18 +252,28 @@ impl RemoteKeySet {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
-    async fn is_stale(&self) -> bool {
-        self.last_fetch.lock().await.is_some_and(|at| at.elapsed() > JWKS_MAX_AGE)
+    fn last_fetch(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.last_fetch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_stale(&self) -> bool {
+        self.last_fetch().is_some_and(|at| at.elapsed() > JWKS_MAX_AGE)
     }
 
     /// Fetches the set again unless that was tried within the cooldown;
     /// concurrent callers share one fetch.
     async fn refresh(&self) {
-        let mut last_fetch = self.last_fetch.lock().await;
-        if last_fetch.is_some_and(|at| at.elapsed() < self.cooldown) {
-            return;
+        let _fetching = self.fetching.lock().await;
+        self.refreshing.store(true, Ordering::Release);
+        let recent = self.last_fetch().is_some_and(|at| at.elapsed() < self.cooldown);
+        if !recent {
+            *self.last_fetch() = Some(Instant::now());
+            self.fetch_and_store().await;
         }
-        *last_fetch = Some(Instant::now());
+        self.refreshing.store(false, Ordering::Release);
+    }
+
+    async fn fetch_and_store(&self) {
         match self.fetch().await {
             Ok(set) => {
                 let now = Instant::now();

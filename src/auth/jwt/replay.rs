@@ -99,7 +99,7 @@ impl ReplayStore for MemoryReplayStore {
 
 /// Token ids in Redis, shared by every instance behind a load balancer.
 ///
-/// Each id is claimed with one atomic `SET key 1 NX EX ttl`, so of two
+/// Each id is claimed with one atomic `SET key 1 NX EXAT until`, so of two
 /// instances seeing the same token at once exactly one wins. The connection
 /// is made on first use and re-made after failures; while Redis is down,
 /// every token with an id is refused.
@@ -142,15 +142,17 @@ impl RedisReplayStore {
 
 impl ReplayStore for RedisReplayStore {
     async fn first_use(&self, key: &str, until: u64) -> Result<bool, ReplayError> {
-        let ttl = until.saturating_sub(unix_now()).max(1);
+        // An absolute expiry: the key lives exactly as long as the token,
+        // whenever this call reaches Redis (`EXAT` needs Redis 6.2).
+        let expires_at = until.max(unix_now() + 1);
         let claim = async {
             let mut connection = self.connection().await?;
             let answer: Option<String> = redis::cmd("SET")
                 .arg(format!("{REDIS_KEY_PREFIX}{key}"))
                 .arg(1)
                 .arg("NX")
-                .arg("EX")
-                .arg(ttl)
+                .arg("EXAT")
+                .arg(expires_at)
                 .query_async(&mut connection)
                 .await
                 .map_err(ReplayError::Redis)?;

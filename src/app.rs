@@ -35,8 +35,7 @@ use crate::spec::CommandSpec;
 /// The stack, outermost first, in the order of `SPEC §3`: path, who the
 /// client is, origin, session limit, attempts and waiting requests per
 /// address, token and handshake, backend, process.
-pub type Stack =
-    Routes<ForwardedFacts<OriginCheck<SessionLimit<AuthLimit<TokenAuth<ServeSubprocess, Backend>>>>>>;
+pub type Stack = Routes<ForwardedFacts<OriginCheck<SessionLimit<AuthLimit<TokenAuth<ServeSubprocess, Backend>>>>>>;
 
 /// How many sessions and connections the open-file limit holds, so that
 /// sessions always have descriptors left.
@@ -278,16 +277,7 @@ impl App {
             }
             None => None,
         };
-        Ok(Self {
-            listener,
-            local_addr,
-            metrics_listener,
-            stack,
-            sessions,
-            metrics,
-            capacity,
-            serve,
-        })
+        Ok(Self { listener, local_addr, metrics_listener, stack, sessions, metrics, capacity, serve })
     }
 
     /// The address the endpoint is served on (with the real port when 0

@@ -158,10 +158,6 @@ async fn jwks_file_selects_keys_by_kid() {
 
 #[tokio::test]
 async fn jwks_url_is_cached_refreshed_on_unknown_kid_with_a_cooldown() {
-    use ws_subprocess::auth::TokenAuthLayer;
-    use ws_subprocess::auth::jwt::{JwtAuthorizer, JwtSettings, KeySources, MemoryReplayStore};
-    use ws_subprocess::session::{ServeSubprocess, SessionSettings, Sessions};
-
     let keys = KeyFiles::get();
     let served = Arc::new(Mutex::new(JwkSet { keys: vec![keys.jwk("rsa", Algorithm::RS256, "old")] }));
     let served2 = served.clone();
@@ -172,32 +168,7 @@ async fn jwks_url_is_cached_refreshed_on_unknown_kid_with_a_cooldown() {
     .await;
 
     // Composed by hand, as a library user would, to shorten the cooldown.
-    let settings = JwtSettings {
-        algorithms: vec![Algorithm::RS256],
-        keys: KeySources {
-            jwks_url: Some(issuer.url().parse().unwrap()),
-            jwks_cooldown: Duration::from_millis(500),
-            ..KeySources::default()
-        },
-        issuer: None,
-        audience: None,
-        leeway: Duration::from_secs(5),
-        max_lifetime: None,
-        require_jti: false,
-    };
-    let client = ws_subprocess::auth::backend_client(Duration::from_secs(2)).unwrap();
-    let authorizer = JwtAuthorizer::new(settings, MemoryReplayStore::default(), client).unwrap();
-    let sessions = Sessions::new();
-    let app = ws_subprocess::routes::Routes::new(
-        "/ws",
-        tower::ServiceBuilder::new()
-            .layer(TokenAuthLayer::new(authorizer))
-            .service(ServeSubprocess::new(SessionSettings::default(), sessions.clone())),
-    );
-    let listener = ws_subprocess::server::Listener::bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let settings = ws_subprocess::server::ServeSettings::default();
-    tokio::spawn(ws_subprocess::server::serve(listener, app, settings, sessions, std::future::pending()));
+    let addr = hand_made_jwks_server(&issuer, Duration::from_millis(500)).await;
     let url = |token: &str| format!("ws://{addr}/ws?token={token}");
 
     // First use fetches the set.
@@ -543,4 +514,122 @@ async fn fractional_exp_still_makes_a_jti_single_use() {
     let token = sign(Algorithm::HS256, &KeyFiles::get().secret(), None, &claims);
     assert_runs(&server, &token).await;
     assert_denied(&server, &token, "replay of a token with a fractional exp").await;
+}
+
+#[tokio::test]
+async fn a_jti_in_redis_stays_spent_for_the_whole_validity_of_a_fractional_exp() {
+    let redis = Redis::start().await;
+    let store = redis.url().parse().unwrap();
+    let server = jwt_server(&["HS256"], |c| {
+        with_secret(c);
+        c.jwt_replay_store = store;
+        c.jwt_leeway = Duration::ZERO;
+    })
+    .await;
+    // Start just after a second begins, so the moments below are clear of
+    // second boundaries: the token expires at E + 0.5.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    tokio::time::sleep(Duration::from_millis(1050) - Duration::from_millis(now.subsec_millis().into())).await;
+    let e = unix_now() + 2;
+    let claims = json!({"command": "/bin/echo", "args": ["ok"], "exp": e as f64 + 0.5, "jti": "fractional-redis"});
+    let token = sign(Algorithm::HS256, &KeyFiles::get().secret(), None, &claims);
+    assert_runs(&server, &token).await;
+    // Past E + 1 the verifier still accepts the token (it rounds exp up to
+    // E + 1 and compares whole seconds); its id must still be spent.
+    let until = std::time::UNIX_EPOCH + Duration::from_millis(e * 1000 + 1500);
+    tokio::time::sleep(until.duration_since(std::time::SystemTime::now()).unwrap_or_default()).await;
+    assert_denied(&server, &token, "replay in the last second of a fractional exp").await;
+}
+
+#[tokio::test]
+async fn max_lifetime_also_requires_iat_not_in_the_future() {
+    let server = jwt_server(&["HS256"], |c| {
+        with_secret(c);
+        c.jwt_max_lifetime = Some(Duration::from_secs(60));
+    })
+    .await;
+    let now = unix_now();
+    let ten_years = 10 * 365 * 24 * 3600;
+    let sly = json!({"command": "/bin/echo", "args": ["ok"], "iat": now + ten_years, "exp": now + ten_years});
+    assert_denied(&server, &sign(Algorithm::HS256, &KeyFiles::get().secret(), None, &sly), "iat in the future").await;
+    let fine = json!({"command": "/bin/echo", "args": ["ok"], "iat": now as f64 + 0.5, "exp": now as f64 + 30.5});
+    assert_runs(&server, &sign(Algorithm::HS256, &KeyFiles::get().secret(), None, &fine)).await;
+}
+
+#[tokio::test]
+async fn a_slow_key_set_refresh_never_delays_tokens_whose_key_is_known() {
+    let keys = KeyFiles::get();
+    let set = serde_json::to_string(&JwkSet { keys: vec![keys.jwk("rsa", Algorithm::RS256, "known")] }).unwrap();
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let issuer = Controller::start(move |_| {
+        let slow = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0;
+        let set = set.clone();
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+            }
+            json(StatusCode::OK, set)
+        }
+    })
+    .await;
+    // Composed by hand, as a library user would, to shorten the cooldown.
+    let server = hand_made_jwks_server(&issuer, Duration::from_millis(200)).await;
+    let known = || sign(Algorithm::RS256, &keys.private("rsa"), Some("known"), &claims());
+    let runs = |token: String| {
+        let url = format!("ws://{server}/ws?token={token}");
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            assert_eq!(collect(&mut ws).await.0, b"ok\n");
+        }
+    };
+    runs(known()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An unknown kid starts a slow refresh and waits for it...
+    let unknown = sign(Algorithm::RS256, &keys.private("rsa"), Some("rotated"), &claims());
+    let waiting = tokio::spawn(refusal(format!("ws://{server}/ws?token={unknown}")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...but a token whose key is known is answered meanwhile.
+    let started = std::time::Instant::now();
+    runs(known()).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?} behind the refresh", started.elapsed());
+    assert!(!waiting.is_finished(), "the refresh should still be under way");
+    assert_eq!(waiting.await.unwrap().0, StatusCode::FORBIDDEN);
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// A server with a JWT backend whose key set comes from `issuer`, fetched
+/// again at most every `cooldown`; returns its address.
+async fn hand_made_jwks_server(issuer: &Controller, cooldown: Duration) -> String {
+    use ws_subprocess::auth::TokenAuthLayer;
+    use ws_subprocess::auth::jwt::{JwtAuthorizer, JwtSettings, KeySources, MemoryReplayStore};
+    use ws_subprocess::session::{ServeSubprocess, SessionSettings, Sessions};
+
+    let settings = JwtSettings {
+        algorithms: vec![Algorithm::RS256],
+        keys: KeySources {
+            jwks_url: Some(issuer.url().parse().unwrap()),
+            jwks_cooldown: cooldown,
+            ..KeySources::default()
+        },
+        issuer: None,
+        audience: None,
+        leeway: Duration::from_secs(5),
+        max_lifetime: None,
+        require_jti: false,
+    };
+    let client = ws_subprocess::auth::backend_client(Duration::from_secs(10)).unwrap();
+    let authorizer = JwtAuthorizer::new(settings, MemoryReplayStore::default(), client).unwrap();
+    let sessions = Sessions::new();
+    let app = ws_subprocess::routes::Routes::new(
+        "/ws",
+        tower::ServiceBuilder::new()
+            .layer(TokenAuthLayer::new(authorizer))
+            .service(ServeSubprocess::new(SessionSettings::default(), sessions.clone())),
+    );
+    let listener = ws_subprocess::server::Listener::bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let settings = ws_subprocess::server::ServeSettings::default();
+    tokio::spawn(ws_subprocess::server::serve(listener, app, settings, sessions, std::future::pending()));
+    addr
 }

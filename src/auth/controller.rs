@@ -18,7 +18,6 @@ use crate::spec::CommandSpec;
 /// Largest controller answer read; a longer one is a failed backend.
 pub const MAX_CONTROLLER_BODY: usize = 64 * 1024;
 
-
 /// How to reach the controller.
 #[derive(Debug, Clone)]
 pub struct ControllerSettings {

@@ -305,9 +305,8 @@ mod tests {
             ..AuthLimits::default()
         };
         let metrics = Metrics::new();
-        let service = AuthLimitLayer::new(limits, metrics.clone()).layer(tower::service_fn(|_: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Body::default()))
-        }));
+        let service = AuthLimitLayer::new(limits, metrics.clone())
+            .layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(Body::default())) }));
         for _ in 0..2 {
             assert_eq!(service.clone().oneshot(from("192.0.2.1")).await.unwrap().status(), StatusCode::OK);
         }

@@ -8,7 +8,6 @@ use sha2::{Digest, Sha256};
 
 use crate::websocket::{BEARER_PROTOCOL_PREFIX, offered_protocols};
 
-
 const BASE64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),

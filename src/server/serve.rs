@@ -10,11 +10,11 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 use tower_http::add_extension::AddExtension;
 use tracing::Instrument;
@@ -54,13 +54,17 @@ pub async fn serve<S, B>(
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let http = http_builder(&settings);
+    let http = Http::new(&settings);
     let limits = ConnectionLimits::new(
         settings.max_connections,
         settings.max_connections_per_ip,
         settings.trusted_proxies.clone(),
     );
-    let connections = GracefulShutdown::new();
+    // Connection tasks, and the signal that asks them to finish gracefully
+    // (hyper-util's `GracefulShutdown` cannot watch an HTTP/1-only
+    // connection with upgrades).
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
     let mut backoff = AcceptBackoff::default();
     let mut refusals = RefusalLog::default();
     tokio::pin!(shutdown);
@@ -100,10 +104,9 @@ pub async fn serve<S, B>(
                 request
             });
         let service = TowerToHyperService::new(service);
-        let (tls, http, watcher, metrics) =
-            (listener.tls.clone(), http.clone(), connections.watcher(), settings.metrics.clone());
+        let (tls, http, stop, metrics) = (listener.tls.clone(), http.clone(), stop.clone(), settings.metrics.clone());
         let span = tracing::debug_span!("connection", peer = %peer);
-        tokio::spawn(
+        connections.spawn(
             async move {
                 // The TLS handshake runs here, not in the accept loop, so a
                 // slow client delays only itself; it counts against the
@@ -119,19 +122,28 @@ pub async fn serve<S, B>(
                         }
                     },
                 };
-                // hyper's timers cover neither protocol detection nor
-                // HTTP/2, so the first head's deadline is kept here.
-                let connection = watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(io), service));
-                tokio::pin!(connection);
-                let result = tokio::select! {
-                    result = &mut connection => result,
-                    _ = first_request.notified() => connection.await,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        metrics.refused(Refusal::header_timeout);
-                        return tracing::debug!("no request head in time; closing");
+                let io = TokioIo::new(io);
+                let result = match &http {
+                    Http::One(builder) => {
+                        drive!(
+                            builder.serve_connection(io, service).with_upgrades(),
+                            first_request,
+                            deadline,
+                            stop,
+                            metrics
+                        )
+                    }
+                    Http::Auto(builder) => {
+                        drive!(
+                            builder.serve_connection_with_upgrades(io, service),
+                            first_request,
+                            deadline,
+                            stop,
+                            metrics
+                        )
                     }
                 };
-                if let Err(err) = result {
+                if let Some(Err(err)) = result {
                     tracing::debug!(cause = %err, "connection ended with an error");
                 }
             }
@@ -145,7 +157,9 @@ pub async fn serve<S, B>(
         // Connections first: a request still being authorized finishes
         // (with 503: sessions are shutting down) before the last session is
         // waited for, so none can start after that wait.
-        connections.shutdown().await;
+        stop.cancel();
+        connections.close();
+        connections.wait().await;
         sessions.wait().await;
     };
     if tokio::time::timeout(settings.shutdown_timeout, everything).await.is_err() {
@@ -156,32 +170,77 @@ pub async fn serve<S, B>(
     tracing::info!("stopped");
 }
 
-/// The HTTP side of connections: HTTP/1.1 alone, or HTTP/1.1 and HTTP/2
-/// told apart by the first bytes (the sniff is covered by the first head's
-/// deadline, kept by the connection's task).
-fn http_builder(settings: &ServeSettings) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    // hyper's own header timer covers the heads of later requests on a
-    // kept-alive connection (from the end of the previous one). The read
-    // buffer, and so a request head, is bounded: beyond it, 431.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.request_header_timeout)
-        .max_buf_size(settings.max_header_size);
-    if !settings.http2 {
-        return builder.http1_only();
-    }
-    let (interval, timeout) = settings.keepalive;
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_size).unwrap_or(u32::MAX))
-        .max_concurrent_streams(128)
-        .keep_alive_interval(Some(interval))
-        .keep_alive_timeout(timeout);
-    builder
+/// The HTTP side of connections: HTTP/1.1 alone (hyper-util's automatic
+/// builder would still serve HTTP/2 to a client that sends its preface), or
+/// HTTP/1.1 and HTTP/2 told apart by the first bytes.
+#[derive(Clone)]
+enum Http {
+    One(hyper::server::conn::http1::Builder),
+    Auto(hyper_util::server::conn::auto::Builder<TokioExecutor>),
 }
+
+impl Http {
+    fn new(settings: &ServeSettings) -> Self {
+        // hyper's own header timer covers the heads of later requests on a
+        // kept-alive connection (from the end of the previous one). The
+        // read buffer, and so a request head, is bounded: beyond it, 431.
+        if !settings.http2 {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.request_header_timeout)
+                .max_header_size(settings.max_header_size)
+                .max_buf_size(settings.max_header_size);
+            return Self::One(builder);
+        }
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.request_header_timeout)
+            .max_buf_size(settings.max_header_size);
+        let (interval, timeout) = settings.keepalive;
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_size).unwrap_or(u32::MAX))
+            .max_concurrent_streams(128)
+            .keep_alive_interval(Some(interval))
+            .keep_alive_timeout(timeout);
+        Self::Auto(builder)
+    }
+}
+
+/// Drives a hyper connection to its end: closes it if its first request
+/// head is not in by `$deadline` (hyper's timers cover neither protocol
+/// detection nor HTTP/2), and shuts it down gracefully once `$stop` is
+/// cancelled. `None` when it was closed for its deadline. (A macro, since
+/// the connection types share these methods but no trait.)
+macro_rules! drive {
+    ($connection:expr, $first_request:expr, $deadline:expr, $stop:expr, $metrics:expr) => {{
+        let connection = $connection;
+        tokio::pin!(connection);
+        let (mut first_seen, mut stopping) = (false, false);
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    break Some(result.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into));
+                }
+                _ = $first_request.notified(), if !first_seen => first_seen = true,
+                _ = tokio::time::sleep_until($deadline), if !first_seen => {
+                    $metrics.refused(Refusal::header_timeout);
+                    tracing::debug!("no request head in time; closing");
+                    break None;
+                }
+                _ = $stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }};
+}
+use drive;
 
 /// Logs refused connections: each at debug level, and a warning at most
 /// every ten seconds, so a flood of them cannot flood the log.

@@ -451,3 +451,40 @@ pub async fn assert_producer_stalls(counter: &Path) {
     assert!(later * 64 < 32 * 1024, "the process wrote {} KiB with no reader", later * 64);
     assert!(later <= stalled + 2, "the process kept writing: {stalled} then {later} blocks");
 }
+
+/// A TCP connection to `addr` from the loopback address `source` (such as
+/// `127.0.0.2`), so a test can be two clients at once.
+pub async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Whether the server closes `stream` (end of file or reset) within
+/// `limit`, reading and dropping whatever it sends first.
+pub async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    closed.await.is_ok()
+}
+
+/// A field of `/proc/<pid>/status` in KiB, such as `VmRSS` or `VmHWM` (the
+/// peak resident size).
+pub fn memory_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A WebSocket session over `stream`, opened with `token`.
+pub async fn ws_over(stream: TcpStream, addr: SocketAddr, token: &str) -> Result<Ws, WsError> {
+    let url = format!("ws://{addr}/ws?token={}", encode(token));
+    tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.map(|(ws, _)| ws)
+}

@@ -24,6 +24,7 @@ use crate::auth::{
     AuthError, AuthLimit, AuthLimitLayer, Authorizer, ControllerAuthorizer, TokenAuth, TokenAuthLayer, backend_client,
 };
 use crate::config::{AuthBackend, Config, ConfigError};
+use crate::contain::{CgroupLimits, CgroupRoot, Containment};
 use crate::forwarded::{ForwardedFacts, ForwardedLayer};
 use crate::metrics::Metrics;
 use crate::origin::{OriginCheck, OriginLayer};
@@ -193,10 +194,17 @@ fn backend(config: &Config) -> Result<Backend, StartError> {
     }
 }
 
-/// The binary's stack for `config`, holding at most `max_sessions`; its
-/// sessions are tracked in `sessions` and counted in `metrics`. Key files
-/// are read here, so a bad key is a startup error.
-pub fn stack(config: &Config, max_sessions: usize, sessions: Sessions, metrics: Metrics) -> Result<Stack, StartError> {
+/// The binary's stack for `config`, holding at most `max_sessions`,
+/// contained by `containment`; its sessions are tracked in `sessions` and
+/// counted in `metrics`. Key files are read here, so a bad key is a startup
+/// error.
+pub fn stack(
+    config: &Config,
+    max_sessions: usize,
+    containment: Containment,
+    sessions: Sessions,
+    metrics: Metrics,
+) -> Result<Stack, StartError> {
     config.validate()?;
     let settings = config.session_settings().map_err(|e| ConfigError(vec![e.to_string()]))?;
     let stack = ServiceBuilder::new()
@@ -207,10 +215,10 @@ pub fn stack(config: &Config, max_sessions: usize, sessions: Sessions, metrics: 
         .layer(
             TokenAuthLayer::new(backend(config)?)
                 .token_param(&config.token_param)
-                .allowed_commands(config.allowed_commands.clone())
+                .policy(config.policy())
                 .metrics(metrics.clone()),
         )
-        .service(ServeSubprocess::new(settings, sessions).metrics(metrics));
+        .service(ServeSubprocess::new(settings, sessions).metrics(metrics).containment(containment));
     let routes = Routes::new(&config.path, stack);
     Ok(match &config.static_dir {
         Some(dir) => routes.static_dir(dir),
@@ -231,6 +239,7 @@ pub struct App {
     metrics: Metrics,
     capacity: Capacity,
     serve: ServeSettings,
+    cgroups: Option<CgroupRoot>,
 }
 
 impl App {
@@ -246,9 +255,11 @@ impl App {
         let open_files = open_files.unwrap_or(u64::MAX);
         let capacity = Capacity::of(&config, open_files)?;
         capacity.log(&config, open_files);
+        let containment = containment(&config)?;
+        let cgroups = containment.cgroup_root().cloned();
         let metrics = Metrics::new();
         let sessions = Sessions::new();
-        let stack = stack(&config, capacity.sessions, sessions.clone(), metrics.clone())?;
+        let stack = stack(&config, capacity.sessions, containment, sessions.clone(), metrics.clone())?;
         let serve = config
             .serve_settings(capacity.connections, metrics.clone())
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
@@ -277,7 +288,7 @@ impl App {
             }
             None => None,
         };
-        Ok(Self { listener, local_addr, metrics_listener, stack, sessions, metrics, capacity, serve })
+        Ok(Self { listener, local_addr, metrics_listener, stack, sessions, metrics, capacity, serve, cgroups })
     }
 
     /// The address the endpoint is served on (with the real port when 0
@@ -299,6 +310,12 @@ impl App {
     /// How many sessions and connections it holds.
     pub fn capacity(&self) -> Capacity {
         self.capacity
+    }
+
+    /// Where sessions' cgroups are made; `None` when sessions are contained
+    /// by their process group only.
+    pub fn cgroups(&self) -> Option<&CgroupRoot> {
+        self.cgroups.as_ref()
     }
 
     /// The live sessions.
@@ -326,6 +343,47 @@ impl App {
         server::serve(self.listener, self.stack, self.serve, self.sessions, shutdown).await;
         metrics_stop.cancel();
     }
+}
+
+/// How `config` contains sessions: cgroups where they can be used (the
+/// fallback and its reason logged once), users resolved now.
+fn containment(config: &Config) -> Result<Containment, StartError> {
+    let (run_as, users) = config.identities()?;
+    let mut containment = Containment::new().users(users);
+    match &run_as {
+        Some(identity) => {
+            tracing::info!(user = %identity, "sessions run as");
+            containment = containment.run_as(identity.clone());
+        }
+        None if rustix::process::geteuid().is_root() => {
+            tracing::warn!("running as root without run_as_user: sessions run as root")
+        }
+        None => {}
+    }
+    match CgroupRoot::setup(&config.cgroup) {
+        Ok(Some(root)) => {
+            tracing::info!(dir = %root.dir().display(), controllers = ?root.controllers(), "one cgroup per session");
+            let limits = config.cgroup_limits();
+            if limits != CgroupLimits::default() {
+                for (controller, set) in [
+                    ("memory", limits.memory.is_some()),
+                    ("pids", limits.pids.is_some()),
+                    ("cpu", limits.cpu_percent.is_some()),
+                ] {
+                    if set && !root.controllers().contains(&controller) {
+                        tracing::warn!(controller, "a session limit is set, but this controller is not delegated");
+                    }
+                }
+            }
+            containment = containment.cgroups(root, limits);
+        }
+        Ok(None) => tracing::info!("cgroup = \"off\": sessions are contained by their process group"),
+        Err(why) => tracing::warn!(
+            cause = %why,
+            "no per-session cgroups; sessions are contained by their process group (daemons that call setsid can escape)"
+        ),
+    }
+    Ok(containment)
 }
 
 /// Open connections on the metrics listener.

@@ -31,6 +31,7 @@
 //! - [`routes`], [`forwarded`], [`origin`]: the outer layers;
 //! - [`auth`]: the token layer and its backends;
 //! - [`session`]: the session limit, the process, the bridge;
+//! - [`contain`]: cgroups, identities, the child's setup, reaping;
 //! - [`websocket`]: the handshake and the protocols spoken over the socket;
 //! - [`connection`], [`spec`], [`metrics`], [`reply`], [`report`]: what the
 //!   others share.
@@ -41,7 +42,8 @@
 //!   Redis replay stores and token minting. Without it, `auth = "jwt"` is a
 //!   startup error and the `jsonwebtoken` and `redis` crates are not built.
 
-#![forbid(unsafe_code)]
+// Unsafe code is allowed in one module only: `contain::exec`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod app;
@@ -49,6 +51,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod contain;
 pub mod forwarded;
 pub mod metrics;
 pub mod origin;

@@ -32,6 +32,11 @@ fn main() -> ExitCode {
         Err(err) => return fail("cannot start the runtime", err.into(), 1),
     };
     let result = runtime.block_on(async {
+        // Before anything else: children must not reach the server's
+        // secrets, nor outlive their sessions as orphans.
+        if let Err(err) = ws_subprocess::contain::harden_process() {
+            tracing::error!(cause = %err, "cannot harden the server process");
+        }
         let app = App::bind(config).await?;
         app.run(shutdown_signal()).await;
         Ok::<_, ws_subprocess::app::StartError>(())

@@ -64,6 +64,8 @@ pub enum ExitKind {
     failure,
     /// Killed by a signal (including the server's own, after a client left).
     signal,
+    /// Killed by the out-of-memory killer.
+    oom,
     /// Never reaped (the server stopped first).
     unknown,
 }
@@ -186,9 +188,10 @@ impl Metrics {
         self.0.bytes.get_or_create(&DirectionLabels { direction }).clone()
     }
 
-    /// A process ended so.
-    pub fn process_exited(&self, status: Option<ExitStatus>) {
+    /// A process ended so (`oom`: the out-of-memory killer ended it).
+    pub fn process_exited(&self, status: Option<ExitStatus>, oom: bool) {
         let kind = match status.map(|s| (s.success(), s.code())) {
+            Some(_) if oom => ExitKind::oom,
             Some((true, _)) => ExitKind::success,
             Some((false, Some(_))) => ExitKind::failure,
             Some((false, None)) => ExitKind::signal,
@@ -262,7 +265,7 @@ mod tests {
         assert!(!b.render().contains("result=\"allowed\""));
         // Clones share.
         let a2 = a.clone();
-        a2.process_exited(None);
+        a2.process_exited(None, false);
         assert!(a.render().contains(r#"ws_subprocess_process_exits_total{kind="unknown"} 1"#));
     }
 

@@ -40,6 +40,62 @@ pub struct CommandSpec {
     /// Initial terminal size for `tty`; 80x24 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<TerminalSize>,
+    /// The user to run as; it must be one of `allowed_users`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Limits for this session, lower than the server's (never higher),
+    /// where cgroup controllers allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// Per-session limits a spec may ask for: `{"memory": "256MiB", "pids": 64,
+/// "cpu": "50%"}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory, e.g. `"256MiB"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bytesize::ByteSize>,
+    /// Processes (and threads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// CPU time, in percent of one CPU, e.g. `"50%"` or `"200%"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Percent>,
+}
+
+/// A share of one CPU, written `"50%"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Percent(pub u32);
+
+impl std::str::FromStr for Percent {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().strip_suffix('%').map(|n| n.trim().parse::<u32>()) {
+            Some(Ok(n)) if n > 0 => Ok(Self(n)),
+            _ => Err(format!("`{s}` is not a percentage such as `50%`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// A terminal size in character cells.
@@ -90,6 +146,8 @@ impl CommandSpec {
             cwd: None,
             tty: false,
             size: None,
+            user: None,
+            limits: None,
         }
     }
 

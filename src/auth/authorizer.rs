@@ -44,6 +44,13 @@ pub enum AuthError {
     /// The command is not one this server allows (`allowed_commands`).
     #[error("command not allowed: {}", .0.display())]
     CommandNotAllowed(PathBuf),
+    /// The spec names a user this server does not allow (`allowed_users`).
+    #[error("user not allowed: {0}")]
+    UserNotAllowed(String),
+    /// The spec sets an environment variable this server does not allow
+    /// (`allowed_env`).
+    #[error("environment variable not allowed: {0}")]
+    EnvNotAllowed(String),
     /// The backend could not be asked, or answered something unusable.
     #[error("backend failed")]
     BackendFailed(#[source] BoxError),
@@ -63,7 +70,9 @@ impl AuthError {
     /// How this refusal is counted in metrics.
     pub fn metric(&self) -> AuthResult {
         match self {
-            Self::Denied(_) | Self::CommandNotAllowed(_) => AuthResult::denied,
+            Self::Denied(_) | Self::CommandNotAllowed(_) | Self::UserNotAllowed(_) | Self::EnvNotAllowed(_) => {
+                AuthResult::denied
+            }
             Self::BackendFailed(_) | Self::InvalidSpec(_) => AuthResult::failed,
             Self::BackendTimeout => AuthResult::timeout,
             Self::Unavailable(_) => AuthResult::unavailable,
@@ -73,7 +82,9 @@ impl AuthError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Denied(_) | Self::CommandNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::Denied(_) | Self::CommandNotAllowed(_) | Self::UserNotAllowed(_) | Self::EnvNotAllowed(_) => {
+                StatusCode::FORBIDDEN
+            }
             Self::BackendFailed(_) | Self::InvalidSpec(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -86,6 +97,8 @@ impl AuthError {
         let message = match self {
             Self::Denied(_) => "forbidden",
             Self::CommandNotAllowed(_) => "command not allowed",
+            Self::UserNotAllowed(_) => "user not allowed",
+            Self::EnvNotAllowed(_) => "environment variable not allowed",
             Self::BackendFailed(_) | Self::InvalidSpec(_) => "authorization backend failed",
             Self::BackendTimeout => "authorization backend timed out",
             Self::Unavailable(_) => "authorization backend unavailable",

@@ -1,7 +1,7 @@
 //! [`TokenAuthLayer`] and its service.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use super::{AuthError, Authorizer, token_hash, token_of};
+use super::{AuthError, Authorizer, Policy, token_hash, token_of};
 use crate::metrics::{AuthResult, Metrics};
 use crate::reply;
 use crate::report::Report;
@@ -21,7 +21,7 @@ use crate::websocket::WebSocketUpgrade;
 ///
 /// For each request, in this order: find the token (none: 400), check the
 /// WebSocket handshake (bad: 400/426, the backend is not asked), ask the
-/// backend (see [`AuthError::status`]), apply `allowed_commands` (403). An
+/// backend (see [`AuthError::status`]), apply the [`Policy`] (403). An
 /// allowed request reaches the inner service with the
 /// [`CommandSpec`](crate::CommandSpec) and the [`WebSocketUpgrade`] in its
 /// extensions.
@@ -29,7 +29,7 @@ use crate::websocket::WebSocketUpgrade;
 pub struct TokenAuthLayer<A> {
     authorizer: Arc<A>,
     token_param: Arc<str>,
-    allowed_commands: Arc<[PathBuf]>,
+    policy: Policy,
     metrics: Metrics,
 }
 
@@ -38,7 +38,7 @@ impl<A> Clone for TokenAuthLayer<A> {
         Self {
             authorizer: self.authorizer.clone(),
             token_param: self.token_param.clone(),
-            allowed_commands: self.allowed_commands.clone(),
+            policy: self.policy.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -51,7 +51,7 @@ impl<A: Authorizer> TokenAuthLayer<A> {
         Self {
             authorizer: Arc::new(authorizer),
             token_param: "token".into(),
-            allowed_commands: Arc::new([]),
+            policy: Policy::default(),
             metrics: Metrics::default(),
         }
     }
@@ -63,9 +63,16 @@ impl<A: Authorizer> TokenAuthLayer<A> {
     }
 
     /// Only these absolute paths may run, whatever the backend says; an
-    /// empty list allows any.
+    /// empty list allows any. (A shorthand for a [`Policy`] with commands
+    /// only.)
     pub fn allowed_commands(mut self, commands: impl IntoIterator<Item = PathBuf>) -> Self {
-        self.allowed_commands = commands.into_iter().collect();
+        self.policy = self.policy.commands(commands);
+        self
+    }
+
+    /// What a spec may ask for, whatever the backend says.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -73,10 +80,6 @@ impl<A: Authorizer> TokenAuthLayer<A> {
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
-    }
-
-    fn allows(&self, command: &Path) -> bool {
-        self.allowed_commands.is_empty() || self.allowed_commands.iter().any(|c| c == command)
     }
 }
 
@@ -141,9 +144,11 @@ where
             };
             let token_hash = token_hash(&token);
             let started = Instant::now();
-            let result = layer.authorizer.authorize(&token, &parts).await.and_then(|spec| {
-                if layer.allows(&spec.command) { Ok(spec) } else { Err(AuthError::CommandNotAllowed(spec.command)) }
-            });
+            let result = layer
+                .authorizer
+                .authorize(&token, &parts)
+                .await
+                .and_then(|spec| layer.policy.check(&spec).map(|()| spec));
             drop(token);
             let latency = started.elapsed();
             let latency_ms = latency.as_millis() as u64;

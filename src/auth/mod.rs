@@ -10,6 +10,7 @@
 //! - `authorizer`: the [`Authorizer`] trait and [`AuthError`];
 //! - `layer`: [`TokenAuthLayer`];
 //! - `limit`: [`AuthLimitLayer`], attempts and waiting requests per address;
+//! - `policy`: [`Policy`], what a spec may ask for whatever the backend says;
 //! - `token`: where a request carries its token, and its loggable hash;
 //! - `client`: the HTTP client backends share;
 //! - `controller`: the remote controller backend;
@@ -44,6 +45,7 @@ mod controller;
 pub mod jwt;
 mod layer;
 mod limit;
+mod policy;
 mod token;
 
 pub use authorizer::{AuthError, Authorizer, BoxError};
@@ -51,4 +53,5 @@ pub use client::{BodyError, backend_client, read_capped};
 pub use controller::{ControllerAuthorizer, ControllerSettings, MAX_CONTROLLER_BODY};
 pub use layer::{ResponseFuture, TokenAuth, TokenAuthLayer};
 pub use limit::{AuthLimit, AuthLimitFuture, AuthLimitLayer, AuthLimits, Per, Rate};
+pub use policy::{Policy, SAFE_ENV};
 pub use token::{hex, token_hash, token_of};

@@ -16,8 +16,10 @@ use url::Url;
 
 use super::values::{AuthBackend, JwtAlgorithm, LogFormat, ReplayStoreAddr, cidrs, list, via_str};
 use crate::auth::Rate;
+use crate::contain::CgroupSetting;
 use crate::server::{ListenAddr, ServeSettings};
 use crate::session::{KillSignal, SessionSettings};
+use crate::spec::Percent;
 
 /// One setting, as the command line and the docs see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,4 +183,24 @@ settings! {
     /// Reverse proxies (CIDRs or addresses) whose X-Forwarded-For/-Proto/-Host are believed.
     #[serde(with = "cidrs")]
     trusted_proxies: Vec<IpNet> ["CIDRS"] = Vec::new();
+    /// One cgroup per session: auto (a child of the server's own cgroup when the unified hierarchy is writable), off, or a cgroup v2 directory the server may create children in.
+    #[serde(with = "via_str")]
+    cgroup: CgroupSetting ["MODE"] = CgroupSetting::Auto;
+    /// Memory limit of each session (memory.max), where the memory controller is delegated.
+    session_memory_max: Option<ByteSize> ["SIZE"] = None;
+    /// Process limit of each session (pids.max), where the pids controller is delegated.
+    session_pids_max: Option<u64> ["N"] = None;
+    /// CPU limit of each session in percent of one CPU (cpu.max), e.g. 50% or 200%.
+    #[serde(with = "via_str::option")]
+    session_cpu_max: Option<Percent> ["PERCENT"] = None;
+    /// User children run as (name or uid); HOME, USER, LOGNAME and SHELL come from its passwd entry.
+    run_as_user: Option<String> ["USER"] = None;
+    /// Group children run as (name or gid); the user's own group when unset.
+    run_as_group: Option<String> ["GROUP"] = None;
+    /// Users a spec may name with "user"; any other is refused with 403.
+    #[serde(deserialize_with = "list::deserialize")]
+    allowed_users: Vec<String> ["USERS"] = Vec::new();
+    /// Globs of variable names a spec's env may set; unset: any, but with allowed_commands only TERM, LANG, LC_*, TZ, COLUMNS, LINES.
+    #[serde(deserialize_with = "list::option")]
+    allowed_env: Option<Vec<String>> ["GLOBS"] = None;
 }

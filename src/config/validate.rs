@@ -7,7 +7,8 @@ use bytesize::ByteSize;
 use super::Config;
 use super::load::ConfigError;
 use super::values::{AuthBackend, KeyFamily};
-use crate::auth::{AuthLimits, ControllerSettings};
+use crate::auth::{AuthLimits, ControllerSettings, Policy, SAFE_ENV};
+use crate::contain::{CgroupLimits, Identity, IdentityError};
 use crate::forwarded::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::server::{ListenAddr, ServeSettings};
@@ -89,6 +90,14 @@ impl Config {
         if self.auth_burst_per_ip.is_some() && self.auth_rate_per_ip.is_none() {
             problems.push(("auth_burst_per_ip", "needs auth_rate_per_ip"));
         }
+        if let Some(globs) = &self.allowed_env
+            && globs.iter().any(|glob| glob::Pattern::new(glob).is_err())
+        {
+            problems.push(("allowed_env", "holds an invalid glob"));
+        }
+        if self.allowed_users.iter().any(|u| u.is_empty()) {
+            problems.push(("allowed_users", "holds an empty name"));
+        }
         if let Err(InvalidSettings(session)) = self.session_settings() {
             problems.extend(session);
         }
@@ -169,6 +178,55 @@ impl Config {
             rate_per_ip: self.auth_rate_per_ip,
             burst_per_ip: self.auth_burst_per_ip,
         }
+    }
+
+    /// What a spec may ask for: `allowed_commands`, `allowed_users` and
+    /// `allowed_env` (which, unset, is [`SAFE_ENV`] when `allowed_commands`
+    /// is set: an allowlist of programs means nothing if a spec may set
+    /// `LD_PRELOAD`).
+    pub fn policy(&self) -> Policy {
+        let mut policy =
+            Policy::new().commands(self.allowed_commands.iter().cloned()).users(self.allowed_users.iter().cloned());
+        let globs: Option<Vec<String>> = match &self.allowed_env {
+            Some(globs) => Some(globs.clone()),
+            None if !self.allowed_commands.is_empty() => Some(SAFE_ENV.map(String::from).to_vec()),
+            None => None,
+        };
+        if let Some(globs) = globs {
+            policy = policy.env(globs.iter().filter_map(|glob| glob::Pattern::new(glob).ok()));
+        }
+        policy
+    }
+
+    /// The per-session cgroup limits.
+    pub fn cgroup_limits(&self) -> CgroupLimits {
+        CgroupLimits {
+            memory: self.session_memory_max.map(|m| m.as_u64()),
+            pids: self.session_pids_max,
+            cpu_percent: self.session_cpu_max.map(|p| p.0),
+        }
+    }
+
+    /// Who children run as (`run_as_user`, `run_as_group`), and the users a
+    /// spec may name, looked up in the system's user database.
+    pub fn identities(&self) -> Result<(Option<Identity>, Vec<Identity>), ConfigError> {
+        let named = |key: &str, err: IdentityError| ConfigError(vec![format!("`{key}`: {err}")]);
+        let run_as = match (&self.run_as_user, &self.run_as_group) {
+            (Some(user), group) => {
+                Some(Identity::resolve(user, group.as_deref()).map_err(|e| named("run_as_user", e))?)
+            }
+            (None, Some(group)) => {
+                let me = rustix::process::getuid().as_raw().to_string();
+                Some(Identity::resolve(&me, Some(group)).map_err(|e| named("run_as_group", e))?)
+            }
+            (None, None) => None,
+        };
+        let users = self
+            .allowed_users
+            .iter()
+            .map(|user| Identity::resolve(user, None).map_err(|e| named("allowed_users", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((run_as, users))
     }
 
     /// How the controller backend reaches the controller.

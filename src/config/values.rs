@@ -211,22 +211,38 @@ pub(super) mod list {
         s.collect_seq(items.iter().map(ToString::to_string))
     }
 
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+
+    impl ListOrCsv {
+        fn parse<T: FromStr<Err: Display>, E: de::Error>(self) -> Result<Vec<T>, E> {
+            let items: Vec<String> = match self {
+                ListOrCsv::List(items) => items,
+                ListOrCsv::Csv(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            };
+            items.iter().map(|item| item.parse().map_err(de::Error::custom)).collect()
+        }
+    }
+
     pub fn deserialize<'de, T, D>(d: D) -> Result<Vec<T>, D::Error>
     where
         T: FromStr<Err: Display>,
         D: Deserializer<'de>,
     {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum ListOrCsv {
-            List(Vec<String>),
-            Csv(String),
-        }
-        let items: Vec<String> = match ListOrCsv::deserialize(d)? {
-            ListOrCsv::List(items) => items,
-            ListOrCsv::Csv(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
-        };
-        items.iter().map(|item| item.parse().map_err(de::Error::custom)).collect()
+        ListOrCsv::deserialize(d)?.parse()
+    }
+
+    /// A list that may be unset (`None`), as distinct from empty.
+    pub fn option<'de, T, D>(d: D) -> Result<Option<Vec<T>>, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        Option::<ListOrCsv>::deserialize(d)?.map(ListOrCsv::parse).transpose()
     }
 }
 

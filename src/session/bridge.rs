@@ -8,6 +8,7 @@
 //! The bridge is written against `Sink`/`Stream`, not a socket type.
 
 use std::io;
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +74,8 @@ pub struct Outcome {
     pub bytes_in: u64,
     /// Bytes of output sent to the client.
     pub bytes_out: u64,
+    /// Whether the out-of-memory killer ended the process.
+    pub oom: bool,
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> Message {
@@ -117,7 +120,12 @@ where
         (settings.ping_interval, settings.pong_timeout),
         progress.clone(),
     )));
-    let end = OutputEnd { exited: exited.clone(), discard: discard.clone(), group, grace: settings.kill_grace };
+    let end = OutputEnd {
+        exited: exited.clone(),
+        discard: discard.clone(),
+        group: group.clone(),
+        grace: settings.kill_grace,
+    };
     let pumps: Vec<_> = process
         .outputs
         .drain(..)
@@ -188,8 +196,10 @@ where
         }
     };
 
+    // A process the kernel killed for memory is said to be (SPEC §8).
+    let oom = matches!(ending, Ending::Exited(status) if status.signal() == Some(9)) && process.oom_killed();
     let goodbye = match &ending {
-        Ending::Exited(status) => protocol.exit(*status),
+        Ending::Exited(status) => protocol.exit(*status, oom),
         Ending::Shutdown => vec![close_frame(CloseCode::Away, "server shutting down")],
         Ending::Idle => vec![close_frame(CloseCode::Policy, "idle timeout")],
         Ending::TimeLimit => vec![close_frame(CloseCode::Policy, "session time limit")],
@@ -206,7 +216,7 @@ where
     }
     let stop_process = async {
         if status.is_none() {
-            status = stop(&mut process, group, settings).await;
+            status = stop(&mut process, &group, settings).await;
         }
     };
     let close_socket = async {
@@ -245,28 +255,35 @@ where
     // session) does not outlive the session.
     process.finish().await;
     drop(drained);
-    Outcome { ending, status, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out: bytes_out.load(Ordering::Relaxed) }
+    Outcome {
+        ending,
+        status,
+        bytes_in: bytes_in.load(Ordering::Relaxed),
+        bytes_out: bytes_out.load(Ordering::Relaxed),
+        oom,
+    }
 }
 
 /// Ends a process whose client is gone: `kill_signal` to the group (for a
 /// terminal, `SIGHUP`: the terminal hung up), then, once `kill_grace` has
-/// passed, `SIGKILL` to whatever of the group is left. Returns the leader's
-/// status.
-async fn stop(process: &mut Process, group: ProcessGroup, settings: &SessionSettings) -> Option<ExitStatus> {
+/// passed, `SIGKILL` to whatever of the session is left (its whole cgroup,
+/// when it has one). Returns as soon as nothing of the session is left, so
+/// its place is free at once. Returns the leader's status.
+async fn stop(process: &mut Process, group: &ProcessGroup, settings: &SessionSettings) -> Option<ExitStatus> {
     group.signal(if process.is_tty() { Signal::HUP } else { settings.kill_signal.signal() });
     let deadline = Instant::now() + settings.kill_grace;
     let status = match timeout_at(deadline, process.exited()).await {
         Ok(result) => result.ok(),
         Err(_) => {
-            group.signal(Signal::KILL);
+            group.kill();
             return process.exited().await.ok();
         }
     };
-    // The leader is gone; the rest of its group gets the rest of the grace.
-    // (The leader is not reaped yet, so the group always looks alive: the
-    // whole grace is given.)
-    tokio::time::sleep_until(deadline).await;
-    group.signal(Signal::KILL);
+    // The leader is gone; the rest of the session gets the rest of the
+    // grace.
+    if timeout_at(deadline, group.emptied()).await.is_err() {
+        group.kill();
+    }
     status
 }
 
@@ -390,7 +407,7 @@ async fn pump_output(
             && !killed
             && Instant::now() >= at
         {
-            end.group.signal(Signal::KILL);
+            end.group.kill();
             killed = true;
             deadline = Some(Instant::now() + end.grace);
         }
@@ -415,7 +432,7 @@ async fn pump_output(
                 return pipe;
             }
             None if !killed => {
-                end.group.signal(Signal::KILL);
+                end.group.kill();
                 killed = true;
                 deadline = Some(Instant::now() + end.grace);
                 continue;

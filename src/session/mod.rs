@@ -25,7 +25,7 @@ mod settings;
 
 pub use bridge::{Ending, MAX_OUTPUT_CHUNK, Outcome, bridge};
 pub use limit::{SessionLimit, SessionLimitLayer, SessionPermit};
-pub use process::{DEFAULT_TERM, Process, ProcessGroup, ProcessInput, ProcessOutput};
+pub use process::{DEFAULT_TERM, Process, ProcessGroup, ProcessInput, ProcessOutput, SpawnOptions};
 pub use service::ServeSubprocess;
 pub use sessions::Sessions;
 pub use settings::{EnvPolicy, InvalidSettings, KillSignal, SessionSettings, SessionSettingsBuilder};

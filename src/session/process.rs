@@ -2,11 +2,13 @@
 //! on a pseudo-terminal, signalling the group, and making sure nothing of it
 //! outlives its owner.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::{ExitStatus, Stdio};
-
-use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use tokio::io::unix::AsyncFd;
@@ -15,17 +17,26 @@ use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
 
 use super::settings::EnvPolicy;
+use crate::config::ENV_PREFIX;
+use crate::contain::{self, ChildIdentity, ChildSetup, FORK_GUARD, Identity, SessionCgroup};
 use crate::spec::{CommandSpec, TerminalSize};
 use crate::websocket::{OutputMode, OutputStream};
 
 /// `TERM` of a tty session unless its spec sets one.
 pub const DEFAULT_TERM: &str = "xterm-256color";
 
-/// Spawns hold this for reading; opening a terminal holds it for writing.
-/// The pty crate opens a terminal's master side and only then marks it
-/// close-on-exec: a process forked in between would keep another session's
-/// terminal (and could read its keystrokes).
-static FORK_GUARD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// How a process is started, beyond its command spec.
+#[derive(Debug, Default)]
+pub struct SpawnOptions<'a> {
+    /// The environment it starts from.
+    pub env: Option<&'a EnvPolicy>,
+    /// Where stdout and stderr go in pipe mode.
+    pub mode: Option<OutputMode>,
+    /// Who it runs as; the server's user when `None`.
+    pub identity: Option<&'a Identity>,
+    /// Its session's cgroup, which it joins before its command runs.
+    pub cgroup: Option<SessionCgroup>,
+}
 
 /// A running command: its input, its outputs and its process group.
 ///
@@ -34,6 +45,7 @@ static FORK_GUARD: std::sync::RwLock<()> = std::sync::RwLock::new(());
 #[derive(Debug)]
 pub struct Process {
     child: Child,
+    pid: i32,
     group: ProcessGroup,
     tty: bool,
     finished: bool,
@@ -51,32 +63,37 @@ impl Process {
     /// Starts `spec` directly (no shell) as the leader of a new process
     /// group: on pipes, or, when `spec.tty` is set, on a new pseudo-terminal
     /// as a new session with that terminal as its controlling terminal.
-    pub fn spawn(spec: &CommandSpec, env: &EnvPolicy, mode: OutputMode) -> io::Result<Self> {
+    /// Before its command runs, the child joins `options.cgroup`, turns core
+    /// dumps off and becomes `options.identity`; it gets only descriptors
+    /// 0–2, and none of the server's `WS_SUBPROCESS_*` variables.
+    pub fn spawn(spec: &CommandSpec, options: SpawnOptions<'_>) -> io::Result<Self> {
         let mut command = Command::new(&spec.command);
-        command.args(&spec.args);
-        if env.clear {
-            command.env_clear();
-            for name in &env.pass {
-                if let Some(value) = std::env::var_os(name) {
-                    command.env(name, value);
-                }
-            }
-        }
-        if spec.tty {
-            command.env("TERM", DEFAULT_TERM);
-        }
-        command.envs(&spec.env);
+        command.args(&spec.args).env_clear().envs(environment(spec, &options));
         if let Some(cwd) = &spec.cwd {
             command.current_dir(cwd);
         }
+        let setup = ChildSetup {
+            cgroup_procs: options.cgroup.as_ref().map(|c| contain::duplicate(c.procs())).transpose()?,
+            identity: options.identity.map(|identity| ChildIdentity {
+                groups: identity.groups.iter().map(|g| rustix::process::Gid::from_raw(*g)).collect(),
+                gid: rustix::process::Gid::from_raw(identity.gid),
+                uid: Some(rustix::process::Uid::from_raw(identity.uid)),
+            }),
+        };
+        let cgroup = options.cgroup.map(Arc::new);
         if spec.tty {
-            Self::spawn_on_pty(command, spec.size.unwrap_or_default())
+            Self::spawn_on_pty(command, setup, cgroup, spec.size.unwrap_or_default())
         } else {
-            Self::spawn_on_pipes(command, mode)
+            Self::spawn_on_pipes(command, setup, cgroup, options.mode.unwrap_or(OutputMode::Merged))
         }
     }
 
-    fn spawn_on_pipes(mut command: Command, mode: OutputMode) -> io::Result<Self> {
+    fn spawn_on_pipes(
+        mut command: Command,
+        setup: ChildSetup,
+        cgroup: Option<Arc<SessionCgroup>>,
+        mode: OutputMode,
+    ) -> io::Result<Self> {
         let (out_reader, out_writer) = io::pipe()?;
         let mut outputs = vec![(OutputStream::Stdout, out_reader)];
         command.stdin(Stdio::piped()).process_group(0);
@@ -90,9 +107,12 @@ impl Process {
                 outputs.push((OutputStream::Stderr, err_reader));
             }
         }
+        setup.install(&mut command);
         let mut child = {
             let _forking = FORK_GUARD.read().unwrap_or_else(|p| p.into_inner());
-            command.spawn()?
+            let child = command.spawn()?;
+            contain::register(child.id().unwrap_or_default() as i32);
+            child
         };
         // The command holds our copies of the pipes' write ends; only the
         // process may keep them open, or the output never ends.
@@ -105,19 +125,15 @@ impl Process {
             })
             .collect::<io::Result<Vec<_>>>()?;
         let stdin = child.stdin.take().map(ProcessInput::Pipe);
-        Ok(Self {
-            group: ProcessGroup::of(&child, false)?,
-            pidfd: pidfd_of(&child),
-            child,
-            tty: false,
-            finished: false,
-            status: None,
-            stdin,
-            outputs,
-        })
+        Self::new(child, false, cgroup, stdin, outputs)
     }
 
-    fn spawn_on_pty(command: Command, size: TerminalSize) -> io::Result<Self> {
+    fn spawn_on_pty(
+        command: Command,
+        setup: ChildSetup,
+        cgroup: Option<Arc<SessionCgroup>>,
+        size: TerminalSize,
+    ) -> io::Result<Self> {
         let (pty, pts) = {
             let _opening = FORK_GUARD.write().unwrap_or_else(|p| p.into_inner());
             pty_process::open().map_err(pty_error)?
@@ -125,26 +141,42 @@ impl Process {
         pty.resize(pty_process::Size::new(size.rows, size.cols)).map_err(pty_error)?;
         // A new session makes the process a group leader too, so no
         // `process_group` here (setsid would fail with EPERM).
+        let command = setup.install_on_pty(pty_process::Command::from(command));
         let child = {
             let _forking = FORK_GUARD.read().unwrap_or_else(|p| p.into_inner());
-            pty_process::Command::from(command).spawn(pts).map_err(pty_error)?
+            let child = command.spawn(pts).map_err(pty_error)?;
+            contain::register(child.id().unwrap_or_default() as i32);
+            child
         };
         let (reader, writer) = pty.into_split();
+        let outputs = vec![ProcessOutput { stream: OutputStream::Stdout, reader: OutputReader::Pty(reader) }];
+        Self::new(child, true, cgroup, Some(ProcessInput::Pty(writer)), outputs)
+    }
+
+    fn new(
+        child: Child,
+        tty: bool,
+        cgroup: Option<Arc<SessionCgroup>>,
+        stdin: Option<ProcessInput>,
+        outputs: Vec<ProcessOutput>,
+    ) -> io::Result<Self> {
+        let pid = child.id().and_then(|id| Pid::from_raw(id as i32)).ok_or_else(|| io::Error::other("no pid"))?;
         Ok(Self {
-            group: ProcessGroup::of(&child, true)?,
+            pid: pid.as_raw_nonzero().get(),
+            group: ProcessGroup { leader: pid, tty, cgroup },
             pidfd: pidfd_of(&child),
             child,
-            tty: true,
+            tty,
             finished: false,
             status: None,
-            stdin: Some(ProcessInput::Pty(writer)),
-            outputs: vec![ProcessOutput { stream: OutputStream::Stdout, reader: OutputReader::Pty(reader) }],
+            stdin,
+            outputs,
         })
     }
 
     /// The leader's process id, which is also the group id.
     pub fn id(&self) -> i32 {
-        self.group.0.as_raw_nonzero().get()
+        self.pid
     }
 
     /// Whether the process runs on a terminal.
@@ -152,9 +184,15 @@ impl Process {
         self.tty
     }
 
-    /// The process group, for signalling from elsewhere.
+    /// The process group (and cgroup), for signalling from elsewhere.
     pub fn group(&self) -> ProcessGroup {
-        self.group
+        self.group.clone()
+    }
+
+    /// Whether the kernel's out-of-memory killer ended a process of the
+    /// session (known only with a cgroup).
+    pub fn oom_killed(&self) -> bool {
+        self.group.cgroup.as_ref().is_some_and(|c| c.oom_killed())
     }
 
     /// Waits for the leader to exit and returns its status, but leaves it
@@ -180,14 +218,20 @@ impl Process {
         Ok(status)
     }
 
-    /// Kills whatever is left of the group (and, on a terminal, of the
-    /// session), off the async threads (sweeping a session reads `/proc`),
-    /// then reaps the leader.
+    /// Kills whatever is left of the session (its cgroup, or its group
+    /// and, on a terminal, its session), off the async threads (sweeping a
+    /// session reads `/proc`), then reaps the leader.
     pub async fn finish(&mut self) {
-        let group = self.group;
+        let group = self.group.clone();
         let _ = tokio::task::spawn_blocking(move || group.kill_all()).await;
+        if let Some(cgroup) = &self.group.cgroup {
+            // The cgroup can only be removed once the kernel is done with
+            // what it killed.
+            let _ = tokio::time::timeout(Duration::from_secs(1), cgroup.emptied()).await;
+        }
         self.finished = true;
         let _ = self.child.wait().await;
+        contain::unregister(self.pid);
     }
 }
 
@@ -215,8 +259,33 @@ impl Drop for Process {
     fn drop(&mut self) {
         if !self.finished {
             self.group.kill_all();
+            // tokio reaps it from now on.
+            contain::unregister(self.pid);
         }
     }
+}
+
+/// The environment of a process: the server's (minus its own
+/// `WS_SUBPROCESS_*` settings, which may hold secrets), or only `pass_env`
+/// with `clear_env`; then the identity's `HOME`, `USER`, `LOGNAME` and
+/// `SHELL`; `TERM` on a terminal; then the spec's `env`.
+fn environment(spec: &CommandSpec, options: &SpawnOptions<'_>) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> = BTreeMap::new();
+    let policy = options.env.cloned().unwrap_or_default();
+    let server_env: Box<dyn Iterator<Item = (OsString, OsString)>> = if policy.clear {
+        Box::new(policy.pass.iter().filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?))))
+    } else {
+        Box::new(std::env::vars_os())
+    };
+    env.extend(server_env.filter(|(name, _)| !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes())));
+    if let Some(identity) = options.identity {
+        env.extend(identity.env().map(|(name, value)| (name.into(), value.into())));
+    }
+    if spec.tty {
+        env.insert("TERM".into(), DEFAULT_TERM.into());
+    }
+    env.extend(spec.env.iter().map(|(name, value)| (name.into(), value.into())));
+    env
 }
 
 fn pty_error(err: pty_process::Error) -> io::Error {
@@ -224,16 +293,6 @@ fn pty_error(err: pty_process::Error) -> io::Error {
         pty_process::Error::Io(err) => err,
         other => io::Error::other(other.to_string()),
     }
-}
-
-/// The session id of `pid`, from `/proc/<pid>/stat` (`getsid` would do, but
-/// rustix asserts that a session id is never 0, which it is for the few
-/// processes outside any session).
-fn session_of(pid: Pid) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
-    // The command name may hold spaces and parentheses; the fields after it
-    // are state, ppid, pgrp, session.
-    stat.rsplit_once(") ")?.1.split(' ').nth(3)?.parse().ok()
 }
 
 /// Where client input goes: a pipe, or the terminal.
@@ -305,45 +364,99 @@ impl ProcessOutput {
     }
 }
 
-/// A process group that can be signalled: the leader's, and for a
-/// terminal, the leader's whole session (a shell's jobs each get a group of
-/// their own).
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessGroup(Pid, bool);
+/// What a session's processes are: a cgroup when there is one, else the
+/// leader's process group and, for a terminal, the leader's whole session (a
+/// shell's jobs each get a group of their own).
+#[derive(Debug, Clone)]
+pub struct ProcessGroup {
+    leader: Pid,
+    tty: bool,
+    cgroup: Option<Arc<SessionCgroup>>,
+}
 
 impl ProcessGroup {
-    fn of(child: &Child, session: bool) -> io::Result<Self> {
-        let pid = child.id().and_then(|id| Pid::from_raw(id as i32)).ok_or_else(|| io::Error::other("no pid"))?;
-        Ok(Self(pid, session))
-    }
-
-    /// `SIGKILL` to the group and, for a terminal session, to every
-    /// process still in the session.
-    pub fn kill_all(self) {
-        self.signal(Signal::KILL);
-        if !self.1 {
-            return;
-        }
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()).and_then(Pid::from_raw) else {
-                continue;
-            };
-            if session_of(pid) == Some(self.0.as_raw_nonzero().get()) {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
-            }
-        }
-    }
-
     /// Sends `signal` to every process in the group; a group that is already
     /// gone is not an error.
-    pub fn signal(self, signal: Signal) {
-        match rustix::process::kill_process_group(self.0, signal) {
+    pub fn signal(&self, signal: Signal) {
+        match rustix::process::kill_process_group(self.leader, signal) {
             Ok(()) => {}
             Err(rustix::io::Errno::SRCH) => {}
             Err(err) => {
-                tracing::warn!(pgid = self.0.as_raw_nonzero().get(), cause = %err, "cannot signal process group")
+                tracing::warn!(pgid = self.leader.as_raw_nonzero().get(), cause = %err, "cannot signal process group")
             }
         }
     }
+
+    /// `SIGKILL` to everything of the session that can be reached without
+    /// reading `/proc`: the cgroup (daemons included) and the group.
+    pub fn kill(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
+        self.signal(Signal::KILL);
+    }
+
+    /// [`ProcessGroup::kill`], and without a cgroup, on a terminal, every
+    /// process still in the leader's session (this reads `/proc`: call it
+    /// off the async threads).
+    pub fn kill_all(&self) {
+        self.kill();
+        if self.cgroup.is_some() || !self.tty {
+            return;
+        }
+        for pid in processes_where(|stat| stat.session == self.leader_raw()) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+    }
+
+    /// Waits until none of the session's processes is left but the leader's
+    /// unreaped remains: the cgroup is empty, or without one, no other
+    /// process is in the group (or, on a terminal, the session).
+    pub async fn emptied(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            return cgroup.emptied().await;
+        }
+        let (leader, tty) = (self.leader_raw(), self.tty);
+        loop {
+            let others = tokio::task::spawn_blocking(move || {
+                processes_where(|stat| stat.pid != leader && (stat.pgrp == leader || tty && stat.session == leader))
+                    .next()
+                    .is_some()
+            })
+            .await
+            .unwrap_or(false);
+            if !others {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn leader_raw(&self) -> i32 {
+        self.leader.as_raw_nonzero().get()
+    }
+}
+
+/// What `/proc/<pid>/stat` says of a process's place.
+struct Stat {
+    pid: i32,
+    pgrp: i32,
+    session: i32,
+}
+
+/// The live processes (zombies left out) whose stat matches.
+fn processes_where(matches: impl Fn(&Stat) -> bool) -> impl Iterator<Item = Pid> {
+    let entries = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    entries.filter_map(move |entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // The command name may hold spaces and parentheses; the fields after
+        // it are state, ppid, pgrp, session.
+        let mut fields = stat.rsplit_once(") ")?.1.split(' ');
+        let state = fields.next()?;
+        let _ppid = fields.next()?;
+        let pgrp = fields.next()?.parse().ok()?;
+        let session = fields.next()?.parse().ok()?;
+        (state != "Z" && matches(&Stat { pid, pgrp, session })).then(|| Pid::from_raw(pid)).flatten()
+    })
 }

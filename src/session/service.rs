@@ -12,8 +12,9 @@ use http::{Request, Response, StatusCode};
 use tower::Service;
 use tracing::Instrument;
 
-use super::{Process, SessionPermit, SessionSettings, Sessions, bridge};
+use super::{Process, SessionPermit, SessionSettings, Sessions, SpawnOptions, bridge};
 use crate::connection::PeerAddr;
+use crate::contain::Containment;
 use crate::metrics::Metrics;
 use crate::reply::{self, Body};
 use crate::spec::CommandSpec;
@@ -34,13 +35,20 @@ pub struct ServeSubprocess {
     settings: Arc<SessionSettings>,
     sessions: Sessions,
     metrics: Metrics,
+    containment: Containment,
 }
 
 impl ServeSubprocess {
     /// A service whose sessions run with `settings` and are tracked in
     /// `sessions`.
     pub fn new(settings: SessionSettings, sessions: Sessions) -> Self {
-        Self { settings: Arc::new(settings), sessions, metrics: Metrics::default() }
+        Self { settings: Arc::new(settings), sessions, metrics: Metrics::default(), containment: Containment::new() }
+    }
+
+    /// Contains sessions so: cgroups, limits, users.
+    pub fn containment(mut self, containment: Containment) -> Self {
+        self.containment = containment;
+        self
     }
 
     /// Counts sessions, bytes and exits in `metrics`.
@@ -79,7 +87,23 @@ impl ServeSubprocess {
             return reply::plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
         }
         let protocol = upgrade.protocol();
-        let mut process = match Process::spawn(&spec, &self.settings.env, protocol.output_mode()) {
+        let identity = match self.containment.identity_for(&spec) {
+            Ok(identity) => identity,
+            Err(user) => {
+                tracing::warn!(user, status = 403, "the spec names a user this server does not know");
+                return reply::plain(StatusCode::FORBIDDEN, "user not allowed");
+            }
+        };
+        let cgroup = match self.containment.cgroup_for(&spec) {
+            Ok(cgroup) => cgroup,
+            Err(err) => {
+                tracing::error!(cause = %err, status = 500, "cannot create the session's cgroup");
+                return reply::plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot contain the session");
+            }
+        };
+        let options =
+            SpawnOptions { env: Some(&self.settings.env), mode: Some(protocol.output_mode()), identity, cgroup };
+        let mut process = match Process::spawn(&spec, options) {
             Ok(process) => process,
             Err(err) => {
                 tracing::warn!(command = %spec.command.display(), cause = %err, status = 500, "process did not start");
@@ -114,9 +138,10 @@ impl ServeSubprocess {
                 let _active = metrics.session_started();
                 let (tx, rx) = socket.split();
                 let outcome = bridge(process, protocol, tx, rx, &settings, &metrics, shutdown).await;
-                metrics.process_exited(outcome.status);
+                metrics.process_exited(outcome.status, outcome.oom);
                 tracing::info!(
                     ending = ?outcome.ending,
+                    oom = outcome.oom,
                     status = %outcome.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
                     duration_ms = started.elapsed().as_millis() as u64,
                     bytes_in = outcome.bytes_in,

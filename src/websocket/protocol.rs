@@ -195,14 +195,15 @@ impl Protocol {
         }
     }
 
-    /// The messages that end a session whose process exited: for the raw
-    /// protocol, a Close frame carrying the status; for the channel
-    /// protocol, the Kubernetes `Status` on channel 3, then a normal Close.
-    pub fn exit(self, status: ExitStatus) -> Vec<Message> {
+    /// The messages that end a session whose process exited (`oom`: killed
+    /// by the out-of-memory killer): for the raw protocol, a Close frame
+    /// carrying the status; for the channel protocol, the Kubernetes
+    /// `Status` on channel 3, then a normal Close.
+    pub fn exit(self, status: ExitStatus, oom: bool) -> Vec<Message> {
         match self {
-            Self::Raw => vec![Message::Close(Some(exit_close_frame(status)))],
+            Self::Raw => vec![Message::Close(Some(exit_close_frame(status, oom)))],
             _ => vec![
-                self.on_channel(channel::STATUS, kubernetes_status(status).as_bytes()),
+                self.on_channel(channel::STATUS, kubernetes_status(status, oom).as_bytes()),
                 Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })),
             ],
         }
@@ -223,9 +224,11 @@ pub fn exit_code(status: ExitStatus) -> Option<i32> {
 }
 
 /// The Close frame that reports an exit status: 1000 for success, else
-/// 4000 + the exit code, or 4000 + 128 + the signal number.
-pub fn exit_close_frame(status: ExitStatus) -> CloseFrame {
+/// 4000 + the exit code, or 4000 + 128 + the signal number (reason `oom`
+/// when the out-of-memory killer sent it).
+pub fn exit_close_frame(status: ExitStatus, oom: bool) -> CloseFrame {
     let (code, reason) = match (status.code(), status.signal()) {
+        (None, Some(signal)) if oom => (4000 + 128 + signal as u16, "oom".to_string()),
         (Some(0), _) => (1000, "exit 0".to_string()),
         (Some(code), _) => (4000 + code as u16, format!("exit {code}")),
         (None, Some(signal)) => (4000 + 128 + signal as u16, format!("signal {signal}")),
@@ -235,14 +238,16 @@ pub fn exit_close_frame(status: ExitStatus) -> CloseFrame {
 }
 
 /// The Kubernetes `Status` that kubelet sends on channel 3 when an exec
-/// ends: `Success`, or `Failure` with reason `NonZeroExitCode` and the code
-/// (128 + signal for a signal) as the `ExitCode` cause.
-pub fn kubernetes_status(status: ExitStatus) -> String {
+/// ends: `Success`, or `Failure` with reason `NonZeroExitCode` (`OOMKilled`
+/// when the out-of-memory killer ended it) and the code (128 + signal for a
+/// signal) as the `ExitCode` cause.
+pub fn kubernetes_status(status: ExitStatus, oom: bool) -> String {
     match exit_code(status) {
         Some(0) => r#"{"metadata":{},"status":"Success"}"#.to_string(),
         code => {
             let code = code.unwrap_or(-1);
             let message = match status.signal() {
+                Some(_) if oom => format!("command was killed for using too much memory, exit code {code}"),
                 Some(signal) => {
                     format!("command terminated with non-zero exit code: signal {signal}, exit code {code}")
                 }
@@ -252,7 +257,7 @@ pub fn kubernetes_status(status: ExitStatus) -> String {
                 "metadata": {},
                 "status": "Failure",
                 "message": message,
-                "reason": "NonZeroExitCode",
+                "reason": if oom { "OOMKilled" } else { "NonZeroExitCode" },
                 "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
             })
             .to_string()
@@ -307,24 +312,30 @@ mod tests {
 
     #[test]
     fn statuses_read_like_kubelet() {
-        assert_eq!(kubernetes_status(ExitStatus::from_raw(0)), r#"{"metadata":{},"status":"Success"}"#);
+        assert_eq!(kubernetes_status(ExitStatus::from_raw(0), false), r#"{"metadata":{},"status":"Success"}"#);
         let failure: serde_json::Value =
-            serde_json::from_str(&kubernetes_status(ExitStatus::from_raw(3 << 8))).unwrap();
+            serde_json::from_str(&kubernetes_status(ExitStatus::from_raw(3 << 8), false)).unwrap();
         assert_eq!(failure["status"], "Failure");
         assert_eq!(failure["reason"], "NonZeroExitCode");
         assert_eq!(failure["details"]["causes"][0]["reason"], "ExitCode");
         assert_eq!(failure["details"]["causes"][0]["message"], "3");
-        let killed: serde_json::Value = serde_json::from_str(&kubernetes_status(ExitStatus::from_raw(9))).unwrap();
+        let killed: serde_json::Value =
+            serde_json::from_str(&kubernetes_status(ExitStatus::from_raw(9), false)).unwrap();
         assert_eq!(killed["details"]["causes"][0]["message"], "137");
+        let oom: serde_json::Value = serde_json::from_str(&kubernetes_status(ExitStatus::from_raw(9), true)).unwrap();
+        assert_eq!(oom["reason"], "OOMKilled");
+        assert_eq!(oom["details"]["causes"][0]["message"], "137");
     }
 
     #[test]
     fn exit_statuses_map_to_close_codes() {
-        let frame = exit_close_frame(ExitStatus::from_raw(0));
+        let frame = exit_close_frame(ExitStatus::from_raw(0), false);
         assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1000, "exit 0"));
-        let frame = exit_close_frame(ExitStatus::from_raw(3 << 8));
+        let frame = exit_close_frame(ExitStatus::from_raw(3 << 8), false);
         assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4003, "exit 3"));
-        let frame = exit_close_frame(ExitStatus::from_raw(9));
+        let frame = exit_close_frame(ExitStatus::from_raw(9), false);
         assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4137, "signal 9"));
+        let frame = exit_close_frame(ExitStatus::from_raw(9), true);
+        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4137, "oom"));
     }
 }

@@ -132,6 +132,8 @@ pub struct TestServer {
     pub config: Config,
     /// This server's own metrics.
     pub metrics: Metrics,
+    /// The controllers sessions' cgroups get, when they get cgroups.
+    pub cgroups: Option<Vec<&'static str>>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -161,10 +163,11 @@ impl TestServer {
             other => panic!("not TCP: {other}"),
         };
         let metrics = app.metrics().clone();
+        let cgroups = app.cgroups().map(|root| root.controllers().to_vec());
         let stop = CancellationToken::new();
         let shutdown = stop.clone();
         let done = tokio::spawn(app.run(async move { shutdown.cancelled().await }));
-        Self { addr, config, metrics, stop, done }
+        Self { addr, config, metrics, cgroups, stop, done }
     }
 
     /// Starts a server in front of `controller` with the test defaults.

@@ -39,3 +39,19 @@ async fn demo_page_token_runs_the_command_once() {
     assert_eq!(server.refusal(&token).await.0, StatusCode::FORBIDDEN);
     assert!(placeholder.requests().is_empty());
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let Ok(_) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
+        panic!("systemd-analyze is missing (.ci/run installs Debian's systemd)");
+    };
+    let dir = scratch();
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/example/ws-subprocess.service")).unwrap();
+    // The unit names the installed path; verify it against the built binary.
+    let unit = unit.replace("/usr/local/bin/ws-subprocess", env!("CARGO_BIN_EXE_ws-subprocess"));
+    let path = dir.path().join("ws-subprocess.service");
+    std::fs::write(&path, unit).unwrap();
+    let verified = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let complaints = String::from_utf8_lossy(&verified.stderr);
+    assert!(verified.status.success() && complaints.trim().is_empty(), "{complaints}");
+}

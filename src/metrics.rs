@@ -92,6 +92,11 @@ pub enum Refusal {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RefusalLabels {
     reason: Refusal,
 }
@@ -136,6 +141,10 @@ struct Registered {
     bytes: Family<DirectionLabels, Counter>,
     exits: Family<ExitLabels, Counter>,
     refused: Family<RefusalLabels, Counter>,
+    detached: Gauge,
+    attachments: Family<RoleLabels, Counter>,
+    history_dropped: Counter,
+    recordings: Counter,
 }
 
 impl Default for Registered {
@@ -150,6 +159,10 @@ impl Default for Registered {
             bytes: Family::default(),
             exits: Family::default(),
             refused: Family::default(),
+            detached: Gauge::default(),
+            attachments: Family::default(),
+            history_dropped: Counter::default(),
+            recordings: Counter::default(),
         };
         registry.register("sessions_active", "Sessions running now", metrics.sessions_active.clone());
         registry.register("sessions", "Sessions started", metrics.sessions_total.clone());
@@ -158,6 +171,22 @@ impl Default for Registered {
         registry.register("bytes", "Bytes bridged, in (to the process) and out (to the client)", metrics.bytes.clone());
         registry.register("process_exits", "Processes ended, by how they ended", metrics.exits.clone());
         registry.register("refused", "Connections and requests turned away, by reason", metrics.refused.clone());
+        registry.register(
+            "sessions_detached",
+            "Named sessions running with no writer attached",
+            metrics.detached.clone(),
+        );
+        registry.register(
+            "attachments",
+            "Connections attached to named sessions, by role",
+            metrics.attachments.clone(),
+        );
+        registry.register(
+            "history_dropped_bytes",
+            "Output of named sessions dropped from their history (oldest first)",
+            metrics.history_dropped.clone(),
+        );
+        registry.register("recordings", "Session recordings started", metrics.recordings.clone());
         Self { registry, ..metrics }
     }
 }
@@ -203,6 +232,35 @@ impl Metrics {
     /// A connection or request was turned away.
     pub fn refused(&self, reason: Refusal) {
         self.0.refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// A named session now has no writer attached (`true`), or has one
+    /// again (`false`).
+    pub fn detached(&self, detached: bool) {
+        if detached {
+            self.0.detached.inc();
+        } else {
+            self.0.detached.dec();
+        }
+    }
+
+    /// A connection attached to a named session.
+    pub fn attached(&self, role: crate::spec::Role) {
+        let role = match role {
+            crate::spec::Role::Writer => "writer",
+            crate::spec::Role::Observer => "observer",
+        };
+        self.0.attachments.get_or_create(&RoleLabels { role }).inc();
+    }
+
+    /// Output dropped from a history.
+    pub fn history_dropped(&self, bytes: u64) {
+        self.0.history_dropped.inc_by(bytes);
+    }
+
+    /// A recording started.
+    pub fn recording_started(&self) {
+        self.0.recordings.inc();
     }
 
     /// The metrics in the Prometheus text format.

@@ -21,8 +21,11 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(ignored, ["color"]);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WireSpec")]
 pub struct CommandSpec {
     /// Absolute path of the program; it is run directly, never by a shell.
+    /// Empty in the attach form.
+    #[serde(skip_serializing_if = "is_empty_path")]
     pub command: PathBuf,
     /// Arguments after the program name.
     #[serde(default)]
@@ -47,6 +50,116 @@ pub struct CommandSpec {
     /// where cgroup controllers allow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Makes the session outlive its connection: a named, detachable session
+    /// with a history, perhaps recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionSpec>,
+    /// The attach form: joins the running session of this id instead of
+    /// starting a command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<String>,
+    /// With `attach`: what the client may do.
+    #[serde(default, skip_serializing_if = "Role::is_writer")]
+    pub role: Role,
+}
+
+fn is_empty_path(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
+/// A command spec as it arrives: either form, checked by `TryFrom`.
+#[derive(Deserialize)]
+struct WireSpec {
+    command: Option<PathBuf>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    tty: bool,
+    #[serde(default)]
+    size: Option<TerminalSize>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default)]
+    session: Option<SessionSpec>,
+    #[serde(default)]
+    attach: Option<String>,
+    #[serde(default)]
+    role: Role,
+}
+
+impl TryFrom<WireSpec> for CommandSpec {
+    type Error = String;
+
+    fn try_from(wire: WireSpec) -> Result<Self, String> {
+        let command = match (wire.command, &wire.attach) {
+            (Some(command), None) => command,
+            (None, Some(_)) => PathBuf::new(),
+            (None, None) => return Err("missing field `command` (or `attach`)".into()),
+            (Some(_), Some(_)) => return Err("`command` and `attach` exclude each other".into()),
+        };
+        Ok(Self {
+            command,
+            args: wire.args,
+            env: wire.env,
+            cwd: wire.cwd,
+            tty: wire.tty,
+            size: wire.size,
+            user: wire.user,
+            limits: wire.limits,
+            session: wire.session,
+            attach: wire.attach,
+            role: wire.role,
+        })
+    }
+}
+
+/// What makes a session detachable: `{"id": "u42-main", "keep": "10m",
+/// "history": "256KiB", "record": true}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// The session's name (1–128 of `[A-Za-z0-9._-]`), by which clients
+    /// attach; without one, nobody can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// How long the process outlives its last writer's connection (capped
+    /// by `max_keep`).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub keep: Option<std::time::Duration>,
+    /// How much output is kept for replay (capped by `max_history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<bytesize::ByteSize>,
+    /// Record the session (with `record_dir` set).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record: bool,
+}
+
+/// What an attached client may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Input and resizes.
+    #[default]
+    Writer,
+    /// Output only; its input and resizes are ignored.
+    Observer,
+}
+
+impl Role {
+    fn is_writer(&self) -> bool {
+        *self == Role::Writer
+    }
+}
+
+/// Whether `id` can name a session: 1–128 of `[A-Za-z0-9._-]`.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Per-session limits a spec may ask for: `{"memory": "256MiB", "pids": 64,
@@ -134,6 +247,9 @@ pub enum SpecError {
     /// A terminal size with no rows or columns.
     #[error("terminal size must be at least 1x1")]
     EmptySize,
+    /// A session id that is not 1–128 of `[A-Za-z0-9._-]`.
+    #[error("a session id is 1-128 of A-Z a-z 0-9 . _ -")]
+    SessionId,
 }
 
 impl CommandSpec {
@@ -148,6 +264,9 @@ impl CommandSpec {
             size: None,
             user: None,
             limits: None,
+            session: None,
+            attach: None,
+            role: Role::Writer,
         }
     }
 
@@ -166,6 +285,17 @@ impl CommandSpec {
     /// Checks what the operating system would otherwise reject late, or run
     /// in a surprising place: the command and `cwd` must be absolute paths.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(id) = &self.attach {
+            if !valid_session_id(id) {
+                return Err(SpecError::SessionId);
+            }
+            return Ok(());
+        }
+        if let Some(id) = self.session.as_ref().and_then(|s| s.id.as_deref())
+            && !valid_session_id(id)
+        {
+            return Err(SpecError::SessionId);
+        }
         if !self.command.is_absolute() {
             return Err(SpecError::RelativeCommand);
         }
@@ -231,6 +361,25 @@ mod tests {
         ] {
             assert!(matches!(CommandSpec::from_json(body), Err(SpecError::Malformed(_))));
         }
+    }
+
+    #[test]
+    fn the_attach_form_needs_no_command_and_checks_its_id() {
+        let (spec, _) = CommandSpec::from_json(br#"{"attach":"u42-main","role":"observer"}"#).unwrap();
+        assert_eq!((spec.attach.as_deref(), spec.role), (Some("u42-main"), Role::Observer));
+        assert!(spec.command.as_os_str().is_empty());
+        assert_eq!(CommandSpec::from_json(br#"{"attach":"a/b"}"#).unwrap_err(), SpecError::SessionId);
+        assert!(matches!(
+            CommandSpec::from_json(br#"{"attach":"a","command":"/bin/sh"}"#),
+            Err(SpecError::Malformed(_))
+        ));
+        let (spec, _) =
+            CommandSpec::from_json(br#"{"command":"/bin/sh","session":{"id":"x","keep":"10m","history":"1KiB"}}"#)
+                .unwrap();
+        let session = spec.session.unwrap();
+        assert_eq!(session.keep, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(session.history.unwrap().as_u64(), 1024);
+        assert!(valid_session_id("a.b_c-1") && !valid_session_id("") && !valid_session_id(&"x".repeat(129)));
     }
 
     #[test]

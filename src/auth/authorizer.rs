@@ -60,6 +60,9 @@ pub enum AuthError {
     /// The backend did not answer in time.
     #[error("backend timed out")]
     BackendTimeout,
+    /// The request's `?session=` names another session than its spec.
+    #[error("the session parameter does not match the spec")]
+    SessionMismatch,
     /// A service the backend depends on (such as the replay store) is down;
     /// the token is refused, never allowed unchecked.
     #[error("backend unavailable")]
@@ -75,6 +78,7 @@ impl AuthError {
             }
             Self::BackendFailed(_) | Self::InvalidSpec(_) => AuthResult::failed,
             Self::BackendTimeout => AuthResult::timeout,
+            Self::SessionMismatch => AuthResult::denied,
             Self::Unavailable(_) => AuthResult::unavailable,
         }
     }
@@ -87,6 +91,7 @@ impl AuthError {
             }
             Self::BackendFailed(_) | Self::InvalidSpec(_) => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::SessionMismatch => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -101,6 +106,7 @@ impl AuthError {
             Self::EnvNotAllowed(_) => "environment variable not allowed",
             Self::BackendFailed(_) | Self::InvalidSpec(_) => "authorization backend failed",
             Self::BackendTimeout => "authorization backend timed out",
+            Self::SessionMismatch => "session does not match",
             Self::Unavailable(_) => "authorization backend unavailable",
         };
         reply::plain(self.status(), message)

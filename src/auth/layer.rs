@@ -144,11 +144,11 @@ where
             };
             let token_hash = token_hash(&token);
             let started = Instant::now();
-            let result = layer
-                .authorizer
-                .authorize(&token, &parts)
-                .await
-                .and_then(|spec| layer.policy.check(&spec).map(|()| spec));
+            let result = layer.authorizer.authorize(&token, &parts).await.and_then(|spec| {
+                layer.policy.check(&spec)?;
+                session_matches(&parts, &spec)?;
+                Ok(spec)
+            });
             drop(token);
             let latency = started.elapsed();
             let latency_ms = latency.as_millis() as u64;
@@ -168,6 +168,18 @@ where
             }
         })
     }
+}
+
+/// A client repeats the id of the session it starts or attaches to as
+/// `?session=<id>` (so a balancer can route on it); when it does, the spec
+/// must name the same session.
+fn session_matches(parts: &http::request::Parts, spec: &crate::CommandSpec) -> Result<(), AuthError> {
+    let query = parts.uri.query().unwrap_or_default();
+    let Some((_, asked)) = url::form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "session") else {
+        return Ok(());
+    };
+    let named = spec.attach.as_deref().or_else(|| spec.session.as_ref().and_then(|s| s.id.as_deref()));
+    if named == Some(&*asked) { Ok(()) } else { Err(AuthError::SessionMismatch) }
 }
 
 #[cfg(test)]

@@ -47,8 +47,12 @@ impl Policy {
         self
     }
 
-    /// Whether `spec` may run; the error says what is not allowed.
+    /// Whether `spec` may run; the error says what is not allowed. (The
+    /// attach form runs nothing: what it joins was checked when it started.)
     pub fn check(&self, spec: &CommandSpec) -> Result<(), AuthError> {
+        if spec.attach.is_some() {
+            return Ok(());
+        }
         if !self.commands.is_empty() && !self.commands.contains(&spec.command) {
             return Err(AuthError::CommandNotAllowed(spec.command.clone()));
         }

@@ -203,4 +203,15 @@ settings! {
     /// Globs of variable names a spec's env may set; unset: any, but with allowed_commands only TERM, LANG, LC_*, TZ, COLUMNS, LINES.
     #[serde(deserialize_with = "list::option")]
     allowed_env: Option<Vec<String>> ["GLOBS"] = None;
+    /// Longest a named session's process may outlive its last writer's connection (a spec's keep is capped by it).
+    #[serde(with = "humantime_serde")]
+    max_keep: Duration ["DURATION"] = SessionSettings::DEFAULT_MAX_KEEP;
+    /// Most output a named session keeps for replay (a spec's history is capped by it).
+    max_history: ByteSize ["SIZE"] = ByteSize::b(SessionSettings::DEFAULT_MAX_HISTORY as u64);
+    /// Directory session recordings (asciicast v2, mode 0600) are written to; off when unset.
+    record_dir: Option<PathBuf> ["DIR"] = None;
+    /// Record every session, not only those whose spec asks (with record_dir).
+    record_all: bool ["BOOL"] = false;
+    /// Record input too ("i" events), which may include passwords typed.
+    record_input: bool ["BOOL"] = false;
 }

@@ -12,7 +12,7 @@ use crate::contain::{CgroupLimits, Identity, IdentityError};
 use crate::forwarded::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::server::{ListenAddr, ServeSettings};
-use crate::session::{EnvPolicy, InvalidSettings, SessionSettings};
+use crate::session::{EnvPolicy, InvalidSettings, Recording, SessionSettings};
 
 /// A size as the program uses it (a size beyond memory is as good as
 /// unlimited).
@@ -104,7 +104,11 @@ impl Config {
         if let Err(InvalidSettings(serve)) = self.serve_settings(usize::MAX, Metrics::default()) {
             problems.extend(serve);
         }
+        if (self.record_all || self.record_input) && self.record_dir.is_none() {
+            problems.push(("record_dir", "record_all and record_input need record_dir"));
+        }
         for (key, value) in [
+            ("max_keep", self.max_keep),
             ("controller_timeout", self.controller_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
             ("jwt_leeway", self.jwt_leeway),
@@ -148,6 +152,12 @@ impl Config {
             .idle_timeout(self.idle_timeout)
             .max_session_duration(self.max_session_duration)
             .env(EnvPolicy { clear: self.clear_env, pass: self.pass_env.clone() })
+            .detachable(self.max_keep, bytes(self.max_history))
+            .recording(self.record_dir.clone().map(|dir| Recording {
+                dir,
+                all: self.record_all,
+                input: self.record_input,
+            }))
             .build()
     }
 

@@ -14,54 +14,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::future::FusedFuture;
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, Stream};
 use rustix::process::Signal;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use tokio_util::task::AbortOnDropHandle;
 
-use super::SessionSettings;
+use super::detached::record::Recorder;
 use super::process::{Process, ProcessGroup, ProcessInput, ProcessOutput};
-use crate::metrics::{Direction, Metrics};
+use super::socket::{
+    CLOSE_HANDSHAKE_TIMEOUT, Ending, OUTGOING_QUEUE, Progress, WriterStop, farewell, next_input, sleep_until_some,
+    write_loop,
+};
+use super::{SessionContext, SessionSettings};
+use crate::metrics::Direction;
 use crate::websocket::{Input, Protocol};
 
 /// Largest output message: one read of the pipe.
 pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
-/// Messages queued between the output loop and the writer.
-const OUTGOING_QUEUE: usize = 4;
-/// How long the client gets to answer our Close.
-const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
-    /// The process exited and all its output was sent.
-    Exited(ExitStatus),
-    /// The client sent Close.
-    ClientClosed,
-    /// The connection broke or the client stopped answering pings.
-    ClientGone(String),
-    /// The client sent a message over `max_message_size`.
-    MessageTooBig,
-    /// The client broke the WebSocket protocol.
-    ProtocolError(String),
-    /// The server is shutting down.
-    Shutdown,
-    /// Nothing went either way for `idle_timeout`.
-    Idle,
-    /// The session reached `max_session_duration`.
-    TimeLimit,
-    /// Waiting for the process failed.
-    Internal(String),
-}
 
 /// What a finished session did.
 #[derive(Debug, Clone)]
@@ -78,27 +52,26 @@ pub struct Outcome {
     pub oom: bool,
 }
 
-fn close_frame(code: CloseCode, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
-}
-
 /// Runs `process` against a WebSocket's halves until one side ends, then
 /// ends the other: a client that leaves gets its process group signalled
 /// (`kill_signal`, then `SIGKILL` after `kill_grace`); a process that exits
 /// gets all its output sent, then a Close frame with its exit status.
+///
+/// With a `recorder`, output, input (if it records input), resizes and the
+/// exit are recorded as they happen.
 pub async fn bridge<Tx, Rx>(
     mut process: Process,
     protocol: Protocol,
     tx: Tx,
     rx: Rx,
-    settings: &SessionSettings,
-    metrics: &Metrics,
-    shutdown: CancellationToken,
+    context: &SessionContext,
+    recorder: Option<Arc<Recorder>>,
 ) -> Outcome
 where
     Tx: Sink<Message, Error = WsError> + Unpin + Send + 'static,
     Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send,
 {
+    let (settings, metrics, shutdown) = (&*context.settings, &context.metrics, context.shutdown.clone());
     let group = process.group();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
@@ -135,7 +108,7 @@ where
                 protocol,
                 out_tx.clone(),
                 end.clone(),
-                Meter::new(&bytes_out, &activity, metrics.bytes(Direction::out)),
+                Meter::new(&bytes_out, &activity, metrics.bytes(Direction::out), recorder.clone(), Direction::out),
             )
         })
         .collect();
@@ -147,7 +120,7 @@ where
             process.stdin.take(),
             settings.pong_timeout,
             progress,
-            Meter::new(&bytes_in, &activity, metrics.bytes(Direction::r#in)),
+            Meter::new(&bytes_in, &activity, metrics.bytes(Direction::r#in), recorder.clone(), Direction::r#in),
         )
         .fuse(),
     );
@@ -198,16 +171,12 @@ where
 
     // A process the kernel killed for memory is said to be (SPEC §8).
     let oom = matches!(ending, Ending::Exited(status) if status.signal() == Some(9)) && process.oom_killed();
+    if let (Some(recorder), Ending::Exited(status)) = (&recorder, &ending) {
+        recorder.marker(&crate::websocket::protocol::exit_close_frame(*status, oom).reason);
+    }
     let goodbye = match &ending {
         Ending::Exited(status) => protocol.exit(*status, oom),
-        Ending::Shutdown => vec![close_frame(CloseCode::Away, "server shutting down")],
-        Ending::Idle => vec![close_frame(CloseCode::Policy, "idle timeout")],
-        Ending::TimeLimit => vec![close_frame(CloseCode::Policy, "session time limit")],
-        Ending::MessageTooBig => vec![close_frame(CloseCode::Size, "message too big")],
-        Ending::ProtocolError(_) => vec![close_frame(CloseCode::Protocol, "protocol error")],
-        Ending::Internal(_) => vec![close_frame(CloseCode::Error, "internal error")],
-        // The client's Close is answered by the protocol layer itself.
-        Ending::ClientClosed | Ending::ClientGone(_) => Vec::new(),
+        other => farewell(other),
     };
     if !matches!(ending, Ending::Exited(_)) {
         // Keep draining the pipe while the process is stopped, so it meets
@@ -269,7 +238,11 @@ where
 /// passed, `SIGKILL` to whatever of the session is left (its whole cgroup,
 /// when it has one). Returns as soon as nothing of the session is left, so
 /// its place is free at once. Returns the leader's status.
-async fn stop(process: &mut Process, group: &ProcessGroup, settings: &SessionSettings) -> Option<ExitStatus> {
+pub(crate) async fn stop(
+    process: &mut Process,
+    group: &ProcessGroup,
+    settings: &SessionSettings,
+) -> Option<ExitStatus> {
     group.signal(if process.is_tty() { Signal::HUP } else { settings.kill_signal.signal() });
     let deadline = Instant::now() + settings.kill_grace;
     let status = match timeout_at(deadline, process.exited()).await {
@@ -285,91 +258,6 @@ async fn stop(process: &mut Process, group: &ProcessGroup, settings: &SessionSet
         group.kill();
     }
     status
-}
-
-/// Why the writer stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriterStop {
-    /// It sent its last message or closed the sink, as asked.
-    Done,
-    /// The socket failed.
-    Failed,
-    /// The client took nothing for `pong_timeout` while something waited
-    /// for it.
-    Stalled,
-}
-
-/// Sends queued messages and keepalive pings until it has sent a Close
-/// from the queue, or `finish` says how to end: with a Close frame of its
-/// own (ahead of any queued output), or by just closing the sink, which also
-/// flushes the protocol's answer to a client's Close.
-///
-/// Liveness is judged by the client taking data, not by what it sends: a
-/// message that cannot be handed to the socket for `pong_timeout` (the
-/// socket's buffers and our own are full) means the client is gone, however
-/// many pings it sends meanwhile.
-async fn write_loop<Tx>(
-    mut tx: Tx,
-    mut queue: mpsc::Receiver<Message>,
-    mut finish: oneshot::Receiver<Option<Message>>,
-    (ping_interval, pong_timeout): (Duration, Duration),
-    progress: Progress,
-) -> WriterStop
-where
-    Tx: Sink<Message, Error = WsError> + Unpin,
-{
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // Pings go before queued output, so a steady stream of output
-        // cannot starve them.
-        let message = tokio::select! {
-            biased;
-            last = &mut finish => match last {
-                Ok(Some(close)) => close,
-                Ok(None) | Err(_) => break,
-            },
-            _ = ping.tick() => Message::Ping(Bytes::new()),
-            message = queue.recv() => match message {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        let is_close = matches!(message, Message::Close(_));
-        let is_output = matches!(message, Message::Binary(_) | Message::Text(_));
-        match deliver(&mut tx, message, pong_timeout).await {
-            Ok(()) if is_close => return WriterStop::Done,
-            Ok(()) if is_output => progress.mark(),
-            Ok(()) => {}
-            Err(stop) => return stop,
-        }
-    }
-    match timeout(pong_timeout, tx.close()).await {
-        Ok(_) => WriterStop::Done,
-        Err(_) => WriterStop::Stalled,
-    }
-}
-
-/// Hands `message` to the socket, waiting at most `pong_timeout` for the
-/// client to take what is ahead of it. When our write buffer is full of what
-/// the client has not taken (pongs to a flood of its pings), it waits for the
-/// client to take it, then tries again.
-async fn deliver<Tx>(tx: &mut Tx, message: Message, pong_timeout: Duration) -> Result<(), WriterStop>
-where
-    Tx: Sink<Message, Error = WsError> + Unpin,
-{
-    loop {
-        match timeout(pong_timeout, tx.send(message.clone())).await {
-            Err(_) => return Err(WriterStop::Stalled),
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(WsError::WriteBufferFull(_))) => match timeout(pong_timeout, tx.flush()).await {
-                Err(_) => return Err(WriterStop::Stalled),
-                Ok(Err(_)) => return Err(WriterStop::Failed),
-                Ok(Ok(())) => {}
-            },
-            Ok(Err(_)) => return Err(WriterStop::Failed),
-        }
-    }
 }
 
 /// When and how the output loop stops waiting for a pipe that a leftover
@@ -447,7 +335,7 @@ async fn pump_output(
         }
         tokio::select! {
             sent = queue.send(protocol.output(pipe.stream, &buf[..n])) => match sent {
-                Ok(()) => meter.add(n),
+                Ok(()) => meter.add(&buf[..n]),
                 Err(_) => end.discard.cancel(),
             },
             _ = end.discard.cancelled() => {}
@@ -455,11 +343,10 @@ async fn pump_output(
     }
 }
 
-/// Carries client messages to the process (see [`Protocol::input`]) until
-/// the client closes, breaks the protocol, or is silent for `pong_timeout`
-/// (pings go out every `ping_interval`, so a live client is never that
-/// silent). Once the input is closed (by the client, or because the process
-/// stopped reading for good), further input is dropped.
+/// Carries client messages to the process (see [`next_input`]) until the
+/// client closes, breaks the protocol, or goes silent. Once the input is
+/// closed (by the client, or because the process stopped reading for good),
+/// further input is dropped.
 async fn pump_input<Rx>(
     mut rx: Rx,
     protocol: Protocol,
@@ -473,34 +360,18 @@ where
 {
     let mut stdin_open = true;
     loop {
-        let message = match timeout(pong_timeout, rx.next()).await {
-            // A client still taking output is alive, even if its pong is
-            // stuck behind a long backlog.
-            Err(_) if progress.within(pong_timeout) => continue,
-            Err(_) => return Ending::ClientGone("no answer to pings".into()),
-            Ok(None) => return Ending::ClientGone("connection closed without a Close frame".into()),
-            Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => return Ending::MessageTooBig,
-            Ok(Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)))) => {
-                return Ending::ClientGone("connection reset".into());
-            }
-            Ok(Some(Err(err @ (WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_))))) => {
-                return Ending::ProtocolError(err.to_string());
-            }
-            Ok(Some(Err(err))) => return Ending::ClientGone(err.to_string()),
-        };
-        match protocol.input(message) {
-            Input::Close => return Ending::ClientClosed,
-            Input::Stdin(data) => {
+        match next_input(&mut rx, protocol, pong_timeout, &progress).await {
+            Err(ending) => return ending,
+            Ok(Input::Stdin(data)) => {
                 if let Some(input) = stdin.as_mut().filter(|_| stdin_open) {
                     if input.write_all(&data).await.is_err() {
                         stdin = None;
                     } else {
-                        meter.add(data.len());
+                        meter.add(&data);
                     }
                 }
             }
-            Input::EndStdin => {
+            Ok(Input::EndStdin) => {
                 if let Some(input) = stdin.as_mut().filter(|_| stdin_open) {
                     stdin_open = false;
                     // A pipe closes; a terminal gets ^D and stays, for resizes.
@@ -509,72 +380,58 @@ where
                     }
                 }
             }
-            Input::Resize(size) => {
-                if !stdin.as_ref().is_some_and(|input| input.resize(size)) {
+            Ok(Input::Resize(size)) => {
+                if stdin.as_ref().is_some_and(|input| input.resize(size)) {
+                    meter.resized(size);
+                } else {
                     tracing::debug!("resize ignored: not a terminal session");
                 }
             }
-            Input::Ignored(why) => tracing::debug!(why, "client message ignored"),
+            Ok(Input::Close | Input::Ignored(_)) => {}
         }
     }
 }
 
-/// When the writer last handed a message to the socket: a client that keeps
-/// taking output is alive even while its pong waits behind that output.
-#[derive(Debug, Clone)]
-struct Progress {
-    origin: std::time::Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Self { origin: std::time::Instant::now(), last_ms: Arc::default() }
-    }
-}
-
-impl Progress {
-    fn mark(&self) {
-        self.last_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn within(&self, window: Duration) -> bool {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.origin.elapsed().saturating_sub(last) < window
-    }
-
-    /// When it was last marked.
-    fn idle_since(&self) -> Option<Instant> {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        Instant::from_std(self.origin).checked_add(last)
-    }
-}
-
-/// Counts the bytes of one direction and marks the session active.
+/// Counts the bytes of one direction, marks the session active, and
+/// records them when the session is recorded.
 #[derive(Debug, Clone)]
 struct Meter {
     bytes: Arc<AtomicU64>,
     activity: Progress,
     metric: prometheus_client::metrics::counter::Counter,
+    recorder: Option<Arc<Recorder>>,
+    direction: Direction,
 }
 
 impl Meter {
-    fn new(bytes: &Arc<AtomicU64>, activity: &Progress, metric: prometheus_client::metrics::counter::Counter) -> Self {
-        Self { bytes: bytes.clone(), activity: activity.clone(), metric }
+    fn new(
+        bytes: &Arc<AtomicU64>,
+        activity: &Progress,
+        metric: prometheus_client::metrics::counter::Counter,
+        recorder: Option<Arc<Recorder>>,
+        direction: Direction,
+    ) -> Self {
+        Self { bytes: bytes.clone(), activity: activity.clone(), metric, recorder, direction }
     }
 
-    /// Counts `n` bytes here and in the metrics, as they flow.
-    fn add(&self, n: usize) {
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    /// Counts `data` here and in the metrics, as it flows.
+    fn add(&self, data: &[u8]) {
+        let n = data.len() as u64;
+        self.bytes.fetch_add(n, Ordering::Relaxed);
         self.activity.mark();
-        self.metric.inc_by(n as u64);
+        self.metric.inc_by(n);
+        if let Some(recorder) = &self.recorder {
+            match self.direction {
+                Direction::out => recorder.output(data),
+                Direction::r#in => recorder.input(data),
+            }
+        }
     }
-}
 
-/// Sleeps until `at`, or forever when there is no `at`.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+    /// The terminal was resized.
+    fn resized(&self, size: crate::spec::TerminalSize) {
+        if let Some(recorder) = &self.recorder {
+            recorder.resize(size);
+        }
     }
 }

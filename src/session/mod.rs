@@ -14,18 +14,27 @@
 //! - `limit`: [`SessionLimitLayer`];
 //! - `service`: [`ServeSubprocess`];
 //! - `process`: starting, signalling and reaping a [`Process`];
-//! - `bridge`: the [`bridge`] between a process and a socket.
+//! - `bridge`: the [`bridge`] between a process and a socket;
+//! - `socket`: one client's socket: its writer, its input, its Close;
+//! - `detached`: sessions that outlive their connection.
 
 mod bridge;
+mod detached;
 mod limit;
 mod process;
 mod service;
 mod sessions;
 mod settings;
+mod socket;
 
-pub use bridge::{Ending, MAX_OUTPUT_CHUNK, Outcome, bridge};
+pub use bridge::{MAX_OUTPUT_CHUNK, Outcome, bridge};
+pub use detached::SharedSessions;
+pub use detached::record::Recorder;
 pub use limit::{SessionLimit, SessionLimitLayer, SessionPermit};
 pub use process::{DEFAULT_TERM, Process, ProcessGroup, ProcessInput, ProcessOutput, SpawnOptions};
 pub use service::ServeSubprocess;
 pub use sessions::Sessions;
-pub use settings::{EnvPolicy, InvalidSettings, KillSignal, SessionSettings, SessionSettingsBuilder};
+pub use settings::{
+    EnvPolicy, InvalidSettings, KillSignal, Recording, SessionContext, SessionSettings, SessionSettingsBuilder,
+};
+pub use socket::Ending;

@@ -1,6 +1,7 @@
 //! [`ServeSubprocess`]: the innermost service.
 
 use std::convert::Infallible;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -12,13 +13,20 @@ use http::{Request, Response, StatusCode};
 use tower::Service;
 use tracing::Instrument;
 
-use super::{Process, SessionPermit, SessionSettings, Sessions, SpawnOptions, bridge};
+use super::detached::attachment::{Joining, attach};
+use super::detached::record::Recorder;
+use super::detached::shared::Shared;
+use super::{
+    DEFAULT_TERM, Ending, Process, SessionContext, SessionPermit, SessionSettings, Sessions, SharedSessions,
+    SpawnOptions, bridge,
+};
 use crate::connection::PeerAddr;
 use crate::contain::Containment;
 use crate::metrics::Metrics;
 use crate::reply::{self, Body};
 use crate::spec::CommandSpec;
-use crate::websocket::WebSocketUpgrade;
+use crate::spec::Role;
+use crate::websocket::{PendingSocket, Protocol, WebSocketUpgrade};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -36,13 +44,26 @@ pub struct ServeSubprocess {
     sessions: Sessions,
     metrics: Metrics,
     containment: Containment,
+    detached: SharedSessions,
 }
 
 impl ServeSubprocess {
     /// A service whose sessions run with `settings` and are tracked in
     /// `sessions`.
     pub fn new(settings: SessionSettings, sessions: Sessions) -> Self {
-        Self { settings: Arc::new(settings), sessions, metrics: Metrics::default(), containment: Containment::new() }
+        Self {
+            settings: Arc::new(settings),
+            sessions,
+            metrics: Metrics::default(),
+            containment: Containment::new(),
+            detached: SharedSessions::new(),
+        }
+    }
+
+    /// The named sessions this service runs (for a server that wants to
+    /// know them; a fresh service has its own set).
+    pub fn shared_sessions(&self) -> &SharedSessions {
+        &self.detached
     }
 
     /// Contains sessions so: cgroups, limits, users.
@@ -74,6 +95,7 @@ impl<B> Service<Request<B>> for ServeSubprocess {
 
 impl ServeSubprocess {
     fn start<B>(&self, request: &mut Request<B>) -> Response<Body> {
+        let query = Query::of(request.uri());
         let extensions = request.extensions_mut();
         let (Some(spec), Some(upgrade)) = (extensions.remove::<CommandSpec>(), extensions.remove::<WebSocketUpgrade>())
         else {
@@ -86,6 +108,22 @@ impl ServeSubprocess {
         if self.sessions.is_shutting_down() {
             return reply::plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
         }
+        let permit = extensions.remove::<SessionPermit>();
+        let peer = extensions.get::<PeerAddr>().copied().unwrap_or_default();
+        if let Some(id) = &spec.attach {
+            // An attachment is no session of its own: its place is free.
+            drop(permit);
+            return self.attach(id, &spec, upgrade, query, peer);
+        }
+        let named = spec.session.as_ref().and_then(|session| session.id.as_deref());
+        let reservation = match named.map(|id| self.detached.reserve(id)) {
+            Some(None) => {
+                tracing::info!(status = 409, "a session of this id runs already");
+                return reply::plain(StatusCode::CONFLICT, "session exists");
+            }
+            Some(Some(reservation)) => Some(reservation),
+            None => None,
+        };
         let protocol = upgrade.protocol();
         let identity = match self.containment.identity_for(&spec) {
             Ok(identity) => identity,
@@ -103,7 +141,7 @@ impl ServeSubprocess {
         };
         let options =
             SpawnOptions { env: Some(&self.settings.env), mode: Some(protocol.output_mode()), identity, cgroup };
-        let mut process = match Process::spawn(&spec, options) {
+        let process = match Process::spawn(&spec, options) {
             Ok(process) => process,
             Err(err) => {
                 tracing::warn!(command = %spec.command.display(), cause = %err, status = 500, "process did not start");
@@ -113,44 +151,193 @@ impl ServeSubprocess {
                 );
             }
         };
-        let permit = extensions.remove::<SessionPermit>();
-        let peer = extensions.get::<PeerAddr>().copied().unwrap_or_default();
-        let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
-        let span =
-            tracing::info_span!("session", id, peer = %peer, command = %spec.command.display(), pid = process.id());
+        let number = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("session", id = number, peer = %peer, command = %spec.command.display(), pid = process.id());
+        let recorder = span.in_scope(|| self.recorder(&spec, number));
         let (response, socket) = upgrade.accept(self.settings.websocket_config());
-        let settings = self.settings.clone();
-        let metrics = self.metrics.clone();
-        let shutdown = self.sessions.shutdown_token();
-        self.sessions.spawn(
-            async move {
-                let _permit = permit;
-                let started = Instant::now();
-                let socket = match socket.ready().await {
-                    Ok(socket) => socket,
-                    Err(err) => {
-                        tracing::info!(cause = %err, "client left before the upgrade completed");
-                        process.finish().await;
-                        return;
+        let context = SessionContext {
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.sessions.shutdown_token(),
+        };
+        match (&spec.session, reservation) {
+            (Some(session), reservation) => {
+                let keep = session.keep.unwrap_or(self.settings.max_keep).min(self.settings.max_keep);
+                let history = session
+                    .history
+                    .map_or(self.settings.max_history, |h| usize::try_from(h.as_u64()).unwrap_or(usize::MAX))
+                    .min(self.settings.max_history);
+                let size = spec.size.unwrap_or_default();
+                let id = session.id.clone();
+                let (shared, controls) = Shared::new(id, &process, size, history, recorder, context.metrics.clone());
+                let mut reservation = reservation;
+                if let Some(reservation) = reservation.as_mut() {
+                    reservation.run(shared.clone());
+                }
+                let driver = context.clone();
+                let running = shared.clone();
+                self.sessions.spawn(
+                    async move {
+                        let _place = (permit, reservation);
+                        let started = Instant::now();
+                        tracing::info!(
+                            args = spec.args.len(),
+                            keep_s = keep.as_secs(),
+                            history,
+                            "named session started"
+                        );
+                        let _active = driver.metrics.session_started();
+                        let (ending, ended) = running
+                            .run(process, controls, keep, driver.settings.clone(), driver.shutdown.clone())
+                            .await;
+                        driver.metrics.process_exited(ended.status, ended.oom);
+                        log_end(&ending, ended.status, ended.oom, started, None);
                     }
-                };
-                tracing::info!(args = spec.args.len(), "session started");
-                let _active = metrics.session_started();
-                let (tx, rx) = socket.split();
-                let outcome = bridge(process, protocol, tx, rx, &settings, &metrics, shutdown).await;
-                metrics.process_exited(outcome.status, outcome.oom);
-                tracing::info!(
-                    ending = ?outcome.ending,
-                    oom = outcome.oom,
-                    status = %outcome.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    bytes_in = outcome.bytes_in,
-                    bytes_out = outcome.bytes_out,
-                    "session ended"
+                    .instrument(span.clone()),
                 );
+                // The client that started it gets everything from the start.
+                let joining = Joining { role: Role::Writer, since: Some(0), wants_info: query.session.is_some() };
+                self.sessions.spawn(run_attachment(shared, socket, protocol, joining, context).instrument(span));
             }
-            .instrument(span),
-        );
+            (None, _) => {
+                self.sessions.spawn(run_plain(process, socket, protocol, permit, recorder, context).instrument(span));
+            }
+        }
         response
     }
+
+    /// Joins the running session `id`: 404 when there is none.
+    fn attach(
+        &self,
+        id: &str,
+        spec: &CommandSpec,
+        upgrade: WebSocketUpgrade,
+        query: Query,
+        peer: PeerAddr,
+    ) -> Response<Body> {
+        let Some(shared) = self.detached.get(id) else {
+            tracing::info!(status = 404, "attach to no running session");
+            return reply::plain(StatusCode::NOT_FOUND, "no such session");
+        };
+        let protocol = upgrade.protocol();
+        let joining = Joining { role: spec.role, since: query.since, wants_info: query.session.is_some() };
+        let span = tracing::info_span!("attachment", session = id, peer = %peer, role = ?spec.role);
+        let (response, socket) = upgrade.accept(self.settings.websocket_config());
+        let context = SessionContext {
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.sessions.shutdown_token(),
+        };
+        self.sessions.spawn(run_attachment(shared, socket, protocol, joining, context).instrument(span));
+        response
+    }
+
+    /// A recording of a session of `spec`, when this one is recorded.
+    fn recorder(&self, spec: &CommandSpec, number: u64) -> Option<Arc<Recorder>> {
+        let recording = self.settings.recording.as_ref()?;
+        let asked = spec.session.as_ref().is_some_and(|s| s.record);
+        if !(asked || recording.all) {
+            return None;
+        }
+        let name = spec.session.as_ref().and_then(|s| s.id.clone()).unwrap_or_else(|| number.to_string());
+        let command = std::iter::once(spec.command.display().to_string())
+            .chain(spec.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let term = spec.env.get("TERM").map_or(DEFAULT_TERM, String::as_str);
+        let size = spec.size.unwrap_or_default();
+        match Recorder::create(&recording.dir, &name, size, &command, term, recording.input) {
+            Ok(recorder) => {
+                tracing::info!(file = %recorder.path().display(), "recording");
+                self.metrics.recording_started();
+                Some(Arc::new(recorder))
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, dir = %recording.dir.display(), "cannot start the recording");
+                None
+            }
+        }
+    }
+}
+
+/// The query parameters a session reads: `since=N` (output the client has)
+/// and `session=<id>` (the id it repeats for balancers).
+#[derive(Debug, Default)]
+struct Query {
+    since: Option<u64>,
+    session: Option<String>,
+}
+
+impl Query {
+    fn of(uri: &http::Uri) -> Self {
+        let mut query = Self::default();
+        for (name, value) in url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+            match &*name {
+                "since" => query.since = value.parse().ok(),
+                "session" => query.session = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        query
+    }
+}
+
+/// A plain session: the process bridged to one connection.
+async fn run_plain(
+    mut process: Process,
+    socket: PendingSocket,
+    protocol: Protocol,
+    permit: Option<SessionPermit>,
+    recorder: Option<Arc<Recorder>>,
+    context: SessionContext,
+) {
+    let _permit = permit;
+    let started = Instant::now();
+    let socket = match socket.ready().await {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::info!(cause = %err, "client left before the upgrade completed");
+            process.finish().await;
+            return;
+        }
+    };
+    tracing::info!("session started");
+    let _active = context.metrics.session_started();
+    let (tx, rx) = socket.split();
+    let outcome = bridge(process, protocol, tx, rx, &context, recorder).await;
+    context.metrics.process_exited(outcome.status, outcome.oom);
+    log_end(&outcome.ending, outcome.status, outcome.oom, started, Some((outcome.bytes_in, outcome.bytes_out)));
+}
+
+/// One connection to a named session.
+async fn run_attachment(
+    shared: Arc<Shared>,
+    socket: PendingSocket,
+    protocol: Protocol,
+    joining: Joining,
+    context: SessionContext,
+) {
+    let socket = match socket.ready().await {
+        Ok(socket) => socket,
+        Err(err) => return tracing::info!(cause = %err, "client left before the upgrade completed"),
+    };
+    let role = joining.role;
+    tracing::info!(role = ?role, since = ?joining.since, "attached");
+    let (tx, rx) = socket.split();
+    let ending = attach(shared, tx, rx, protocol, joining, &context).await;
+    tracing::info!(ending = ?ending, "detached");
+}
+
+/// The one line a session logs when it ends.
+fn log_end(ending: &Ending, status: Option<ExitStatus>, oom: bool, started: Instant, bytes: Option<(u64, u64)>) {
+    let (bytes_in, bytes_out) = bytes.unwrap_or_default();
+    tracing::info!(
+        ending = ?ending,
+        oom,
+        status = %status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
+        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_in,
+        bytes_out,
+        "session ended"
+    );
 }

@@ -33,6 +33,32 @@ pub struct SessionSettings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_session_duration: Option<Duration>,
     pub(crate) env: EnvPolicy,
+    pub(crate) max_keep: Duration,
+    pub(crate) max_history: usize,
+    pub(crate) recording: Option<Recording>,
+}
+
+/// What a session needs from the service that started it, beside its
+/// process and socket.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    /// How sessions run.
+    pub settings: std::sync::Arc<SessionSettings>,
+    /// Where it counts.
+    pub metrics: crate::metrics::Metrics,
+    /// Cancelled when the server shuts down: end gracefully.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Where and what sessions are recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// The directory `.cast` files are written to.
+    pub dir: std::path::PathBuf,
+    /// Record every session, not only those whose spec asks.
+    pub all: bool,
+    /// Record input too.
+    pub input: bool,
 }
 
 impl SessionSettings {
@@ -55,6 +81,10 @@ impl SessionSettings {
     pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
     /// Default `pong_timeout`.
     pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default `max_keep`.
+    pub const DEFAULT_MAX_KEEP: Duration = Duration::from_secs(3600);
+    /// Default `max_history`: 1 MiB.
+    pub const DEFAULT_MAX_HISTORY: usize = 1024 * 1024;
     /// Longest timer accepted: longer ones are surely mistakes, and would
     /// overflow clock arithmetic further down.
     pub const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
@@ -71,6 +101,9 @@ impl SessionSettings {
             idle_timeout: None,
             max_session_duration: None,
             env: EnvPolicy::default(),
+            max_keep: Self::DEFAULT_MAX_KEEP,
+            max_history: Self::DEFAULT_MAX_HISTORY,
+            recording: None,
         })
     }
 
@@ -160,6 +193,20 @@ impl SessionSettingsBuilder {
         self
     }
 
+    /// Named sessions: how long a process may outlive its last writer at
+    /// most, and how much output it may keep for replay at most.
+    pub fn detachable(mut self, max_keep: Duration, max_history: usize) -> Self {
+        self.0.max_keep = max_keep;
+        self.0.max_history = max_history;
+        self
+    }
+
+    /// Records sessions so.
+    pub fn recording(mut self, recording: Option<Recording>) -> Self {
+        self.0.recording = recording;
+        self
+    }
+
     /// The settings, or every problem with them.
     pub fn build(self) -> Result<SessionSettings, InvalidSettings> {
         let s = &self.0;
@@ -181,6 +228,12 @@ impl SessionSettingsBuilder {
         }
         if s.pong_timeout <= s.ping_interval {
             problems.push(("pong_timeout", "must be longer than ping_interval"));
+        }
+        if s.max_history == 0 {
+            problems.push(("max_history", "must be more than zero"));
+        }
+        if s.recording.as_ref().is_some_and(|r| !r.dir.is_dir()) {
+            problems.push(("record_dir", "is not a directory"));
         }
         let timers = [
             ("kill_grace", Some(s.kill_grace)),

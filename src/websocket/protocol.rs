@@ -28,6 +28,9 @@ pub mod channel {
     pub const STATUS: u8 = 3;
     /// Terminal resize, `{"Width":W,"Height":H}`.
     pub const RESIZE: u8 = 4;
+    /// This server's own: where a connection's output starts in a named
+    /// session (JSON), for a client that named it (`?session=`).
+    pub const SESSION: u8 = 5;
     /// v5: `[CLOSE, c]` closes channel `c`.
     pub const CLOSE: u8 = 255;
 }
@@ -131,6 +134,16 @@ impl Protocol {
                 },
                 data,
             ),
+        }
+    }
+
+    /// The message telling a client where its output starts in a named
+    /// session (`info` is JSON): a text message in the raw protocol (whose
+    /// output is always binary), channel 5 in the channel protocol.
+    pub fn session_info(self, info: &[u8]) -> Message {
+        match self {
+            Self::Raw => Message::Text(String::from_utf8_lossy(info).into_owned().into()),
+            _ => self.on_channel(channel::SESSION, info),
         }
     }
 

@@ -1,0 +1,189 @@
+//! [`attach`]: one connection to a shared session, as writer or observer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::FusedFuture;
+use futures_util::{FutureExt, Sink, Stream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::history::Read;
+use super::shared::{Control, Ended, Shared};
+use crate::session::SessionContext;
+use crate::session::socket::{
+    CLOSE_HANDSHAKE_TIMEOUT, Ending, OUTGOING_QUEUE, Progress, farewell, next_input, write_loop,
+};
+use crate::spec::Role;
+use crate::websocket::{Input, OutputStream, Protocol};
+
+/// How a connection joins a shared session.
+#[derive(Debug, Clone)]
+pub(crate) struct Joining {
+    /// What it may do.
+    pub(crate) role: Role,
+    /// Session output it already has (`since=N`).
+    pub(crate) since: Option<u64>,
+    /// Whether it named the session (`?session=`), and so wants to be told
+    /// where its output starts.
+    pub(crate) wants_info: bool,
+}
+
+/// Runs one connection to `shared` until the session ends (the client gets
+/// the rest of its output and the exit status), the client leaves or falls
+/// behind the history (Close 1008 `too slow`), or the server shuts down. A
+/// slow connection slows nobody else: the process writes into the history,
+/// and each connection reads it at its own pace.
+pub(crate) async fn attach<Tx, Rx>(
+    shared: Arc<Shared>,
+    tx: Tx,
+    rx: Rx,
+    protocol: Protocol,
+    joining: Joining,
+    context: &SessionContext,
+) -> Ending
+where
+    Tx: Sink<Message, Error = WsError> + Unpin + Send + 'static,
+    Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send,
+{
+    let (settings, metrics, shutdown) = (&*context.settings, &context.metrics, &context.shutdown);
+    let writer_guard = (joining.role == Role::Writer).then(|| shared.writer());
+    metrics.attached(joining.role);
+    let progress = Progress::default();
+    let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+    let (finish, finished) = oneshot::channel();
+    let mut writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
+        tx,
+        out_rx,
+        finished,
+        (settings.ping_interval, settings.pong_timeout),
+        progress.clone(),
+    )));
+    let start = shared.start_point(joining.since);
+    let mut intro = Vec::new();
+    if joining.wants_info {
+        let info = serde_json::json!({
+            "session": shared.id,
+            "offset": start.offset,
+            "repaint": start.repaint.as_ref().map_or(0, Vec::len),
+            "role": joining.role,
+        });
+        intro.push(protocol.session_info(info.to_string().as_bytes()));
+    }
+    if let Some(repaint) = &start.repaint {
+        intro.push(protocol.output(OutputStream::Stdout, repaint));
+    }
+    let follow = follow(shared.clone(), start.offset, intro, out_tx.clone(), protocol).fuse();
+    tokio::pin!(follow);
+    let is_writer = writer_guard.is_some();
+    let mut input = Box::pin(
+        async move {
+            let mut rx = rx;
+            loop {
+                match next_input(&mut rx, protocol, settings.pong_timeout, &progress).await {
+                    Err(ending) => return ending,
+                    Ok(_) if !is_writer => {}
+                    Ok(Input::Stdin(data)) => shared.control(Control::Stdin(data)).await,
+                    Ok(Input::EndStdin) => shared.control(Control::EndStdin).await,
+                    Ok(Input::Resize(size)) => shared.control(Control::Resize(size)).await,
+                    Ok(Input::Close | Input::Ignored(_)) => {}
+                }
+            }
+        }
+        .fuse(),
+    );
+    let (ending, goodbye) = tokio::select! {
+        followed = &mut follow => match followed {
+            Followed::Ended(Ended { status: Some(status), oom }) => (Ending::Exited(status), protocol.exit(status, oom)),
+            Followed::Ended(Ended { status: None, .. }) => {
+                let ending = Ending::Internal("the process's status is unknown".into());
+                let goodbye = farewell(&ending);
+                (ending, goodbye)
+            }
+            Followed::TooSlow => (Ending::TooSlow, farewell(&Ending::TooSlow)),
+            Followed::Gone => (Ending::ClientGone("sending failed".into()), Vec::new()),
+        },
+        ending = &mut input => {
+            let goodbye = farewell(&ending);
+            (ending, goodbye)
+        }
+        _ = &mut writer => (Ending::ClientGone("sending failed".into()), Vec::new()),
+        _ = shutdown.cancelled() => (Ending::Shutdown, farewell(&Ending::Shutdown)),
+    };
+    drop(writer_guard);
+    if matches!(ending, Ending::ClientGone(_)) || writer.is_finished() {
+        return ending;
+    }
+    // After an exit the Close goes through the queue, behind the rest of
+    // the output; otherwise it jumps the queue and the close handshake is
+    // bounded. Reading goes on meanwhile, so a client that leaves is noticed.
+    let exited = matches!(ending, Ending::Exited(_));
+    let flush = async {
+        if exited {
+            for message in goodbye {
+                let _ = out_tx.send(message).await;
+            }
+        } else {
+            let _ = finish.send(goodbye.into_iter().next());
+        }
+        let _ = (&mut writer).await;
+    };
+    let bound = if exited { Duration::MAX } else { CLOSE_HANDSHAKE_TIMEOUT };
+    tokio::select! {
+        _ = timeout(bound, flush) => {}
+        _ = &mut input, if !input.is_terminated() => return ending,
+    }
+    if !input.is_terminated() {
+        let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut input).await;
+    }
+    ending
+}
+
+/// How following the history ended.
+enum Followed {
+    /// The session ended, and all its output was queued.
+    Ended(Ended),
+    /// The connection fell further behind than the history reaches.
+    TooSlow,
+    /// The connection's writer is gone.
+    Gone,
+}
+
+/// Queues `intro`, then the session's output from `offset` on, as it comes.
+async fn follow(
+    shared: Arc<Shared>,
+    mut offset: u64,
+    intro: Vec<Message>,
+    queue: mpsc::Sender<Message>,
+    protocol: Protocol,
+) -> Followed {
+    let mut changed = shared.subscribe();
+    for message in intro {
+        if queue.send(message).await.is_err() {
+            return Followed::Gone;
+        }
+    }
+    loop {
+        changed.mark_unchanged();
+        let (read, ended) = shared.read(offset);
+        match read {
+            Read::Chunk(stream, data) => {
+                offset += data.len() as u64;
+                if queue.send(protocol.output(stream, &data)).await.is_err() {
+                    return Followed::Gone;
+                }
+            }
+            Read::Dropped { .. } => return Followed::TooSlow,
+            Read::AtEnd => match ended {
+                Some(ended) => return Followed::Ended(ended),
+                None => {
+                    if changed.changed().await.is_err() {
+                        return Followed::Gone;
+                    }
+                }
+            },
+        }
+    }
+}

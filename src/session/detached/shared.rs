@@ -1,0 +1,354 @@
+//! [`Shared`]: a session that stands on its own: its process, its output
+//! history, its screen, its lifecycle; connections come and go.
+
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::history::{History, Read};
+use super::record::Recorder;
+use crate::metrics::{Direction, Metrics};
+use crate::session::SessionSettings;
+use crate::session::bridge::{MAX_OUTPUT_CHUNK, stop};
+use crate::session::process::{Process, ProcessInput, ProcessOutput};
+use crate::session::socket::{Ending, sleep_until_some};
+use crate::spec::TerminalSize;
+use crate::websocket::OutputStream;
+
+/// How a shared session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ended {
+    /// The process's exit status, once reaped.
+    pub(crate) status: Option<ExitStatus>,
+    /// Whether the out-of-memory killer ended it.
+    pub(crate) oom: bool,
+}
+
+/// What a writer asks of the process.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Bytes for its input.
+    Stdin(Bytes),
+    /// No more input.
+    EndStdin,
+    /// A new terminal size.
+    Resize(TerminalSize),
+}
+
+/// Lines of scrollback the terminal model keeps (the screen is what a
+/// repaint shows; scrollback is not replayed).
+const SCROLLBACK: usize = 0;
+/// Controls queued from writers to the process.
+const CONTROL_QUEUE: usize = 64;
+
+/// A detachable session, shared by its attachments.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) id: Option<String>,
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+    controls: mpsc::Sender<Control>,
+    writers: watch::Sender<usize>,
+    recorder: Option<Arc<Recorder>>,
+    metrics: Metrics,
+}
+
+struct State {
+    history: History,
+    screen: Option<vt100::Parser>,
+    ended: Option<Ended>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("history", &self.history).field("ended", &self.ended).finish_non_exhaustive()
+    }
+}
+
+/// Where an attachment starts.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct StartPoint {
+    /// The offset of the first session byte it gets.
+    pub(crate) offset: u64,
+    /// Bytes that redraw the current screen, sent first (no offset of
+    /// their own).
+    pub(crate) repaint: Option<Vec<u8>>,
+}
+
+impl Shared {
+    /// A session of `process` (not yet running: see [`Shared::run`]),
+    /// keeping `history` bytes of output.
+    pub(crate) fn new(
+        id: Option<String>,
+        process: &Process,
+        size: TerminalSize,
+        history: usize,
+        recorder: Option<Arc<Recorder>>,
+        metrics: Metrics,
+    ) -> (Arc<Self>, mpsc::Receiver<Control>) {
+        let screen = process.is_tty().then(|| vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK));
+        let (controls, received) = mpsc::channel(CONTROL_QUEUE);
+        let shared = Self {
+            id,
+            state: Mutex::new(State { history: History::new(history), screen, ended: None }),
+            changed: watch::Sender::new(0),
+            controls,
+            writers: watch::Sender::new(0),
+            recorder,
+            metrics,
+        };
+        (Arc::new(shared), received)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New output: kept, drawn, recorded, announced.
+    fn push(&self, stream: OutputStream, data: Bytes) {
+        let dropped = {
+            let mut state = self.lock();
+            if let Some(screen) = state.screen.as_mut() {
+                screen.process(&data);
+            }
+            if let Some(recorder) = &self.recorder {
+                recorder.output(&data);
+            }
+            state.history.push(stream, data)
+        };
+        if dropped > 0 {
+            self.metrics.history_dropped(dropped);
+        }
+        self.changed.send_modify(|version| *version += 1);
+    }
+
+    /// Where an attachment starts: at `since` when given (or the oldest
+    /// kept byte, if `since` is older); without it, on a terminal, a
+    /// repaint of the current screen and then what comes next; on pipes,
+    /// the whole history.
+    pub(crate) fn start_point(&self, since: Option<u64>) -> StartPoint {
+        let state = self.lock();
+        match (since, &state.screen) {
+            (Some(since), _) => StartPoint { offset: since.max(state.history.start()), repaint: None },
+            (None, Some(screen)) => StartPoint { offset: state.history.end(), repaint: Some(repaint(screen.screen())) },
+            (None, None) => StartPoint { offset: state.history.start(), repaint: None },
+        }
+    }
+
+    /// The output at `offset`, and how the session ended if it did.
+    pub(crate) fn read(&self, offset: u64) -> (Read, Option<Ended>) {
+        let state = self.lock();
+        (state.history.read(offset), state.ended)
+    }
+
+    /// Output and endings are announced here.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// How the session ended, if it did.
+    pub(crate) fn ended(&self) -> Option<Ended> {
+        self.lock().ended
+    }
+
+    /// Counts a writer as attached until the guard is dropped; while none
+    /// is, the `keep` clock runs.
+    pub(crate) fn writer(self: &Arc<Self>) -> WriterGuard {
+        self.writers.send_modify(|n| *n += 1);
+        WriterGuard(self.clone())
+    }
+
+    /// Hands a writer's input to the process (waiting while the process
+    /// does not read it).
+    pub(crate) async fn control(&self, control: Control) {
+        if let (Control::Stdin(data), Some(recorder)) = (&control, &self.recorder) {
+            recorder.input(data);
+        }
+        let _ = self.controls.send(control).await;
+    }
+
+    /// Runs the session until its process has exited and its output is in
+    /// the history (or until `keep` passed with no writer attached, the
+    /// server shuts down, or a limit is reached: then the process is stopped
+    /// as if its client had left). Returns how it ended.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        mut process: Process,
+        controls: mpsc::Receiver<Control>,
+        keep: Duration,
+        settings: Arc<SessionSettings>,
+        shutdown: CancellationToken,
+    ) -> (Ending, Ended) {
+        let group = process.group();
+        let input_meter = self.metrics.bytes(Direction::r#in);
+        let input =
+            AbortOnDropHandle::new(tokio::spawn(feed(process.stdin.take(), controls, self.clone(), input_meter)));
+        let output_meter = self.metrics.bytes(Direction::out);
+        let readers: Vec<_> = process
+            .outputs
+            .drain(..)
+            .map(|output| AbortOnDropHandle::new(tokio::spawn(read(output, self.clone(), output_meter.clone()))))
+            .collect();
+        let mut writers = self.writers.subscribe();
+        let no_writer = |writers: &watch::Receiver<usize>| (*writers.borrow() == 0).then(|| Instant::now() + keep);
+        let mut keep_until = no_writer(&writers);
+        self.metrics.detached(keep_until.is_some());
+        let time_limit = settings.max_session_duration.map(|limit| Instant::now() + limit);
+        let mut status = None;
+        let ending = loop {
+            tokio::select! {
+                result = process.exited() => {
+                    status = result.ok();
+                    break None;
+                }
+                Ok(()) = writers.changed() => {
+                    let was = keep_until.is_some();
+                    keep_until = no_writer(&writers);
+                    if was != keep_until.is_some() {
+                        self.metrics.detached(keep_until.is_some());
+                    }
+                }
+                _ = sleep_until_some(keep_until) => break Some(Ending::ClientGone("keep passed with no writer".into())),
+                _ = shutdown.cancelled() => break Some(Ending::Shutdown),
+                _ = sleep_until_some(time_limit) => break Some(Ending::TimeLimit),
+            }
+        };
+        if keep_until.is_some() {
+            self.metrics.detached(false);
+        }
+        if ending.is_some() {
+            status = stop(&mut process, &group, &settings).await;
+        }
+        // Output written before the exit is still read; leftovers holding
+        // the pipe open get `kill_grace`, then SIGKILL.
+        let outputs = futures_util::future::join_all(readers);
+        tokio::pin!(outputs);
+        let drained = match timeout(settings.kill_grace, &mut outputs).await {
+            Ok(outputs) => Some(outputs),
+            Err(_) => {
+                group.kill();
+                timeout(settings.kill_grace, &mut outputs).await.ok()
+            }
+        };
+        drop(input);
+        let oom = status.is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9))
+            && process.oom_killed();
+        let ended = Ended { status, oom };
+        if let Some(recorder) = &self.recorder {
+            recorder.marker(&match status {
+                Some(status) => crate::websocket::protocol::exit_close_frame(status, oom).reason.to_string(),
+                None => "ended".into(),
+            });
+        }
+        self.lock().ended = Some(ended);
+        self.changed.send_modify(|version| *version += 1);
+        process.finish().await;
+        drop(drained);
+        let ending = match (ending, status) {
+            (Some(ending), _) => ending,
+            (None, Some(status)) => Ending::Exited(status),
+            (None, None) => Ending::Internal("waiting for the process failed".into()),
+        };
+        (ending, ended)
+    }
+}
+
+/// Removes a writer when dropped.
+#[derive(Debug)]
+pub(crate) struct WriterGuard(Arc<Shared>);
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.0.writers.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Reads an output into the session until its end, never waiting for a
+/// client; returns it, still open (a terminal's master side must outlive
+/// its process).
+async fn read(
+    mut output: ProcessOutput,
+    shared: Arc<Shared>,
+    meter: prometheus_client::metrics::counter::Counter,
+) -> ProcessOutput {
+    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
+    loop {
+        match output.read(&mut buf).await {
+            Ok(0) => return output,
+            Ok(n) => {
+                meter.inc_by(n as u64);
+                shared.push(output.stream, Bytes::copy_from_slice(&buf[..n]));
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                tracing::debug!(cause = %err, "output failed");
+                return output;
+            }
+        }
+    }
+}
+
+/// Carries writers' input, input ends and resizes to the process.
+async fn feed(
+    mut stdin: Option<ProcessInput>,
+    mut controls: mpsc::Receiver<Control>,
+    shared: Arc<Shared>,
+    meter: prometheus_client::metrics::counter::Counter,
+) {
+    let mut open = true;
+    while let Some(control) = controls.recv().await {
+        match control {
+            Control::Stdin(data) => {
+                if let Some(input) = stdin.as_mut().filter(|_| open) {
+                    if input.write_all(&data).await.is_err() {
+                        stdin = None;
+                    } else {
+                        meter.inc_by(data.len() as u64);
+                    }
+                }
+            }
+            Control::EndStdin => {
+                if let Some(input) = stdin.as_mut().filter(|_| open) {
+                    open = false;
+                    if input.end().await {
+                        stdin = None;
+                    }
+                }
+            }
+            Control::Resize(size) => {
+                // The writer that acts last wins.
+                if stdin.as_ref().is_some_and(|input| input.resize(size)) {
+                    if let Some(screen) = shared.lock().screen.as_mut() {
+                        screen.set_size(nonzero(size.rows), nonzero(size.cols));
+                    }
+                    if let Some(recorder) = &shared.recorder {
+                        recorder.resize(size);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Escape sequences that redraw `screen` on a terminal that may show
+/// anything: the right screen buffer, cleared, the contents, the cursor and
+/// the input modes.
+fn repaint(screen: &vt100::Screen) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    // Switch to the screen buffer the program uses (full-screen programs use
+    // the alternate one), then draw it.
+    bytes.extend_from_slice(if screen.alternate_screen() { b"\x1b[?1049h" } else { b"\x1b[?1049l" });
+    bytes.extend_from_slice(b"\x1b[H\x1b[2J");
+    bytes.extend_from_slice(screen.state_formatted().as_bytes());
+    bytes
+}
+
+fn nonzero(n: u16) -> std::num::NonZeroU16 {
+    std::num::NonZeroU16::new(n).unwrap_or(std::num::NonZeroU16::MIN)
+}

@@ -1,0 +1,537 @@
+//! Sessions that outlive their connection (SPEC §9): resume with `since`,
+//! repaint a terminal's screen, observers, `keep`, recording, balancing.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// A controller answering each token with its own spec.
+async fn controller(specs: &[(&str, Value)]) -> Controller {
+    let specs: HashMap<String, String> = specs.iter().map(|(t, s)| (t.to_string(), s.to_string())).collect();
+    Controller::start(move |seen| {
+        let answer = specs.get(&seen.token().unwrap_or_default()).cloned();
+        async move {
+            match answer {
+                Some(spec) => json(StatusCode::OK, spec),
+                None => json(StatusCode::FORBIDDEN, "{}"),
+            }
+        }
+    })
+    .await
+}
+
+/// One client of a session, in the raw protocol or v5.
+struct Client {
+    ws: Ws,
+    v5: bool,
+    output: Vec<u8>,
+    info: Option<Value>,
+    status: Option<Value>,
+    close: Option<CloseFrame>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, token: &str, query: &str, v5: bool) -> Result<Self, WsError> {
+        let mut request = format!("ws://{addr}/ws?token={token}{query}").into_client_request().unwrap();
+        if v5 {
+            request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { ws, v5, output: Vec::new(), info: None, status: None, close: None })
+    }
+
+    /// Handles one message; `false` once the session is over.
+    fn take(&mut self, message: Message) -> bool {
+        match (self.v5, message) {
+            (false, Message::Binary(data)) => self.output.extend_from_slice(&data),
+            (false, Message::Text(text)) => self.info = Some(serde_json::from_str(&text).unwrap()),
+            (true, Message::Binary(data)) if !data.is_empty() => match data[0] {
+                1 | 2 => self.output.extend_from_slice(&data[1..]),
+                3 => self.status = Some(serde_json::from_slice(&data[1..]).unwrap()),
+                5 => self.info = Some(serde_json::from_slice(&data[1..]).unwrap()),
+                other => panic!("unexpected channel {other}"),
+            },
+            (_, Message::Close(frame)) => {
+                self.close = frame;
+                return false;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Reads until `needle` is in the output.
+    async fn read_until(&mut self, needle: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while !contains(&self.output, needle.as_bytes()) {
+                match self.ws.next().await {
+                    Some(Ok(message)) => {
+                        if !self.take(message) {
+                            return false;
+                        }
+                    }
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await;
+        assert!(matches!(found, Ok(true)), "never saw {needle:?} in {:?}", String::from_utf8_lossy(&self.output));
+    }
+
+    /// Reads until nothing came for `quiet`.
+    async fn read_quiet(&mut self, quiet: Duration) {
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(quiet, self.ws.next()).await {
+            if !self.take(message) {
+                return;
+            }
+        }
+    }
+
+    /// Reads for `time`.
+    async fn read_for(&mut self, time: Duration) {
+        let _ = tokio::time::timeout(time, async {
+            while let Some(Ok(message)) = self.ws.next().await {
+                if !self.take(message) {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Reads to the end of the session.
+    async fn read_to_end(&mut self) {
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(Ok(message)) = self.ws.next().await {
+                if !self.take(message) {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the session did not end");
+    }
+
+    async fn type_in(&mut self, text: &str) {
+        let message = if self.v5 {
+            let mut data = vec![0u8];
+            data.extend_from_slice(text.as_bytes());
+            Message::Binary(data.into())
+        } else {
+            Message::Text(text.into())
+        };
+        self.ws.send(message).await.unwrap();
+    }
+
+    fn close_code(&self) -> u16 {
+        self.close.as_ref().map_or(0, |c| u16::from(c.code))
+    }
+}
+
+/// Tries attaching with `token` until the answer is 404 (the session is
+/// gone), for at most 5 seconds.
+async fn until_no_such_session(server: &TestServer, token: &str) {
+    let gone = async {
+        loop {
+            match tokio_tungstenite::connect_async(server.ws_url(token)).await {
+                Err(WsError::Http(response)) if response.status() == StatusCode::NOT_FOUND => return,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone).await.expect("the session outlived keep");
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The numbers of the `line N` lines in `output`, in order.
+fn line_numbers(output: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(output)
+        .split(['\n', '\r'])
+        .filter_map(|line| line.trim().strip_prefix("line ")?.parse().ok())
+        .collect()
+}
+
+/// A script printing `line N` every 20 ms, and answering each input line
+/// with `got <line>`.
+const COUNTER: &str = "(i=0; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.02; done) & \
+                       while read l; do echo \"got $l\"; done";
+
+async fn resume(v5: bool, tty: bool) {
+    let spec = json!({"command": "/bin/sh", "args": ["-c", COUNTER], "tty": tty,
+                      "session": {"id": "resume-me", "keep": "30s"}});
+    let controller = controller(&[("start", spec), ("again", json!({"attach": "resume-me"}))]).await;
+    let server = TestServer::for_controller(&controller).await;
+    let mut first = Client::connect(server.addr, "start", "&session=resume-me", v5).await.unwrap();
+    first.read_until("line 5").await;
+    assert_eq!(first.info.as_ref().unwrap()["offset"], 0, "{:?}", first.info);
+    let had = first.output.len();
+    // Dropped without a Close: the link is gone.
+    drop(first.ws);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut again =
+        Client::connect(server.addr, "again", &format!("&session=resume-me&since={had}"), v5).await.unwrap();
+    again.read_until("line 40").await;
+    assert_eq!(again.info.as_ref().unwrap()["offset"], had as u64);
+    let mut all = first.output.clone();
+    all.extend_from_slice(&again.output);
+    let numbers = line_numbers(&all);
+    let expected: Vec<u64> = (1..=*numbers.last().unwrap()).collect();
+    assert_eq!(numbers, expected, "lines missing or repeated across the reattach");
+    // Typing works again.
+    again.type_in("hello\n").await;
+    again.read_until("got hello").await;
+}
+
+#[tokio::test]
+async fn a_dropped_pipe_session_resumes_with_exactly_the_missing_bytes() {
+    resume(false, false).await;
+}
+
+#[tokio::test]
+async fn a_dropped_terminal_session_resumes_over_the_channel_protocol() {
+    resume(true, true).await;
+}
+
+#[tokio::test]
+async fn resuming_after_the_history_wrapped_starts_at_the_oldest_kept_byte() {
+    let spec = json!({"command": "/bin/sh", "args": ["-c", COUNTER],
+                      "session": {"id": "wraps", "history": "1KiB"}});
+    let controller = controller(&[("start", spec), ("again", json!({"attach": "wraps"}))]).await;
+    let server = TestServer::for_controller(&controller).await;
+    let mut first = Client::connect(server.addr, "start", "&session=wraps", false).await.unwrap();
+    first.read_until("line 3").await;
+    let had = first.output.len();
+    drop(first.ws);
+    // About 9 bytes a line, 50 lines a second: the history wraps in 2 s.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let mut again = Client::connect(server.addr, "again", &format!("&session=wraps&since={had}"), false).await.unwrap();
+    again.read_for(Duration::from_millis(300)).await;
+    let start = again.info.as_ref().unwrap()["offset"].as_u64().unwrap();
+    assert!(start > had as u64, "offset {start}, had {had}");
+    // The oldest kept byte may be in the middle of a line; whole lines
+    // after it follow on.
+    let numbers = line_numbers(&again.output);
+    assert!(numbers.len() > 50 && numbers[0] > 10, "{numbers:?}");
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    assert!(again.output.len() >= 1000);
+}
+
+#[tokio::test]
+async fn keep_ends_the_process_with_no_writer_and_frees_the_id() {
+    let dir = scratch();
+    let pidfile = path_in(&dir, "pid");
+    let script = format!("setsid sleep 1000 & echo $! > {}; echo ready; exec cat", pidfile.display());
+    let spec = json!({"command": "/bin/sh", "args": ["-c", script], "session": {"id": "kept", "keep": "700ms"}});
+    let peek = json!({"attach": "kept", "role": "observer"});
+    let controller = controller(&[("start", spec), ("again", json!({"attach": "kept"})), ("peek", peek)]).await;
+    let server = TestServer::for_controller(&controller).await;
+    let mut first = Client::connect(server.addr, "start", "", false).await.unwrap();
+    first.read_until("ready").await;
+    let daemon = read_pid(&pidfile).await;
+    drop(first.ws);
+    // Still there within keep...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = Client::connect(server.addr, "again", "", false).await.unwrap();
+    drop(again.ws);
+    // ...and gone after it, the whole session with it (with cgroups, the
+    // setsid daemon too). (Watching as an observer: writers keep it.)
+    until_no_such_session(&server, "peek").await;
+    if server.cgroups.is_some() {
+        assert!(eventually(Duration::from_secs(2), || is_dead(daemon)).await, "the daemon outlived the session");
+    }
+}
+
+#[tokio::test]
+async fn ids_are_unique_attach_needs_a_running_session_and_session_must_match() {
+    let spec = json!({"command": "/bin/cat", "session": {"id": "only"}});
+    let controller = controller(&[
+        ("start", spec),
+        ("again", json!({"attach": "only"})),
+        ("nobody", json!({"attach": "nobody-here"})),
+    ])
+    .await;
+    let server = TestServer::for_controller(&controller).await;
+    let _running = Client::connect(server.addr, "start", "", false).await.unwrap();
+    assert_eq!(refusal(server.ws_url("start")).await, (StatusCode::CONFLICT, "session exists\n".into()));
+    assert_eq!(refusal(server.ws_url("nobody")).await, (StatusCode::NOT_FOUND, "no such session\n".into()));
+    let mismatch = format!("{}&session=other", server.ws_url("again"));
+    assert_eq!(refusal(mismatch).await, (StatusCode::BAD_REQUEST, "session does not match\n".into()));
+    assert!(Client::connect(server.addr, "again", "&session=only", false).await.is_ok());
+}
+
+#[tokio::test]
+async fn keep_and_history_are_capped_by_the_server() {
+    let script = "head -c 4000 /dev/zero | tr '\\0' x; echo; echo line 2; exec cat";
+    let spec = json!({"command": "/bin/sh", "args": ["-c", script],
+                      "session": {"id": "greedy", "keep": "10h", "history": "10MiB"}});
+    let peek = json!({"attach": "greedy", "role": "observer"});
+    let controller = controller(&[("start", spec), ("again", json!({"attach": "greedy"})), ("peek", peek)]).await;
+    let mut config = config_for(&controller);
+    config.max_keep = Duration::from_millis(800);
+    config.max_history = bytesize::ByteSize::b(512);
+    let server = TestServer::start(config).await;
+    // The first client leaves at once (the burst is more than the capped
+    // history, so it would be too slow anyway).
+    let first = Client::connect(server.addr, "start", "", false).await.unwrap();
+    drop(first.ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Client::connect(server.addr, "peek", "&session=greedy&since=0", false).await.unwrap();
+    again.read_for(Duration::from_millis(100)).await;
+    assert!(again.info.as_ref().unwrap()["offset"].as_u64().unwrap() > 0, "history was not capped");
+    assert_eq!(again.output.len(), 512, "{:?}", again.info);
+    drop(again.ws);
+    until_no_such_session(&server, "peek").await;
+}
+
+#[tokio::test]
+async fn a_reattached_terminal_shows_the_same_screen_after_the_history_wrapped() {
+    let dir = scratch();
+    let file = path_in(&dir, "notes.txt");
+    std::fs::write(&file, (1..=60).map(|i| format!("note {i}\n")).collect::<String>()).unwrap();
+    let spec = json!({"command": "/usr/bin/nano", "args": [file], "tty": true,
+                      "size": {"cols": 80, "rows": 24}, "session": {"id": "screen", "history": "4KiB"}});
+    let controller = controller(&[("start", spec), ("again", json!({"attach": "screen"}))]).await;
+    let server = TestServer::for_controller(&controller).await;
+    let mut first = Client::connect(server.addr, "start", "", false).await.unwrap();
+    first.read_until("note 1").await;
+    // Page down and up a few times (the history wraps), and type, so the
+    // screen is not the first one drawn.
+    for key in ["\x16", "\x16", "\x19", "\x16", "\x16"] {
+        first.type_in(key).await;
+        first.read_quiet(Duration::from_millis(300)).await;
+    }
+    // Enough typing for the history (4 KiB) to wrap.
+    for i in 0..80 {
+        first.type_in(&format!("typed line {i}\r")).await;
+        first.read_quiet(Duration::from_millis(15)).await;
+    }
+    first.type_in("typed here").await;
+    first.read_until("typed here").await;
+    first.read_quiet(Duration::from_millis(400)).await;
+    let mut before = vt100::Parser::new(24.try_into().unwrap(), 80.try_into().unwrap(), 0);
+    before.process(&first.output);
+    assert!(first.output.len() > 4096, "the history did not wrap");
+    drop(first.ws);
+    let mut again = Client::connect(server.addr, "again", "&session=screen", false).await.unwrap();
+    again.read_quiet(Duration::from_millis(500)).await;
+    assert!(again.info.as_ref().unwrap()["repaint"].as_u64().unwrap() > 0);
+    let mut after = vt100::Parser::new(24.try_into().unwrap(), 80.try_into().unwrap(), 0);
+    after.process(&again.output);
+    assert_eq!(after.screen().contents(), before.screen().contents());
+    assert_eq!(after.screen().cursor_position(), before.screen().cursor_position());
+    assert!(after.screen().contents().contains("typed here"));
+}
+
+#[tokio::test]
+async fn observers_see_everything_change_nothing_and_a_stalled_one_is_closed_alone() {
+    // 20 MB in 16 KiB writes, then an echo of the input, then exit 0.
+    let script = "read first; echo \"got $first\"; read go; \
+                  for i in $(seq 1 1280); do head -c 16384 /dev/zero; done; echo done";
+    let spec = json!({"command": "/bin/sh", "args": ["-c", script], "session": {"id": "watched", "history": "1MiB"}});
+    let controller = controller(&[("start", spec), ("watch", json!({"attach": "watched", "role": "observer"}))]).await;
+    let server = TestServer::for_controller(&controller).await;
+    let mut writer = Client::connect(server.addr, "start", "", false).await.unwrap();
+    let mut observer = Client::connect(server.addr, "watch", "", false).await.unwrap();
+    // A stalled observer with small socket buffers: it never reads until
+    // the end.
+    let stalled = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(server.addr).await.unwrap();
+        let url = server.ws_url("watch");
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap().0
+    };
+    // The observer's input changes nothing.
+    observer.type_in("from the observer\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writer.type_in("from the writer\n").await;
+    writer.read_until("got from the writer").await;
+    observer.read_until("got from the writer").await;
+    assert!(!contains(&writer.output, b"observer"));
+    writer.type_in("go\n").await;
+    tokio::join!(writer.read_to_end(), observer.read_to_end());
+    assert!(writer.output.ends_with(b"done\n"));
+    assert!(observer.output.ends_with(b"done\n"));
+    assert_eq!((writer.close_code(), observer.close_code()), (1000, 1000), "exit reaches every client");
+    let mut stalled = Client { ws: stalled, v5: false, output: Vec::new(), info: None, status: None, close: None };
+    stalled.read_to_end().await;
+    let close = stalled.close.clone().unwrap();
+    assert_eq!((u16::from(close.code), close.reason.as_str()), (1008, "too slow"));
+}
+
+#[tokio::test]
+async fn a_recording_is_asciicast_v2_that_replays_the_output() {
+    let dir = scratch();
+    let records = dir.path().join("records");
+    std::fs::create_dir(&records).unwrap();
+    let script = "echo hello; read l; printf 'caf\\303\\251 %s\\n' \"$l\"; exit 3";
+    let spec = json!({"command": "/bin/sh", "args": ["-c", script], "tty": true,
+                      "session": {"id": "taped", "record": true}});
+    let controller = controller(&[("start", spec)]).await;
+    let mut config = config_for(&controller);
+    config.record_dir = Some(records.clone());
+    let server = TestServer::start(config).await;
+    let mut client = Client::connect(server.addr, "start", "", false).await.unwrap();
+    client.read_until("hello").await;
+    client.type_in("secret-input\r").await;
+    client.read_to_end().await;
+    assert_eq!(client.close_code(), 4003);
+    let file = std::fs::read_dir(&records).unwrap().next().unwrap().unwrap().path();
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("taped-") && name.ends_with("Z.cast"), "{name}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(lines[0]["version"], 2);
+    assert_eq!((lines[0]["width"].as_u64(), lines[0]["height"].as_u64()), (Some(80), Some(24)));
+    assert_eq!(lines[0]["env"]["TERM"], "xterm-256color");
+    let events = &lines[1..];
+    let times: Vec<f64> = events.iter().map(|e| e[0].as_f64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(events.iter().all(|e| e[1] != "i"), "input recorded without record_input");
+    let replayed: String = events.iter().filter(|e| e[1] == "o").map(|e| e[2].as_str().unwrap()).collect();
+    assert_eq!(replayed.as_bytes(), client.output.as_slice());
+    assert_eq!(events.last().unwrap()[1], "m");
+    assert_eq!(events.last().unwrap()[2], "exit 3");
+    // asciinema's own reader (what `asciinema cat` and `play` use; `cat`
+    // itself insists on a terminal) reads it to the same output.
+    let reader = "import sys\nfrom asciinema import asciicast\n\
+                  with asciicast.open_from_url(sys.argv[1]) as cast:\n    \
+                  sys.stdout.write(''.join(text for _, _, text in cast.stdout_events()))\n";
+    // The interpreter asciinema is installed for (its script's `#!`).
+    let script = std::fs::read_to_string("/usr/bin/asciinema").expect("asciinema is installed (.ci/run installs it)");
+    let python = script.lines().next().unwrap().trim_start_matches("#!").trim().to_string();
+    let cat = std::process::Command::new(python).arg("-c").arg(reader).arg(&file).output().unwrap();
+    assert!(cat.status.success(), "asciinema (.ci/run installs it): {}", String::from_utf8_lossy(&cat.stderr));
+    assert_eq!(cat.stdout, client.output);
+}
+
+#[tokio::test]
+async fn two_instances_behind_nginx_route_every_reattach_to_its_session() {
+    let mut specs = Vec::new();
+    for i in 0..10 {
+        let id = format!("balanced-{i}");
+        specs.push((format!("start-{i}"), json!({"command": "/bin/cat", "session": {"id": id}})));
+        specs.push((format!("attach-{i}"), json!({"attach": id})));
+    }
+    let specs: Vec<(&str, Value)> = specs.iter().map(|(t, s)| (t.as_str(), s.clone())).collect();
+    let controller = controller(&specs).await;
+    let one = TestServer::for_controller(&controller).await;
+    let two = TestServer::for_controller(&controller).await;
+    let nginx = Nginx::start(&[one.addr, two.addr]).await;
+    let mut served_by = HashMap::new();
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let query = format!("&session=balanced-{i}");
+        let mut client = Client::connect(nginx.addr, &format!("start-{i}"), &query, false).await.unwrap();
+        client.type_in(&format!("first {i}\n")).await;
+        client.read_until(&format!("first {i}")).await;
+        clients.push(client);
+    }
+    for (i, client) in clients.into_iter().enumerate() {
+        drop(client.ws);
+        let query = format!("&session=balanced-{i}&since=0");
+        let mut again = Client::connect(nginx.addr, &format!("attach-{i}"), &query, false).await.unwrap();
+        again.read_until(&format!("first {i}")).await;
+        again.type_in(&format!("second {i}\n")).await;
+        again.read_until(&format!("second {i}")).await;
+        *served_by.entry(again.info.unwrap()["session"].to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(served_by.len(), 10);
+    // Both instances had sessions (the hash spreads ten ids).
+    let started = |server: &TestServer| {
+        server.metrics.render().lines().any(|l| l.starts_with("ws_subprocess_sessions_total ") && !l.ends_with(" 0"))
+    };
+    assert!(started(&one) && started(&two), "all sessions went to one instance");
+}
+
+/// Debian's nginx, balancing on `?session=` over loopback.
+struct Nginx {
+    addr: std::net::SocketAddr,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(upstreams: &[std::net::SocketAddr]) -> Self {
+        let dir = scratch();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let servers: String = upstreams.iter().map(|a| format!("        server {a};\n")).collect();
+        let root = dir.path().display();
+        let config = format!(
+            "daemon off;\nmaster_process off;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n    access_log off;\n    client_body_temp_path {root}/body;\n\
+             proxy_temp_path {root}/proxy;\n    fastcgi_temp_path {root}/fastcgi;\n\
+             uwsgi_temp_path {root}/uwsgi;\n    scgi_temp_path {root}/scgi;\n\
+             upstream sessions {{\n        hash $arg_session consistent;\n{servers}    }}\n\
+             server {{\n        listen 127.0.0.1:{port};\n        location /ws {{\n\
+             proxy_pass http://sessions;\n            proxy_http_version 1.1;\n\
+             proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection \"upgrade\";\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+             proxy_read_timeout 1h;\n        }}\n    }}\n}}\n"
+        );
+        let file = dir.path().join("nginx.conf");
+        std::fs::write(&file, config).unwrap();
+        let child = tokio::process::Command::new("nginx")
+            .arg("-c")
+            .arg(&file)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nginx is installed (.ci/run installs it)");
+        let up =
+            eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
+        assert!(
+            up,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
+        Self { addr: ([127, 0, 0, 1], port).into(), _child: child, _dir: dir }
+    }
+}
+
+#[tokio::test]
+async fn an_observers_resize_changes_nothing_and_a_writers_does() {
+    let script = "while read l; do stty size; done";
+    let spec = json!({"command": "/bin/sh", "args": ["-c", script], "tty": true,
+                      "size": {"cols": 80, "rows": 24}, "session": {"id": "sized"}});
+    let controller = controller(&[
+        ("start", spec),
+        ("watch", json!({"attach": "sized", "role": "observer"})),
+    ])
+    .await;
+    let server = TestServer::for_controller(&controller).await;
+    let mut writer = Client::connect(server.addr, "start", "", true).await.unwrap();
+    let mut observer = Client::connect(server.addr, "watch", "", true).await.unwrap();
+    let resize = |cols: u16, rows: u16| {
+        let mut data = vec![4u8];
+        data.extend_from_slice(json!({"Width": cols, "Height": rows}).to_string().as_bytes());
+        Message::Binary(data.into())
+    };
+    observer.ws.send(resize(100, 40)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writer.type_in("a\r").await;
+    writer.read_until("24 80").await;
+    writer.ws.send(resize(120, 50)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writer.type_in("b\r").await;
+    writer.read_until("50 120").await;
+    observer.read_until("50 120").await;
+    assert!(!contains(&writer.output, b"40 100"));
+}

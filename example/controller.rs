@@ -1,10 +1,14 @@
 //! A demo controller: serves a browser terminal (xterm.js) that opens a
-//! session, and answers ws-subprocess's token checks.
+//! named session, and answers ws-subprocess's token checks.
 //!
-//! Every page load mints a random single-use token for the command given on
-//! the command line; the controller allows each token once. The page speaks
-//! the channel protocol (`v5.channel.k8s.io`): output on channels 1 and 2,
-//! keystrokes on 0, resizes on 4, the exit status on 3.
+//! The page asks `/token?session=ID&role=writer|observer` for a single-use
+//! token before each connection: the first one for an id starts the command
+//! given on the command line as the named session `ID` (kept 10 minutes
+//! after its last writer leaves), later ones attach to it. The page uses
+//! `example/web/ws-subprocess.js` (the channel protocol: output on channels
+//! 1 and 2, keystrokes on 0, resizes on 4, the exit status on 3), so a
+//! reloaded tab or a dropped connection gets the same session back, and
+//! `/?watch=ID` watches it as an observer.
 //!
 //! ```text
 //! npm ci --prefix example/web                                  # once: xterm.js
@@ -39,7 +43,10 @@ pub struct Demo {
     command: Arc<Vec<String>>,
     tty: bool,
     assets: PathBuf,
-    tokens: Arc<Mutex<HashMap<String, ()>>>,
+    /// Single-use tokens and the spec each allows.
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+    /// Session ids started through this demo.
+    started: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Files the page loads, by URL path: where they are under `node_modules`.
@@ -58,6 +65,7 @@ impl Demo {
             tty: false,
             assets: PathBuf::from("example/web/node_modules"),
             tokens: Arc::default(),
+            started: Arc::default(),
         }
     }
 
@@ -73,46 +81,66 @@ impl Demo {
         self
     }
 
-    fn mint(&self) -> String {
+    /// A token for the session `id`: the first writer's starts it, the
+    /// others attach.
+    pub fn mint(&self, id: &str, observer: bool) -> String {
         let mut bytes = [0u8; 16];
         std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom");
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        self.tokens.lock().unwrap().insert(token.clone(), ());
+        let first = !observer && self.started.lock().unwrap().insert(id.to_string());
+        let spec = if first {
+            let (command, args) = self.command.split_first().expect("a command");
+            serde_json::json!({
+                "command": command, "args": args, "tty": self.tty,
+                "session": {"id": id, "keep": "10m"},
+            })
+        } else {
+            serde_json::json!({"attach": id, "role": if observer { "observer" } else { "writer" }})
+        };
+        self.tokens.lock().unwrap().insert(token.clone(), spec.to_string());
         token
     }
 
-    /// Allows a token once.
-    fn redeem(&self, token: &str) -> bool {
-        self.tokens.lock().unwrap().remove(token).is_some()
+    /// The spec a token allows, once.
+    fn redeem(&self, token: &str) -> Option<String> {
+        self.tokens.lock().unwrap().remove(token)
     }
 
     fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.uri().path() == "/assets/ws-subprocess.js" {
+            let module = self.assets.parent().map(|web| web.join("ws-subprocess.js")).unwrap_or_default();
+            return match std::fs::read_to_string(module) {
+                Ok(body) => respond(StatusCode::OK, "text/javascript", body),
+                Err(_) => respond(StatusCode::NOT_FOUND, "text/plain", "no example/web/ws-subprocess.js\n".into()),
+            };
+        }
         if let Some((_, file, content_type)) = ASSETS.iter().find(|(path, _, _)| *path == request.uri().path()) {
             return match std::fs::read_to_string(self.assets.join(file)) {
                 Ok(body) => respond(StatusCode::OK, content_type, body),
                 Err(_) => respond(StatusCode::NOT_FOUND, "text/plain", "run `npm ci --prefix example/web`\n".into()),
             };
         }
+        let param = |name: &str| {
+            request.uri().query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+            })
+        };
         match request.uri().path() {
             "/" => {
-                let page = PAGE
-                    .replace("WS_URL", &serde_json::to_string(&self.ws_url).unwrap())
-                    .replace("TOKEN", &serde_json::to_string(&self.mint()).unwrap());
+                let page = PAGE.replace("WS_URL", &serde_json::to_string(&self.ws_url).unwrap());
                 respond(StatusCode::OK, "text/html; charset=utf-8", page)
             }
-            "/ws-controller" => {
-                let token = request.uri().query().and_then(|q| {
-                    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
-                });
-                match token {
-                    Some(token) if self.redeem(&token) => {
-                        let (command, args) = self.command.split_first().expect("a command");
-                        let body = serde_json::json!({ "command": command, "args": args, "tty": self.tty });
-                        respond(StatusCode::OK, "application/json", body.to_string())
-                    }
-                    _ => respond(StatusCode::FORBIDDEN, "text/plain", "unknown or used token\n".into()),
+            "/token" => match param("session").filter(|id| !id.is_empty() && id.len() <= 128) {
+                Some(id) => {
+                    let token = self.mint(&id, param("role").as_deref() == Some("observer"));
+                    respond(StatusCode::OK, "text/plain", token)
                 }
-            }
+                None => respond(StatusCode::BAD_REQUEST, "text/plain", "session=ID is required\n".into()),
+            },
+            "/ws-controller" => match param("token").and_then(|token| self.redeem(&token)) {
+                Some(spec) => respond(StatusCode::OK, "application/json", spec),
+                None => respond(StatusCode::FORBIDDEN, "text/plain", "unknown or used token\n".into()),
+            },
             _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         }
     }
@@ -151,40 +179,58 @@ const PAGE: &str = r#"<!doctype html>
 <div id="status">connecting…</div>
 <script src="/assets/xterm.js"></script>
 <script src="/assets/addon-fit.js"></script>
-<script>
-  const STDIN = 0, STDOUT = 1, STDERR = 2, STATUS = 3, RESIZE = 4;
+<script type="module">
+  import { Session } from "/assets/ws-subprocess.js";
   const status = document.getElementById("status");
+  const watching = new URLSearchParams(location.search).get("watch");
+  const newId = () => "demo-" + Math.random().toString(36).slice(2, 10);
+  // This tab's session: kept across reloads; a watcher names the one it watches.
+  let id = watching || sessionStorage.getItem("demo-session") || newId();
+  if (!watching) sessionStorage.setItem("demo-session", id);
   const term = new Terminal({ convertEol: false, cursorBlink: true });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
   term.open(document.getElementById("terminal"));
   fit.fit();
-  const encoder = new TextEncoder();
-  const socket = new WebSocket(WS_URL + "?token=" + encodeURIComponent(TOKEN), ["v5.channel.k8s.io"]);
-  socket.binaryType = "arraybuffer";
-  const send = (channel, bytes) => {
-    if (socket.readyState !== WebSocket.OPEN) return;
-    const message = new Uint8Array(bytes.length + 1);
-    message[0] = channel;
-    message.set(bytes, 1);
-    socket.send(message);
-  };
-  const resize = () => send(RESIZE, encoder.encode(JSON.stringify({ Width: term.cols, Height: term.rows })));
-  socket.onopen = () => { status.textContent = "running"; resize(); };
-  socket.onmessage = (event) => {
-    const data = new Uint8Array(event.data);
-    if (data[0] === STDOUT || data[0] === STDERR) term.write(data.subarray(1));
-    if (data[0] === STATUS) {
-      const result = JSON.parse(new TextDecoder().decode(data.subarray(1)));
-      const code = result.status === "Success" ? 0 : result.details.causes[0].message;
+  const role = watching ? "observer" : "writer";
+  const session = new Session({
+    url: WS_URL,
+    token: () => fetch(`/token?session=${encodeURIComponent(session.session)}&role=${role}`).then((r) => r.text()),
+    session: id,
+    onOutput: (bytes) => term.write(bytes),
+    onExit: ({ code }) => {
       status.textContent = "exited: " + code;
-    }
-  };
-  socket.onclose = (event) => { status.dataset.closed = event.code; if (!status.textContent.startsWith("exited")) status.textContent = "closed: " + event.code + " " + event.reason; };
-  term.onData((text) => send(STDIN, encoder.encode(text)));
-  term.onResize(resize);
+      if (!watching) sessionStorage.removeItem("demo-session");
+    },
+    onState: (state, detail) => {
+      if (state === "attached") {
+        status.innerHTML = "";
+        status.append((watching ? "watching " : "running ") + id + " ");
+        if (!watching) {
+          const link = document.createElement("a");
+          link.href = "/?watch=" + encodeURIComponent(id);
+          link.target = "_blank";
+          link.textContent = "watch in another tab";
+          status.append(link);
+        }
+        status.dataset.state = "running";
+      } else if (state === "reattaching" && !detail.opened && session.position === null && !watching) {
+        // The session this tab had has ended: start a new one.
+        id = newId();
+        session.session = id;
+        sessionStorage.setItem("demo-session", id);
+      } else if (state !== "open") {
+        status.textContent = state + (detail && detail.code ? " (" + detail.code + ")" : "");
+        status.dataset.state = state;
+      }
+    },
+  });
+  term.onData((text) => { if (!watching) session.write(text); });
+  term.onResize(({ cols, rows }) => { if (!watching) session.resize(cols, rows); });
+  if (!watching) session.size = { cols: term.cols, rows: term.rows };
   window.addEventListener("resize", () => fit.fit());
-  window.demo = { term, socket };
+  window.demo = { term, session, get id() { return id; } };
+  session.start();
 </script>
 "#;
 

@@ -46,6 +46,8 @@ async fn xterm_page_runs_bash_and_nano_in_chromium() {
     );
     let results: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(results["status"], "exited: 5");
+    assert_eq!(results["reloaded"], true, "a reload did not get the same session back");
+    assert_eq!(results["watched"], true);
     assert_ne!(results["size"], results["resized"]);
     assert!(screenshot.exists());
 }

@@ -511,11 +511,7 @@ async fn an_observers_resize_changes_nothing_and_a_writers_does() {
     let script = "while read l; do stty size; done";
     let spec = json!({"command": "/bin/sh", "args": ["-c", script], "tty": true,
                       "size": {"cols": 80, "rows": 24}, "session": {"id": "sized"}});
-    let controller = controller(&[
-        ("start", spec),
-        ("watch", json!({"attach": "sized", "role": "observer"})),
-    ])
-    .await;
+    let controller = controller(&[("start", spec), ("watch", json!({"attach": "sized", "role": "observer"}))]).await;
     let server = TestServer::for_controller(&controller).await;
     let mut writer = Client::connect(server.addr, "start", "", true).await.unwrap();
     let mut observer = Client::connect(server.addr, "watch", "", true).await.unwrap();

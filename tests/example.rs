@@ -28,15 +28,22 @@ async fn demo_page_token_runs_the_command_once() {
 
     let (status, _, page) = http_request(demo_addr, "GET / HTTP/1.1").await;
     assert_eq!(status, 200);
-    let token = page.split("encodeURIComponent(\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().to_string();
+    assert!(page.contains("ws-subprocess.js"));
+    let (status, _, token) = http_request(demo_addr, "GET /token?session=demo-1 HTTP/1.1").await;
+    assert_eq!(status, 200);
     assert_eq!(token.len(), 32);
 
+    // The first token starts the named session.
     let mut ws = server.connect(&token).await;
     let (output, close) = collect(&mut ws).await;
     assert_eq!(output, b"demo\n");
     assert_eq!(u16::from(close.unwrap().code), 1000);
     // Single use.
     assert_eq!(server.refusal(&token).await.0, StatusCode::FORBIDDEN);
+    // Later tokens for the id attach; it has ended, so there is nothing to
+    // attach to.
+    let (_, _, again) = http_request(demo_addr, "GET /token?session=demo-1 HTTP/1.1").await;
+    assert_eq!(server.refusal(&again).await.0, StatusCode::NOT_FOUND);
     assert!(placeholder.requests().is_empty());
 }
 

@@ -16,7 +16,8 @@ try {
   const page = await browser.newPage({ viewport: { width: 1000, height: 600 } });
   page.setDefaultTimeout(15000);
   await page.goto(url);
-  await page.waitForFunction(() => document.getElementById("status").textContent === "running");
+  const running = () => page.waitForFunction(() => document.getElementById("status").dataset.state === "running");
+  await running();
   const screen = () => page.evaluate(() => {
     const buffer = window.demo.term.buffer.active;
     const lines = [];
@@ -47,6 +48,30 @@ try {
   results.resized = resized;
   await page.keyboard.type("clear; stty size\n");
   await waitForScreen(`${resized[0]} ${resized[1]}`);
+
+  // Reloading the tab brings the same shell back, with its screen.
+  await page.keyboard.type("echo before-$((40+2))\n");
+  await waitForScreen(/^before-42$/m);
+  const id = await page.evaluate(() => window.demo.id);
+  await page.reload();
+  await running();
+  await waitForScreen(/^before-42$/m);
+  results.reloaded = await page.evaluate(() => window.demo.id) === id;
+  await page.click("#terminal");
+
+  // A second tab watches the same session as an observer.
+  const watcher = await browser.newPage({ viewport: { width: 640, height: 360 } });
+  watcher.setDefaultTimeout(15000);
+  await watcher.goto(url + "?watch=" + encodeURIComponent(id));
+  await watcher.waitForFunction(() => document.getElementById("status").dataset.state === "running");
+  await page.keyboard.type("echo observed-$((2+3))\n");
+  await waitForScreen(/^observed-5$/m);
+  await watcher.waitForFunction(() => {
+    const buffer = window.demo.term.buffer.active;
+    for (let i = 0; i < buffer.length; i++) if (buffer.getLine(i).translateToString(true) === "observed-5") return true;
+    return false;
+  });
+  results.watched = true;
 
   // A full-screen program.
   await page.keyboard.type("nano\n");

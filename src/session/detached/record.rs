@@ -186,6 +186,11 @@ mod tests {
         assert_eq!(lines[2][2], "80x24");
         assert_eq!(lines[3][2], "exit 0");
         assert_eq!(lines.len(), 4, "no input events without record_input");
+        let with_input = Recorder::create(dir.path(), "s2", size, "/bin/sh", "xterm-256color", true).unwrap();
+        with_input.input(b"typed");
+        let text = std::fs::read_to_string(with_input.path()).unwrap();
+        let event: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!((event[1].as_str(), event[2].as_str()), (Some("i"), Some("typed")));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(recorder.path()).unwrap().permissions().mode() & 0o777, 0o600);
     }

@@ -34,9 +34,6 @@ use super::{SessionContext, SessionSettings};
 use crate::metrics::Direction;
 use crate::websocket::{Input, Protocol};
 
-/// Largest output message: one read of the pipe.
-pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
-
 /// What a finished session did.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -284,7 +281,6 @@ async fn pump_output(
     end: OutputEnd,
     meter: Meter,
 ) -> ProcessOutput {
-    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
     let mut deadline = None;
     let mut killed = false;
     loop {
@@ -301,7 +297,7 @@ async fn pump_output(
         }
         let read = match deadline {
             None => tokio::select! {
-                read = pipe.read(&mut buf) => Some(read),
+                read = pipe.read_chunk() => Some(read),
                 _ = end.exited.cancelled() => {
                     deadline = Some(Instant::now() + end.grace);
                     continue;
@@ -309,11 +305,11 @@ async fn pump_output(
             },
             // Data already in the pipe is always read first: the timeout
             // only fires when the pipe is empty.
-            Some(at) => timeout_at(at, pipe.read(&mut buf)).await.ok(),
+            Some(at) => timeout_at(at, pipe.read_chunk()).await.ok(),
         };
-        let n = match read {
-            Some(Ok(0)) => return pipe,
-            Some(Ok(n)) => n,
+        let data = match read {
+            Some(Ok(data)) if data.is_empty() => return pipe,
+            Some(Ok(data)) => data,
             Some(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
             Some(Err(err)) => {
                 tracing::debug!(cause = %err, "output pipe failed");
@@ -334,8 +330,8 @@ async fn pump_output(
             continue;
         }
         tokio::select! {
-            sent = queue.send(protocol.output(pipe.stream, &buf[..n])) => match sent {
-                Ok(()) => meter.add(&buf[..n]),
+            sent = queue.send(protocol.output(pipe.stream, data.clone())) => match sent {
+                Ok(()) => meter.add(&data),
                 Err(_) => end.discard.cancel(),
             },
             _ = end.discard.cancelled() => {}

@@ -27,11 +27,11 @@ mod sessions;
 mod settings;
 mod socket;
 
-pub use bridge::{MAX_OUTPUT_CHUNK, Outcome, bridge};
+pub use bridge::{Outcome, bridge};
 pub use detached::SharedSessions;
 pub use detached::record::Recorder;
 pub use limit::{SessionLimit, SessionLimitLayer, SessionPermit};
-pub use process::{DEFAULT_TERM, Process, ProcessGroup, ProcessInput, ProcessOutput, SpawnOptions};
+pub use process::{DEFAULT_TERM, MAX_OUTPUT_CHUNK, Process, ProcessGroup, ProcessInput, ProcessOutput, SpawnOptions};
 pub use service::ServeSubprocess;
 pub use sessions::Sessions;
 pub use settings::{

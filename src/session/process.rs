@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
 
@@ -21,6 +21,15 @@ use crate::config::ENV_PREFIX;
 use crate::contain::{self, ChildIdentity, ChildSetup, FORK_GUARD, Identity, SessionCgroup};
 use crate::spec::{CommandSpec, TerminalSize};
 use crate::websocket::{OutputMode, OutputStream};
+
+/// Largest output chunk: one read of a pipe or terminal.
+pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// What outputs are read into before their bytes get a buffer of their
+    /// own: one per worker thread, not one per session.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_OUTPUT_CHUNK]);
+}
 
 /// `TERM` of a tty session unless its spec sets one.
 pub const DEFAULT_TERM: &str = "xterm-256color";
@@ -353,14 +362,30 @@ impl ProcessOutput {
     /// Reads what is there, up to `buf.len()`; `Ok(0)` at the end. A
     /// terminal reports its end (every holder of its other side gone) as
     /// `EIO`, which is the end here too.
-    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.reader {
-            OutputReader::Pipe(pipe) => pipe.read(buf).await,
-            OutputReader::Pty(pty) => match pty.read(buf).await {
-                Err(err) if err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => Ok(0),
-                other => other,
-            },
-        }
+    ///
+    /// The bytes are read through a buffer of the worker thread's
+    /// ([`MAX_OUTPUT_CHUNK`] bytes), so a session that waits for output
+    /// holds no buffer of its own; what was read is returned as its own
+    /// `Bytes`, empty at the end.
+    pub async fn read_chunk(&mut self) -> io::Result<bytes::Bytes> {
+        std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut buf = tokio::io::ReadBuf::new(scratch);
+                let polled = match &mut self.reader {
+                    OutputReader::Pipe(pipe) => std::pin::Pin::new(pipe).poll_read(cx, &mut buf),
+                    OutputReader::Pty(pty) => match std::pin::Pin::new(pty).poll_read(cx, &mut buf) {
+                        std::task::Poll::Ready(Err(err))
+                            if err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) =>
+                        {
+                            std::task::Poll::Ready(Ok(()))
+                        }
+                        other => other,
+                    },
+                };
+                polled.map_ok(|()| bytes::Bytes::copy_from_slice(buf.filled()))
+            })
+        })
+        .await
     }
 }
 

@@ -122,6 +122,10 @@ impl SessionSettings {
         let max = self.max_message_size;
         let write_buffer = (self.max_write_buffer / 4).min(128 * 1024);
         WebSocketConfig::default()
+            // Read 1 KiB at a time (larger messages grow the buffer as they
+            // come): tungstenite keeps its read buffer filled to this size,
+            // so the default 128 KiB would be resident in every session.
+            .read_buffer_size(1024)
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
             .write_buffer_size(write_buffer)

@@ -123,16 +123,17 @@ impl Protocol {
         }
     }
 
-    /// The message carrying `data` from `stream`.
-    pub fn output(self, stream: OutputStream, data: &[u8]) -> Message {
+    /// The message carrying `data` from `stream` (the raw protocol sends
+    /// `data` itself, without a copy).
+    pub fn output(self, stream: OutputStream, data: Bytes) -> Message {
         match self {
-            Self::Raw => Message::Binary(Bytes::copy_from_slice(data)),
+            Self::Raw => Message::Binary(data),
             _ => self.on_channel(
                 match stream {
                     OutputStream::Stdout => channel::STDOUT,
                     OutputStream::Stderr => channel::STDERR,
                 },
-                data,
+                &data,
             ),
         }
     }
@@ -316,7 +317,7 @@ mod tests {
     fn base64_variant_uses_text_with_a_channel_digit() {
         let p = Protocol::ChannelV4Base64;
         assert_eq!(Protocol::negotiate(["v4.base64.channel.k8s.io"]), p);
-        assert_eq!(p.output(OutputStream::Stderr, b"hi"), Message::Text("2aGk=".into()));
+        assert_eq!(p.output(OutputStream::Stderr, Bytes::from_static(b"hi")), Message::Text("2aGk=".into()));
         assert_eq!(p.input(Message::Text("0aGk=".into())), Input::Stdin(Bytes::from_static(b"hi")));
         let resize = format!("4{}", STANDARD.encode(br#"{"Width":10,"Height":5}"#));
         assert_eq!(p.input(Message::Text(resize.into())), Input::Resize(TerminalSize { cols: 10, rows: 5 }));

@@ -73,7 +73,7 @@ where
         intro.push(protocol.session_info(info.to_string().as_bytes()));
     }
     if let Some(repaint) = &start.repaint {
-        intro.push(protocol.output(OutputStream::Stdout, repaint));
+        intro.push(protocol.output(OutputStream::Stdout, repaint.clone().into()));
     }
     let follow = follow(shared.clone(), start.offset, intro, out_tx.clone(), protocol).fuse();
     tokio::pin!(follow);
@@ -171,7 +171,8 @@ async fn follow(
         match read {
             Read::Chunk(stream, data) => {
                 offset += data.len() as u64;
-                if queue.send(protocol.output(stream, &data)).await.is_err() {
+                // The history keeps its own reference; the message shares it.
+                if queue.send(protocol.output(stream, data)).await.is_err() {
                     return Followed::Gone;
                 }
             }

@@ -15,7 +15,7 @@ use super::history::{History, Read};
 use super::record::Recorder;
 use crate::metrics::{Direction, Metrics};
 use crate::session::SessionSettings;
-use crate::session::bridge::{MAX_OUTPUT_CHUNK, stop};
+use crate::session::bridge::stop;
 use crate::session::process::{Process, ProcessInput, ProcessOutput};
 use crate::session::socket::{Ending, sleep_until_some};
 use crate::spec::TerminalSize;
@@ -277,13 +277,12 @@ async fn read(
     shared: Arc<Shared>,
     meter: prometheus_client::metrics::counter::Counter,
 ) -> ProcessOutput {
-    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
     loop {
-        match output.read(&mut buf).await {
-            Ok(0) => return output,
-            Ok(n) => {
-                meter.inc_by(n as u64);
-                shared.push(output.stream, Bytes::copy_from_slice(&buf[..n]));
+        match output.read_chunk().await {
+            Ok(data) if data.is_empty() => return output,
+            Ok(data) => {
+                meter.inc_by(data.len() as u64);
+                shared.push(output.stream, data);
             }
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => {

@@ -56,11 +56,14 @@ impl Capacity {
     /// DNS lookups, Redis, key set fetches.
     pub const RESERVED_FDS: usize = 32;
 
-    /// What `open_files` descriptors hold for `config`. Each session needs
-    /// its connection and [`SessionSettings::FDS_PER_SESSION`] more; each
-    /// request waiting for a controller may hold one connection to it.
-    pub fn of(config: &Config, open_files: u64) -> Result<Self, ConfigError> {
-        let budget = usize::try_from(open_files).unwrap_or(usize::MAX).saturating_sub(Self::RESERVED_FDS);
+    /// What `open_files` descriptors hold for `config` on a runtime of
+    /// `threads` threads. Each session needs its connection and
+    /// [`SessionSettings::FDS_PER_SESSION`] more, each thread room for a
+    /// start ([`SessionSettings::FDS_PER_START`]); each request waiting for
+    /// a controller may hold one connection to it.
+    pub fn of(config: &Config, open_files: u64, threads: usize) -> Result<Self, ConfigError> {
+        let reserved = Self::RESERVED_FDS + threads * SessionSettings::FDS_PER_START;
+        let budget = usize::try_from(open_files).unwrap_or(usize::MAX).saturating_sub(reserved);
         let backend_calls = config.max_pending_auth.min(budget / 8);
         let for_sessions = budget - backend_calls;
         let sessions = config.max_sessions.min(for_sessions / (SessionSettings::FDS_PER_SESSION + 1));
@@ -74,7 +77,7 @@ impl Capacity {
     }
 
     /// Logs how the limit was shared, and what it could not hold.
-    fn log(&self, config: &Config, open_files: u64) {
+    fn log(&self, config: &Config, open_files: u64, threads: usize) {
         if self.sessions < config.max_sessions {
             tracing::warn!(
                 open_files,
@@ -83,7 +86,8 @@ impl Capacity {
                 "the open-file limit cannot hold max_sessions; fewer sessions are allowed (raise the limit)"
             );
         }
-        let derived = Self::of(&Config { max_connections: None, ..config.clone() }, open_files).map(|c| c.connections);
+        let derived =
+            Self::of(&Config { max_connections: None, ..config.clone() }, open_files, threads).map(|c| c.connections);
         if let Ok(derived) = derived
             && self.connections > derived
         {
@@ -253,8 +257,9 @@ impl App {
             rustix::process::getrlimit(rustix::process::Resource::Nofile).current
         });
         let open_files = open_files.unwrap_or(u64::MAX);
-        let capacity = Capacity::of(&config, open_files)?;
-        capacity.log(&config, open_files);
+        let threads = tokio::runtime::Handle::try_current().map_or(1, |r| r.metrics().num_workers());
+        let capacity = Capacity::of(&config, open_files, threads)?;
+        capacity.log(&config, open_files, threads);
         let containment = containment(&config)?;
         let cgroups = containment.cgroup_root().cloned();
         let metrics = Metrics::new();
@@ -394,4 +399,26 @@ async fn bind(addr: &ListenAddr) -> Result<(Listener, ListenAddr), StartError> {
     let listener = Listener::bind(addr).await.map_err(failed)?;
     let local = listener.local_addr().map_err(failed)?;
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_caps_sessions_and_leaves_connections_the_rest() {
+        let config = Config::default();
+        // 20,000 on two threads: 19,948 to share, 512 for backend calls;
+        // each session needs four descriptors.
+        let capacity = Capacity::of(&config, 20_000, 2).unwrap();
+        assert_eq!(capacity.sessions, 1024);
+        assert_eq!(capacity.connections, 19_436 - 1024 * SessionSettings::FDS_PER_SESSION);
+        // 256: the sessions no longer fit.
+        let small = Capacity::of(&config, 256, 2).unwrap();
+        assert_eq!(small, Capacity { sessions: 44, connections: 179 - 44 * 3 });
+        // An explicit max_connections is honoured (and warned about).
+        let explicit = Capacity::of(&Config { max_connections: Some(5000), ..config.clone() }, 256, 2).unwrap();
+        assert_eq!(explicit.connections, 5000);
+        assert!(Capacity::of(&config, 40, 2).is_err());
+    }
 }

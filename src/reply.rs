@@ -34,3 +34,10 @@ pub fn with_headers<B: From<Bytes>>(status: StatusCode, message: &str, headers: 
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
+
+/// 503 with `Retry-After: 1`: the server is at a limit now, not for good.
+pub fn retry_later<B: From<Bytes>>(message: &str) -> Response<B> {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    with_headers(StatusCode::SERVICE_UNAVAILABLE, message, headers)
+}

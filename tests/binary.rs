@@ -299,14 +299,14 @@ async fn accept_errors_back_off_and_the_server_recovers() {
     // derived cap would refuse the extra connections before the table is
     // full): a burst of connections exhausts them (EMFILE).
     let server = Binary::start_wrapped(
-        &["prlimit", "--nofile=48:48"],
+        &["prlimit", "--nofile=80:80"],
         &["--listen", "127.0.0.1:0", "--max-connections", "1000"],
         &[],
         dir.path(),
     )
     .await;
     let mut idle = Vec::new();
-    for _ in 0..80 {
+    for _ in 0..120 {
         idle.push(tokio::net::TcpStream::connect(server.tcp()).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -111,7 +111,8 @@ async fn a_connection_flood_from_many_addresses_never_takes_the_descriptors_of_s
     let controller = Controller::shell("echo ready; exec cat").await;
     let dir = scratch();
     let url = controller.url();
-    // 256 descriptors: the derived caps hold 32 sessions and 36 connections.
+    // 256 descriptors: on two threads, the derived caps hold 44 sessions
+    // and 47 connections.
     let server = Binary::start_wrapped(
         &["prlimit", "--nofile=256:256"],
         &["--listen", "127.0.0.1:0", "--controller-url", &url, "--request-header-timeout", "2s"],
@@ -441,4 +442,63 @@ async fn session_payloads_never_reach_the_log_even_at_trace() {
             assert!(!log.contains(needle), "the log ({filter}) holds {needle:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn sessions_that_outgrow_the_open_file_limit_get_503_and_start_no_process() {
+    // Channel-protocol pipe sessions hold a descriptor more than the
+    // open-file limit was shared for (their stderr): 256 descriptors hold
+    // 50 sessions on paper, and the descriptors run out before the 50th.
+    let controller = Controller::shell("echo ready; exec cat").await;
+    let dir = scratch();
+    let url = controller.url();
+    let server = Binary::start_wrapped(
+        &["prlimit", "--nofile=256:256"],
+        &["--listen", "127.0.0.1:0", "--controller-url", &url, "--max-sessions", "60", "--max-pending-auth", "1"],
+        &[],
+        dir.path(),
+    )
+    .await;
+    assert!(server.log().contains("sessions=50"), "{}", server.log());
+    let mut sessions = Vec::new();
+    let refusal = loop {
+        assert!(sessions.len() < 50, "50 sessions opened and the descriptors never ran out");
+        let stream = TcpStream::connect(server.tcp()).await.unwrap();
+        let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.ws_url(&format!("t{}", sessions.len())),
+        )
+        .unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+        match tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await {
+            Ok((mut ws, _)) => {
+                read_until(&mut ws, b"ready").await;
+                sessions.push(ws);
+            }
+            Err(WsError::Http(response)) => break response,
+            Err(other) => panic!("after {} sessions: {other}", sessions.len()),
+        }
+    };
+    assert!(sessions.len() >= 30, "only {} sessions", sessions.len());
+    assert_eq!(refusal.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refusal.headers()["retry-after"], "1");
+    let body = String::from_utf8_lossy(refusal.body().as_deref().unwrap_or_default()).to_string();
+    assert_eq!(body, "server at capacity\n");
+    // No process started for the refusal, and every session goes on.
+    assert_eq!(children_of(server.pid()).len(), sessions.len());
+    let last = sessions.last_mut().unwrap();
+    last.send(Message::Binary(bytes::Bytes::from_static(b"\x00still here\n"))).await.unwrap();
+    read_until(last, b"still here").await;
+    assert!(server.log().contains("no descriptors or processes left"), "{}", server.log());
+    // Once a session ends, its descriptors serve the next one.
+    drop(sessions.remove(0));
+    let mut next = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stream = TcpStream::connect(server.tcp()).await.unwrap();
+        if let Ok(ws) = ws_over(stream, server.tcp(), "next").await {
+            next = Some(ws);
+            break;
+        }
+    }
+    read_until(next.as_mut().expect("no session after one ended"), b"ready").await;
 }

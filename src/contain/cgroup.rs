@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,7 +242,6 @@ fn enable_controllers(dir: &Path) -> Vec<&'static str> {
 #[derive(Debug)]
 pub struct SessionCgroup {
     dir: PathBuf,
-    procs: OwnedFd,
     watch: i32,
     changed: Arc<Notify>,
     root: CgroupRoot,
@@ -250,17 +249,8 @@ pub struct SessionCgroup {
 
 impl SessionCgroup {
     fn open(dir: PathBuf, root: CgroupRoot) -> io::Result<Self> {
-        let opened = (|| {
-            let procs = rustix::fs::open(
-                dir.join("cgroup.procs"),
-                rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )?;
-            let (watch, changed) = root.0.events.watch(&dir.join("cgroup.events"))?;
-            Ok::<_, io::Error>((procs, watch, changed))
-        })();
-        match opened {
-            Ok((procs, watch, changed)) => Ok(Self { dir, procs, watch, changed, root }),
+        match root.0.events.watch(&dir.join("cgroup.events")) {
+            Ok((watch, changed)) => Ok(Self { dir, watch, changed, root }),
             Err(err) => {
                 let _ = std::fs::remove_dir(&dir);
                 Err(err)
@@ -301,10 +291,12 @@ impl SessionCgroup {
         &self.dir
     }
 
-    /// `cgroup.procs`, open for writing: a process that writes `0` to it
-    /// moves itself in.
-    pub fn procs(&self) -> BorrowedFd<'_> {
-        self.procs.as_fd()
+    /// Opens `cgroup.procs` for writing: a process that writes `0` to it
+    /// moves itself in. Opened for each start, not held: a session's
+    /// descriptors are what limits how many sessions a server holds.
+    pub fn open_procs(&self) -> io::Result<OwnedFd> {
+        let flags = rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC;
+        Ok(rustix::fs::open(self.dir.join("cgroup.procs"), flags, rustix::fs::Mode::empty())?)
     }
 
     /// Whether no process is left in it.

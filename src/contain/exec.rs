@@ -1,76 +1,210 @@
-//! The crate's only unsafe code, kept to what has no safe wrapper: the hook
-//! a forked child runs before `exec` (std's `pre_exec`), and marking the
-//! descriptors the server inherited close-on-exec.
+//! The crate's only unsafe code, kept to what has no safe wrapper: starting
+//! a child the way `posix_spawn` does (`clone` with `CLONE_VM | CLONE_VFORK`:
+//! the server's page tables are not copied, so starting a process costs the
+//! same however large the server has grown), with the setup a session needs
+//! done in the child before its command runs; and marking the descriptors
+//! the server inherited close-on-exec.
 //!
-//! The hook runs in the child between `fork` and `exec`, where only
-//! async-signal-safe work is allowed: it makes raw system calls through
-//! rustix on values prepared beforehand, and allocates nothing.
+//! The child shares the server's memory until it calls `execve`, while the
+//! calling thread waits. So everything it uses is prepared beforehand, and it
+//! only makes system calls: no allocation, no lock, no glibc function that
+//! keeps process-wide state (the ids are changed with raw system calls, not
+//! glibc's `setuid`, which would signal every thread of the server). All
+//! signals are blocked around the `clone`; the child resets the handlers
+//! the server installed to their defaults before it unblocks them.
 
 #![allow(unsafe_code)]
 
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
-use rustix::process::{Resource, Rlimit};
+use nix::libc;
+use nix::sched::CloneFlags;
 
-/// What a child does to itself before its command runs.
-#[derive(Debug, Default)]
-pub struct ChildSetup {
-    /// The session cgroup's `cgroup.procs`: the child moves itself in, so
-    /// everything it starts is in the cgroup too.
-    pub cgroup_procs: Option<OwnedFd>,
-    /// Groups (supplementary, then primary) and user to switch to.
-    pub identity: Option<ChildIdentity>,
+use super::Identity;
+
+/// A process to start.
+#[derive(Debug)]
+pub struct Spawn<'a> {
+    /// The program, run directly (no shell, no `PATH` search).
+    pub program: &'a Path,
+    /// Its arguments after the program name.
+    pub args: &'a [String],
+    /// Its whole environment.
+    pub env: &'a BTreeMap<OsString, OsString>,
+    /// Its working directory; the server's when `None`.
+    pub cwd: Option<&'a Path>,
+    /// What becomes its descriptors 0, 1 and 2 (it gets no other).
+    pub stdio: [BorrowedFd<'a>; 3],
+    /// Lead a new session whose controlling terminal is `stdio[0]` (a
+    /// terminal), instead of a new process group.
+    pub terminal: bool,
+    /// The session cgroup's `cgroup.procs`: the child moves itself in before
+    /// its command runs, so everything it starts is in the cgroup too.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// Groups and user to switch to.
+    pub identity: Option<&'a Identity>,
 }
 
-/// The ids a child switches to, ready to use.
-#[derive(Debug, Clone)]
-pub struct ChildIdentity {
-    /// Supplementary groups.
-    pub groups: Vec<rustix::process::Gid>,
-    /// Primary group.
-    pub gid: rustix::process::Gid,
-    /// User; `None` keeps the server's.
-    pub uid: Option<rustix::process::Uid>,
+/// A started process.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its process id.
+    pub pid: rustix::process::Pid,
+    /// A pidfd: tells when it exits, and reaps it.
+    pub pidfd: OwnedFd,
 }
 
-impl ChildSetup {
-    /// The hook: join the cgroup, no core dumps, drop to the identity
-    /// (groups first: once the user changes, they cannot be).
-    fn hook(self) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
-        move || {
-            if let Some(procs) = &self.cgroup_procs {
-                rustix::io::write(procs, b"0")?;
-            }
-            rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) })?;
-            if let Some(identity) = &self.identity {
-                // The per-thread system calls: the child has one thread.
-                rustix::thread::set_thread_groups(&identity.groups)?;
-                rustix::thread::set_thread_gid(identity.gid)?;
-                if let Some(uid) = identity.uid {
-                    rustix::thread::set_thread_uid(uid)?;
+/// Stack of the child until it calls `execve`: the setup needs little.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Starts `spawn`: a new process group (or session, on a terminal), in the
+/// cgroup, with no core dumps, as the identity, with only `stdio` open. An
+/// error says why the process could not start (`execve`'s, for a missing
+/// program).
+pub fn spawn(spawn: Spawn<'_>) -> io::Result<Spawned> {
+    let cstring = |bytes: &[u8]| CString::new(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let program = cstring(spawn.program.as_os_str().as_bytes())?;
+    let mut argv = vec![program.clone()];
+    for arg in spawn.args {
+        argv.push(cstring(arg.as_bytes())?);
+    }
+    let envp: Vec<CString> = spawn
+        .env
+        .iter()
+        .map(|(name, value)| cstring(&[name.as_bytes(), b"=", value.as_bytes()].concat()))
+        .collect::<io::Result<_>>()?;
+    let cwd = spawn.cwd.map(|cwd| cstring(cwd.as_os_str().as_bytes())).transpose()?;
+    let argv_ptrs: Vec<*const libc::c_char> =
+        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp_ptrs: Vec<*const libc::c_char> =
+        envp.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    // Descriptors that become 0-2 must not be 0-2 themselves, or one dup2
+    // could overwrite the next one's source.
+    let stdio: Vec<OwnedFd> = spawn
+        .stdio
+        .iter()
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(io::Error::from))
+        .collect::<io::Result<_>>()?;
+    let stdio_raw: [RawFd; 3] = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
+    let procs = spawn.cgroup_procs.map(|fd| fd.as_raw_fd());
+    let identity = spawn.identity;
+    let terminal = spawn.terminal;
+    let error = AtomicI32::new(0);
+    let mut stack = vec![0u8; CHILD_STACK];
+
+    let child = || -> isize {
+        // Safety (the whole closure): it runs in the child, on its own
+        // stack, in memory shared with the waiting caller; it only makes
+        // system calls on the values prepared above.
+        unsafe {
+            let fail = |what: i32| -> isize {
+                let errno = *libc::__errno_location();
+                error.store(if errno != 0 { errno } else { what }, Ordering::SeqCst);
+                libc::_exit(127)
+            };
+            // Handlers of the server would run in the child, on shared
+            // memory, and ignored signals would stay ignored in the command
+            // (SIGPIPE is, in a Rust program): every signal back to its
+            // default, then unblock them all.
+            let mut default = MaybeUninit::<libc::sigaction>::zeroed().assume_init();
+            default.sa_sigaction = libc::SIG_DFL;
+            for signal in 1..libc::SIGRTMAX() {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::sigaction(signal, &default, std::ptr::null_mut());
                 }
             }
-            Ok(())
+            let mut empty = MaybeUninit::<libc::sigset_t>::zeroed();
+            libc::sigemptyset(empty.as_mut_ptr());
+            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+            if terminal {
+                if libc::setsid() < 0 {
+                    return fail(libc::EPERM);
+                }
+            } else if libc::setpgid(0, 0) < 0 {
+                return fail(libc::EPERM);
+            }
+            for (target, source) in stdio_raw.iter().enumerate() {
+                if libc::dup2(*source, target as i32) < 0 {
+                    return fail(libc::EBADF);
+                }
+            }
+            if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return fail(libc::ENOTTY);
+            }
+            if let Some(procs) = procs
+                && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
+            {
+                return fail(libc::EIO);
+            }
+            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::setrlimit(libc::RLIMIT_CORE, &no_core) < 0 {
+                return fail(libc::EPERM);
+            }
+            if let Some(cwd) = &cwd
+                && libc::chdir(cwd.as_ptr()) < 0
+            {
+                return fail(libc::ENOENT);
+            }
+            if let Some(identity) = identity {
+                // Raw system calls: glibc's wrappers would signal every
+                // thread of the server (whose memory this is) to follow.
+                let groups = &identity.groups;
+                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0
+                    || libc::syscall(libc::SYS_setresgid, identity.gid, identity.gid, identity.gid) < 0
+                    || libc::syscall(libc::SYS_setresuid, identity.uid, identity.uid, identity.uid) < 0
+                {
+                    return fail(libc::EPERM);
+                }
+            }
+            // Nothing but 0-2 reaches the command, even a descriptor someone
+            // forgot to make close-on-exec (Linux 5.9; before it, the
+            // server's descriptors are close-on-exec, see
+            // `close_inherited_descriptors`).
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            fail(libc::ENOEXEC)
         }
-    }
+    };
 
-    /// Runs the hook in the child of `command`.
-    pub fn install(self, command: &mut tokio::process::Command) {
-        let hook = self.hook();
-        // Safety: the hook only makes async-signal-safe system calls (see
-        // the module docs).
-        unsafe {
-            command.pre_exec(hook);
+    // Safety: all signals are blocked for the clone and restored after it;
+    // `CLONE_VFORK` keeps this thread (and so everything the child borrows)
+    // waiting until the child has called `execve` or exited.
+    let pid = unsafe {
+        let mut all = MaybeUninit::<libc::sigset_t>::zeroed();
+        let mut previous = MaybeUninit::<libc::sigset_t>::zeroed();
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), previous.as_mut_ptr());
+        let cloned = nix::sched::clone(
+            Box::new(child),
+            &mut stack,
+            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+            Some(libc::SIGCHLD),
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, previous.as_ptr(), std::ptr::null_mut());
+        cloned
+    }
+    .map_err(io::Error::from)?;
+    let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or_else(|| io::Error::other("no pid"))?;
+    drop(stdio);
+    let failed = error.load(Ordering::SeqCst);
+    if failed != 0 {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        return Err(io::Error::from_raw_os_error(failed));
+    }
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => Ok(Spawned { pid, pidfd }),
+        Err(err) => {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            Err(io::Error::other(format!("pidfd_open (Linux 5.3 or later is needed): {err}")))
         }
-    }
-
-    /// Runs the hook in the child of a terminal `command`, after it became
-    /// the leader of a new session on its terminal.
-    pub fn install_on_pty(self, command: pty_process::Command) -> pty_process::Command {
-        let hook = self.hook();
-        // Safety: as in `install`.
-        unsafe { command.pre_exec(hook) }
     }
 }
 
@@ -99,7 +233,55 @@ pub fn close_inherited_descriptors() -> io::Result<usize> {
     Ok(marked)
 }
 
-/// A copy of `fd` (close-on-exec) the child hook can own.
-pub fn duplicate(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    Ok(rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), 3)?)
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    fn run(program: &str, args: &[&str], terminal: bool) -> io::Result<(String, i32)> {
+        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env = BTreeMap::from([(OsString::from("PATH"), OsString::from("/usr/bin:/bin"))]);
+        let spawned = spawn(Spawn {
+            program: Path::new(program),
+            args: &args,
+            env: &env,
+            cwd: Some(Path::new("/")),
+            stdio: [null.as_fd(), out_w.as_fd(), out_w.as_fd()],
+            terminal,
+            cgroup_procs: None,
+            identity: None,
+        })?;
+        drop(out_w);
+        let mut output = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(out_r), &mut output).unwrap();
+        let status =
+            rustix::process::waitpid(Some(spawned.pid), rustix::process::WaitOptions::empty()).unwrap().unwrap().1;
+        Ok((output, status.exit_status().unwrap_or(-1)))
+    }
+
+    #[test]
+    fn a_child_gets_its_arguments_environment_directory_and_only_three_descriptors() {
+        let (output, status) =
+            run("/bin/sh", &["-c", "echo $0 $PATH; pwd; ls /proc/$$/fd; exit 3", "x"], false).unwrap();
+        assert_eq!(output, "x /usr/bin:/bin\n/\n0\n1\n2\n");
+        assert_eq!(status, 3);
+    }
+
+    #[test]
+    fn a_child_leads_its_own_group_and_has_no_core_dumps() {
+        let (output, _) = run("/bin/sh", &["-c", "ps -o pid=,pgid= -p $$; ulimit -c"], false).unwrap();
+        let mut fields = output.split_whitespace();
+        let (pid, pgid) = (fields.next().unwrap(), fields.next().unwrap());
+        assert_eq!(pid, pgid, "{output}");
+        assert_eq!(fields.next(), Some("0"));
+    }
+
+    #[test]
+    fn a_missing_program_is_an_error_of_its_own() {
+        let err = run("/no/such/program", &[], false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
 }

@@ -5,9 +5,9 @@
 //!   so `cgroup.kill` ends everything a session started and `cgroup.events`
 //!   tells when nothing is left;
 //! - `identity`: the user and groups children run as ([`Identity`]);
-//! - `exec`: what a child does before its command runs ([`ChildSetup`]) —
-//!   join the cgroup, no core dumps, drop privileges — and the crate's only
-//!   unsafe code;
+//! - `exec`: starting a child ([`spawn`]) without copying the server's page
+//!   tables, and what it does before its command runs — join the cgroup, no
+//!   core dumps, drop privileges — the crate's only unsafe code;
 //! - `reaper`: reaping orphans as a subreaper or PID 1;
 //! - [`harden_process`]: what the server does to itself at start.
 
@@ -19,7 +19,7 @@ mod reaper;
 
 pub use cgroup::{CgroupLimits, CgroupRoot, CgroupSetting, SessionCgroup};
 pub use containment::Containment;
-pub use exec::{ChildIdentity, ChildSetup, close_inherited_descriptors, duplicate};
+pub use exec::{Spawn, Spawned, close_inherited_descriptors, spawn};
 pub use identity::{Identity, IdentityError, resolve_group};
 pub use reaper::start_reaping_orphans;
 pub(crate) use reaper::{FORK_GUARD, register, unregister};

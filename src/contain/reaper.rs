@@ -1,7 +1,7 @@
 //! Reaping: the server is a child subreaper, so daemonized grandchildren of
 //! a session become its children when their parent dies; as PID 1 (a
 //! container without an init) every orphan does. Either way they are reaped
-//! here, without touching the session leaders, which tokio reaps.
+//! here, without touching the session leaders, which their `Process` reaps.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, RwLock};
@@ -14,7 +14,7 @@ use rustix::process::{Pid, WaitOptions};
 /// it for writing too; see `session::process`.)
 pub(crate) static FORK_GUARD: RwLock<()> = RwLock::new(());
 
-/// The server's own children (session leaders), which tokio reaps.
+/// The server's own children (session leaders), which their `Process` reaps.
 static LEADERS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 
 /// Records a session leader; call while holding [`FORK_GUARD`] for reading.
@@ -22,8 +22,7 @@ pub(crate) fn register(pid: i32) {
     LEADERS.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashSet::new).insert(pid);
 }
 
-/// Forgets a session leader once it was reaped (or handed to tokio's own
-/// orphan reaping).
+/// Forgets a session leader once it was reaped.
 pub(crate) fn unregister(pid: i32) {
     if let Some(leaders) = LEADERS.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
         leaders.remove(&pid);

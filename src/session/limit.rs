@@ -5,8 +5,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready};
-use http::header::{HeaderValue, RETRY_AFTER};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -85,13 +84,7 @@ where
             Err(_) => {
                 self.metrics.refused(Refusal::sessions);
                 tracing::warn!(status = 503, "session limit reached");
-                let mut headers = HeaderMap::new();
-                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                Either::Right(ready(Ok(reply::with_headers(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many sessions",
-                    headers,
-                ))))
+                Either::Right(ready(Ok(reply::retry_later("too many sessions"))))
             }
         }
     }
@@ -99,6 +92,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use http::StatusCode;
+    use http::header::RETRY_AFTER;
     use std::convert::Infallible;
     use std::sync::Mutex;
 

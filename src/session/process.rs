@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{ExitStatus, Stdio};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +14,10 @@ use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::process::{Child, ChildStdin, Command};
 
 use super::settings::EnvPolicy;
 use crate::config::ENV_PREFIX;
-use crate::contain::{self, ChildIdentity, ChildSetup, FORK_GUARD, Identity, SessionCgroup};
+use crate::contain::{self, FORK_GUARD, Identity, SessionCgroup};
 use crate::spec::{CommandSpec, TerminalSize};
 use crate::websocket::{OutputMode, OutputStream};
 
@@ -49,17 +48,16 @@ pub struct SpawnOptions<'a> {
 
 /// A running command: its input, its outputs and its process group.
 ///
-/// Dropping a `Process` sends `SIGKILL` to its whole group; the tokio runtime
-/// reaps a leader that was not waited for.
+/// Dropping a `Process` that was not [finished](Process::finish) sends
+/// `SIGKILL` to its whole group and reaps the leader in the background.
 #[derive(Debug)]
 pub struct Process {
-    child: Child,
-    pid: i32,
+    pid: Pid,
     group: ProcessGroup,
     tty: bool,
-    finished: bool,
     /// Tells when the leader exits without reaping it, so its pid, and so
-    /// the group id, stays reserved until the last signal to the group.
+    /// the group id, stays reserved until the last signal to the group;
+    /// `None` once reaped.
     pidfd: Option<AsyncFd<OwnedFd>>,
     status: Option<ExitStatus>,
     /// The process's input; `None` once taken.
@@ -75,117 +73,115 @@ impl Process {
     /// Before its command runs, the child joins `options.cgroup`, turns core
     /// dumps off and becomes `options.identity`; it gets only descriptors
     /// 0–2, and none of the server's `WS_SUBPROCESS_*` variables.
+    ///
+    /// The child is started without copying the server's page tables (see
+    /// [`contain::spawn`]), so this costs the same however many sessions
+    /// the server holds. A session holds one descriptor for the process
+    /// (a pidfd) besides its input and outputs.
     pub fn spawn(spec: &CommandSpec, options: SpawnOptions<'_>) -> io::Result<Self> {
-        let mut command = Command::new(&spec.command);
-        command.args(&spec.args).env_clear().envs(environment(spec, &options));
-        if let Some(cwd) = &spec.cwd {
-            command.current_dir(cwd);
-        }
-        let setup = ChildSetup {
-            cgroup_procs: options.cgroup.as_ref().map(|c| contain::duplicate(c.procs())).transpose()?,
-            identity: options.identity.map(|identity| ChildIdentity {
-                groups: identity.groups.iter().map(|g| rustix::process::Gid::from_raw(*g)).collect(),
-                gid: rustix::process::Gid::from_raw(identity.gid),
-                uid: Some(rustix::process::Uid::from_raw(identity.uid)),
-            }),
-        };
+        let env = environment(spec, &options);
+        let procs = options.cgroup.as_ref().map(SessionCgroup::open_procs).transpose()?;
         let cgroup = options.cgroup.map(Arc::new);
+        let start = |stdio: [BorrowedFd<'_>; 3]| {
+            let _spawning = FORK_GUARD.read().unwrap_or_else(|p| p.into_inner());
+            let spawned = contain::spawn(contain::Spawn {
+                program: &spec.command,
+                args: &spec.args,
+                env: &env,
+                cwd: spec.cwd.as_deref(),
+                stdio,
+                terminal: spec.tty,
+                cgroup_procs: procs.as_ref().map(AsFd::as_fd),
+                identity: options.identity,
+            })?;
+            contain::register(spawned.pid.as_raw_nonzero().get());
+            Ok::<_, io::Error>(spawned)
+        };
         if spec.tty {
-            Self::spawn_on_pty(command, setup, cgroup, spec.size.unwrap_or_default())
+            let (pty, pts) = {
+                // The terminal's descriptor is made close-on-exec only after
+                // it is opened: no child may start in between.
+                let _opening = FORK_GUARD.write().unwrap_or_else(|p| p.into_inner());
+                pty_process::open().map_err(pty_error)?
+            };
+            let size = spec.size.unwrap_or_default();
+            pty.resize(pty_process::Size::new(size.rows, size.cols)).map_err(pty_error)?;
+            let spawned = start([pts.as_fd(), pts.as_fd(), pts.as_fd()])?;
+            drop(pts);
+            let (reader, writer) = pty.into_split();
+            let outputs = vec![ProcessOutput { stream: OutputStream::Stdout, reader: OutputReader::Pty(reader) }];
+            Self::new(spawned, true, cgroup, ProcessInput::Pty(writer), outputs)
         } else {
-            Self::spawn_on_pipes(command, setup, cgroup, options.mode.unwrap_or(OutputMode::Merged))
-        }
-    }
-
-    fn spawn_on_pipes(
-        mut command: Command,
-        setup: ChildSetup,
-        cgroup: Option<Arc<SessionCgroup>>,
-        mode: OutputMode,
-    ) -> io::Result<Self> {
-        let (out_reader, out_writer) = io::pipe()?;
-        let mut outputs = vec![(OutputStream::Stdout, out_reader)];
-        command.stdin(Stdio::piped()).process_group(0);
-        match mode {
-            OutputMode::Merged => {
-                command.stdout(out_writer.try_clone()?).stderr(out_writer);
+            let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(io::Error::from);
+            let (stdin_reader, stdin_writer) = pipe()?;
+            let (out_reader, out_writer) = pipe()?;
+            let (spawned, outputs) = match options.mode.unwrap_or(OutputMode::Merged) {
+                OutputMode::Merged => {
+                    let spawned = start([stdin_reader.as_fd(), out_writer.as_fd(), out_writer.as_fd()])?;
+                    (spawned, vec![(OutputStream::Stdout, out_reader)])
+                }
+                OutputMode::Separate => {
+                    let (err_reader, err_writer) = pipe()?;
+                    let spawned = start([stdin_reader.as_fd(), out_writer.as_fd(), err_writer.as_fd()])?;
+                    (spawned, vec![(OutputStream::Stdout, out_reader), (OutputStream::Stderr, err_reader)])
+                }
+            };
+            // Only the process may keep the write ends of its outputs open,
+            // or its output never ends.
+            drop((stdin_reader, out_writer));
+            let outputs = outputs
+                .into_iter()
+                .map(|(stream, reader)| {
+                    let reader = pipe::Receiver::from_owned_fd(reader)?;
+                    Ok(ProcessOutput { stream, reader: OutputReader::Pipe(reader) })
+                })
+                .collect::<io::Result<Vec<_>>>();
+            let stdin = pipe::Sender::from_owned_fd(stdin_writer).map(ProcessInput::Pipe);
+            match (outputs, stdin) {
+                (Ok(outputs), Ok(stdin)) => Self::new(spawned, false, cgroup, stdin, outputs),
+                (Err(err), _) | (_, Err(err)) => {
+                    reap_in_background(spawned.pid, spawned.pidfd, true);
+                    Err(err)
+                }
             }
-            OutputMode::Separate => {
-                let (err_reader, err_writer) = io::pipe()?;
-                command.stdout(out_writer).stderr(err_writer);
-                outputs.push((OutputStream::Stderr, err_reader));
-            }
         }
-        setup.install(&mut command);
-        let mut child = {
-            let _forking = FORK_GUARD.read().unwrap_or_else(|p| p.into_inner());
-            let child = command.spawn()?;
-            contain::register(child.id().unwrap_or_default() as i32);
-            child
-        };
-        // The command holds our copies of the pipes' write ends; only the
-        // process may keep them open, or the output never ends.
-        drop(command);
-        let outputs = outputs
-            .into_iter()
-            .map(|(stream, reader)| {
-                let reader = pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
-                Ok(ProcessOutput { stream, reader: OutputReader::Pipe(reader) })
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        let stdin = child.stdin.take().map(ProcessInput::Pipe);
-        Self::new(child, false, cgroup, stdin, outputs)
-    }
-
-    fn spawn_on_pty(
-        command: Command,
-        setup: ChildSetup,
-        cgroup: Option<Arc<SessionCgroup>>,
-        size: TerminalSize,
-    ) -> io::Result<Self> {
-        let (pty, pts) = {
-            let _opening = FORK_GUARD.write().unwrap_or_else(|p| p.into_inner());
-            pty_process::open().map_err(pty_error)?
-        };
-        pty.resize(pty_process::Size::new(size.rows, size.cols)).map_err(pty_error)?;
-        // A new session makes the process a group leader too, so no
-        // `process_group` here (setsid would fail with EPERM).
-        let command = setup.install_on_pty(pty_process::Command::from(command));
-        let child = {
-            let _forking = FORK_GUARD.read().unwrap_or_else(|p| p.into_inner());
-            let child = command.spawn(pts).map_err(pty_error)?;
-            contain::register(child.id().unwrap_or_default() as i32);
-            child
-        };
-        let (reader, writer) = pty.into_split();
-        let outputs = vec![ProcessOutput { stream: OutputStream::Stdout, reader: OutputReader::Pty(reader) }];
-        Self::new(child, true, cgroup, Some(ProcessInput::Pty(writer)), outputs)
     }
 
     fn new(
-        child: Child,
+        spawned: contain::Spawned,
         tty: bool,
         cgroup: Option<Arc<SessionCgroup>>,
-        stdin: Option<ProcessInput>,
+        stdin: ProcessInput,
         outputs: Vec<ProcessOutput>,
     ) -> io::Result<Self> {
-        let pid = child.id().and_then(|id| Pid::from_raw(id as i32)).ok_or_else(|| io::Error::other("no pid"))?;
+        let contain::Spawned { pid, pidfd } = spawned;
+        // Deprecated because an `AsyncFd` over a borrowed descriptor could
+        // outlive it; this one owns its `OwnedFd`, which nothing else can
+        // close. The replacement is an `unsafe fn`, and this module has no
+        // unsafe code.
+        #[allow(deprecated)]
+        let pidfd = match AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE) {
+            Ok(pidfd) => pidfd,
+            Err(err) => {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                reap_blocking(pid);
+                return Err(err);
+            }
+        };
         Ok(Self {
-            pid: pid.as_raw_nonzero().get(),
+            pid,
             group: ProcessGroup { leader: pid, tty, cgroup },
-            pidfd: pidfd_of(&child),
-            child,
+            pidfd: Some(pidfd),
             tty,
-            finished: false,
             status: None,
-            stdin,
+            stdin: Some(stdin),
             outputs,
         })
     }
 
     /// The leader's process id, which is also the group id.
     pub fn id(&self) -> i32 {
-        self.pid
+        self.pid.as_raw_nonzero().get()
     }
 
     /// Whether the process runs on a terminal.
@@ -207,22 +203,12 @@ impl Process {
     /// Waits for the leader to exit and returns its status, but leaves it
     /// unreaped (a zombie) until [`Process::finish`]: while it is, its pid
     /// cannot be reused, so signals to its group cannot reach a stranger.
-    /// Without pidfd support, this reaps at once.
     pub async fn exited(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.status {
             return Ok(status);
         }
-        let status = match &self.pidfd {
-            None => self.child.wait().await?,
-            Some(pidfd) => loop {
-                let mut ready = pidfd.readable().await?;
-                let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
-                match rustix::process::waitid(WaitId::PidFd(pidfd.get_ref().as_fd()), options)? {
-                    Some(info) => break exit_status(&info),
-                    None => ready.clear_ready(),
-                }
-            },
-        };
+        let Some(pidfd) = &self.pidfd else { return Err(io::Error::other("the process was reaped")) };
+        let status = wait_for_exit(pidfd, WaitIdOptions::NOWAIT).await?;
         self.status = Some(status);
         Ok(status)
     }
@@ -238,20 +224,59 @@ impl Process {
             // what it killed.
             let _ = tokio::time::timeout(Duration::from_secs(1), cgroup.emptied()).await;
         }
-        self.finished = true;
-        let _ = self.child.wait().await;
-        contain::unregister(self.pid);
+        if let Some(pidfd) = &self.pidfd {
+            // Killed above, so it exits now if it had not.
+            let _ = wait_for_exit(pidfd, WaitIdOptions::empty()).await;
+            self.pidfd = None;
+            contain::unregister(self.id());
+        }
     }
 }
 
-fn pidfd_of(child: &Child) -> Option<AsyncFd<OwnedFd>> {
-    let pid = Pid::from_raw(child.id()? as i32)?;
-    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
-    // Deprecated because an `AsyncFd` over a borrowed descriptor could
-    // outlive it; this one owns its `OwnedFd`, which nothing else can close.
-    // The replacement is an `unsafe fn`, and this crate forbids unsafe code.
-    #[allow(deprecated)]
-    AsyncFd::with_interest(fd, tokio::io::Interest::READABLE).ok()
+/// Waits until the process of `pidfd` has exited; reaps it unless `options`
+/// has `NOWAIT`.
+async fn wait_for_exit(pidfd: &AsyncFd<OwnedFd>, options: WaitIdOptions) -> io::Result<ExitStatus> {
+    loop {
+        let mut ready = pidfd.readable().await?;
+        match rustix::process::waitid(
+            WaitId::PidFd(pidfd.get_ref().as_fd()),
+            options | WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        )? {
+            Some(info) => return Ok(exit_status(&info)),
+            None => ready.clear_ready(),
+        }
+    }
+}
+
+/// Reaps `pid`, which was sent `SIGKILL` or is about to exit, without
+/// blocking the caller: in a task of the current runtime, or else a thread.
+fn reap_in_background(pid: Pid, pidfd: OwnedFd, kill: bool) {
+    if kill {
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    }
+    let reaped = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
+    if matches!(reaped, Ok(Some(_)) | Err(_)) {
+        contain::unregister(pid.as_raw_nonzero().get());
+        return;
+    }
+    #[allow(deprecated)] // See `Process::new`.
+    match (tokio::runtime::Handle::try_current(), AsyncFd::with_interest(pidfd, tokio::io::Interest::READABLE)) {
+        (Ok(runtime), Ok(pidfd)) => {
+            runtime.spawn(async move {
+                let _ = wait_for_exit(&pidfd, WaitIdOptions::empty()).await;
+                contain::unregister(pid.as_raw_nonzero().get());
+            });
+        }
+        _ => {
+            std::thread::spawn(move || reap_blocking(pid));
+        }
+    }
+}
+
+/// Reaps `pid`, blocking until it has exited.
+fn reap_blocking(pid: Pid) {
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    contain::unregister(pid.as_raw_nonzero().get());
 }
 
 /// The status `waitid` reported, as the standard library represents it.
@@ -266,10 +291,9 @@ fn exit_status(info: &rustix::process::WaitIdStatus) -> ExitStatus {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if !self.finished {
+        if let Some(pidfd) = self.pidfd.take() {
             self.group.kill_all();
-            // tokio reaps it from now on.
-            contain::unregister(self.pid);
+            reap_in_background(self.pid, pidfd.into_inner(), false);
         }
     }
 }
@@ -308,7 +332,7 @@ fn pty_error(err: pty_process::Error) -> io::Error {
 #[derive(Debug)]
 pub enum ProcessInput {
     /// The write end of the stdin pipe.
-    Pipe(ChildStdin),
+    Pipe(pipe::Sender),
     /// The terminal's master side.
     Pty(pty_process::OwnedWritePty),
 }

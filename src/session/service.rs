@@ -143,6 +143,10 @@ impl ServeSubprocess {
             SpawnOptions { env: Some(&self.settings.env), mode: Some(protocol.output_mode()), identity, cgroup };
         let process = match Process::spawn(&spec, options) {
             Ok(process) => process,
+            Err(err) if is_out_of_resources(&err) => {
+                tracing::warn!(cause = %err, status = 503, "no descriptors or processes left for a session");
+                return reply::retry_later("server at capacity");
+            }
             Err(err) => {
                 tracing::warn!(command = %spec.command.display(), cause = %err, status = 500, "process did not start");
                 return reply::plain(
@@ -340,4 +344,13 @@ fn log_end(ending: &Ending, status: Option<ExitStatus>, oom: bool, started: Inst
         bytes_out,
         "session ended"
     );
+}
+
+/// Whether a start failed for want of descriptors or processes (the
+/// server's, the system's or the user's): the server is at capacity, and the
+/// client may try again later.
+fn is_out_of_resources(err: &std::io::Error) -> bool {
+    [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE, rustix::io::Errno::AGAIN]
+        .iter()
+        .any(|errno| err.raw_os_error() == Some(errno.raw_os_error()))
 }

@@ -74,9 +74,15 @@ impl SessionSettings {
     /// output message and control frames.
     pub const MIN_MAX_WRITE_BUFFER: usize = 128 * 1024;
     /// Descriptors a session holds besides its connection's socket: the
-    /// process's stdin, stdout and stderr and its pidfd, and one more while
-    /// it is being started.
-    pub const FDS_PER_SESSION: usize = 5;
+    /// process's stdin, stdout and pidfd (a terminal session holds two).
+    /// A pipe session of the channel protocols holds one more, for
+    /// stderr: where the open-file limit cannot cover that, such a session
+    /// is refused with 503 when the descriptors run out.
+    pub const FDS_PER_SESSION: usize = 3;
+    /// Descriptors a start holds for a moment on top: the other ends of the
+    /// pipes, their copies in the child and the cgroup's `cgroup.procs`.
+    /// Starts run on the runtime's threads, one at a time on each.
+    pub const FDS_PER_START: usize = 10;
     /// Default `ping_interval`.
     pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
     /// Default `pong_timeout`.

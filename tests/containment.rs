@@ -254,7 +254,15 @@ async fn children_get_only_descriptors_0_to_2_whatever_the_server_inherited() {
     .await;
     let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid())).unwrap().count();
     assert!(fds > 3, "the server did not inherit the extra descriptors");
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("t")).await.unwrap();
+    let (mut ws, _) = match tokio_tungstenite::connect_async(server.ws_url("t")).await {
+        Ok(connected) => connected,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string();
+            panic!("{}: {body}\n{}", response.status(), server.log())
+        }
+        Err(err) => panic!("{err}"),
+    };
     assert_eq!(String::from_utf8(collect(&mut ws).await.0).unwrap(), "0\n1\n2\n");
 }
 
@@ -324,4 +332,39 @@ async fn an_oom_kill_is_reported_as_such_where_memory_is_delegated() {
     let (_, close) = collect(&mut ws).await;
     let close = close.unwrap();
     assert_eq!((u16::from(close.code), close.reason.as_str()), (4137, "oom"));
+}
+
+/// The session cgroup directory a server logged, if it has one.
+fn cgroup_dir_of(server: &Binary) -> Option<std::path::PathBuf> {
+    let log = server.log();
+    let line = log.lines().find(|l| l.contains("one cgroup per session"))?;
+    let dir = line.split("dir=").nth(1)?.split(' ').next()?;
+    Some(dir.trim_matches('"').into())
+}
+
+#[tokio::test]
+async fn a_killed_servers_cgroup_is_swept_and_a_live_ones_is_not_even_from_another_pid_namespace() {
+    let controller = Controller::allowing("/bin/echo", &["contained"]).await;
+    let dir = scratch();
+    let url = controller.url();
+    let args = ["--listen", "127.0.0.1:0", "--controller-url", &url];
+    let live = Binary::start(&args, &[], dir.path()).await;
+    let Some(live_dir) = cgroup_dir_of(&live) else {
+        eprintln!("SKIPPED the sweep test: no usable cgroup v2 hierarchy here");
+        return;
+    };
+    let mut killed = Binary::start(&args, &[], dir.path()).await;
+    let killed_dir = cgroup_dir_of(&killed).expect("a cgroup for the second server too");
+    killed.signal(rustix::process::Signal::KILL);
+    killed.exit_code(Duration::from_secs(5)).await;
+    assert!(killed_dir.exists(), "nobody swept yet, and a killed server cannot clean up");
+    // A server in a pid namespace of its own, where neither pid means
+    // anything, sweeps what the killed one left and only that.
+    let sweeper = Binary::start_wrapped(&["unshare", "--pid", "--fork", "--mount-proc"], &args, &[], dir.path()).await;
+    assert!(eventually(Duration::from_secs(5), || !killed_dir.exists()).await, "{}", sweeper.log());
+    assert!(live_dir.exists(), "the live server's cgroup was swept: {}", sweeper.log());
+    assert!(sweeper.log().contains("removed the cgroup of a server that is gone"), "{}", sweeper.log());
+    // The live server still starts (and contains) sessions.
+    let (mut ws, _) = tokio_tungstenite::connect_async(live.ws_url("t")).await.unwrap();
+    assert_eq!(collect(&mut ws).await.0, b"contained\n");
 }

@@ -94,8 +94,9 @@ pub struct CgroupRoot(Arc<Root>);
 #[derive(Debug)]
 struct Root {
     dir: PathBuf,
-    /// Whether this server made `dir` (and so removes it when done).
-    owned: bool,
+    /// Held while this server made `dir` (and so removes it when done): a
+    /// shared lock that tells other servers it is alive.
+    owned: Option<OwnedFd>,
     controllers: Vec<&'static str>,
     next: AtomicU64,
     events: EventWatch,
@@ -112,7 +113,7 @@ impl CgroupRoot {
                 if !dir.join("cgroup.procs").exists() {
                     return Err(format!("`{}` is not a cgroup v2 directory", dir.display()));
                 }
-                (dir.clone(), false)
+                (dir.clone(), None)
             }
             CgroupSetting::Auto => auto_dir()?,
         };
@@ -153,7 +154,7 @@ impl CgroupRoot {
 
 impl Drop for Root {
     fn drop(&mut self) {
-        if self.owned {
+        if self.owned.is_some() {
             let _ = std::fs::remove_dir(&self.dir);
         }
     }
@@ -161,7 +162,7 @@ impl Drop for Root {
 
 /// For `auto`: the cgroup v2 mount, the server's own cgroup in it, and a
 /// directory for sessions there.
-fn auto_dir() -> Result<(PathBuf, bool), String> {
+fn auto_dir() -> Result<(PathBuf, Option<OwnedFd>), String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("mountinfo: {e}"))?;
     let mount = mountinfo
         .lines()
@@ -180,9 +181,14 @@ fn auto_dir() -> Result<(PathBuf, bool), String> {
         // servers may share a process: tests, library users.)
         static SERVERS: AtomicU64 = AtomicU64::new(1);
         let n = SERVERS.fetch_add(1, Ordering::Relaxed);
-        let dir = own_dir.join(format!("ws-subprocess-{}-{n}", std::process::id()));
-        std::fs::create_dir(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
-        return Ok((dir, true));
+        // With a random part: servers in pid namespaces of their own may
+        // all be PID 1.
+        let mut random = [0u8; 4];
+        let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+        let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = own_dir.join(format!("ws-subprocess-{}-{n}-{random}", std::process::id()));
+        let lock = create_locked(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        return Ok((dir, Some(lock)));
     }
     // A delegated cgroup (systemd `Delegate=yes`): a cgroup that hands
     // controllers to children may hold no process, so the server moves to a
@@ -193,23 +199,48 @@ fn auto_dir() -> Result<(PathBuf, bool), String> {
     }
     std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
         .map_err(|e| format!("cannot move the server into `{}`: {e}", leaf.display()))?;
-    Ok((own_dir, false))
+    Ok((own_dir, None))
+}
+
+/// Creates `dir` and holds a shared `flock` on it for the server's life, so
+/// a sweep by another server leaves it alone (a pid says nothing across pid
+/// namespaces: a server run as PID 1 in a container of its own sees no
+/// other server's pid). A sweep may remove it between the `mkdir` and the
+/// lock: then again.
+fn create_locked(dir: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    for _ in 0..3 {
+        std::fs::create_dir(dir)?;
+        let fd = match rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(err) => return Err(err.into()),
+        };
+        rustix::fs::flock(&fd, FlockOperation::LockShared)?;
+        if dir.exists() {
+            return Ok(fd);
+        }
+    }
+    Err(io::Error::other("removed by another server's sweep while being created"))
 }
 
 /// Removes what servers that are gone (killed, say) left in `parent`: their
-/// empty `ws-subprocess-<pid>-<n>` directories. One that still holds
-/// processes is left alone: its pid may belong to another pid namespace.
+/// `ws-subprocess-<pid>-<n>` directories that no live server holds a lock
+/// on (see [`create_locked`]), with their empty session cgroups. One that
+/// still holds processes stays.
 fn sweep_stale(parent: &Path) {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("ws-subprocess-")?.split('-').next()) else {
-            continue;
-        };
-        if Path::new("/proc").join(pid).exists() {
+        if !entry.file_name().to_str().is_some_and(|n| n.starts_with("ws-subprocess-")) {
             continue;
         }
         let dir = entry.path();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::open(&dir, flags, Mode::empty()) else { continue };
+        if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // its server is alive
+        }
         if let Ok(sessions) = std::fs::read_dir(&dir) {
             for session in sessions.flatten().filter(|s| s.path().is_dir()) {
                 let _ = std::fs::remove_dir(session.path());
@@ -347,17 +378,27 @@ impl Drop for SessionCgroup {
         if !self.is_empty() {
             self.kill();
         }
-        // Fails while killed processes are still on their way out; the
-        // kernel then needs a moment, which a session's end already gave.
-        for _ in 0..50 {
-            match std::fs::remove_dir(&self.dir) {
-                Err(err) if err.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                _ => return,
-            }
+        let busy = |result: &io::Result<()>| matches!(result, Err(err) if err.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()));
+        if !busy(&std::fs::remove_dir(&self.dir)) {
+            return;
         }
-        tracing::warn!(cgroup = %self.dir.display(), "cannot remove the session's cgroup");
+        // Killed processes are still on their way out, and the kernel needs
+        // a moment: retried off the async threads, which serve every other
+        // session meanwhile.
+        let dir = self.dir.clone();
+        let retry = move || {
+            for _ in 0..50 {
+                std::thread::sleep(Duration::from_millis(2));
+                if !busy(&std::fs::remove_dir(&dir)) {
+                    return;
+                }
+            }
+            tracing::warn!(cgroup = %dir.display(), "cannot remove the session's cgroup");
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(retry)),
+            Err(_) => retry(),
+        }
     }
 }
 

@@ -27,6 +27,11 @@ fn main() -> ExitCode {
         Err(err) => return fail("configuration error", err.into(), 2),
     };
     init_tracing(config.log_format);
+    // While the lowest descriptors are free: starting a session then costs
+    // the same however many the server holds.
+    if let Err(err) = ws_subprocess::contain::reserve_spawn_slots() {
+        tracing::warn!(cause = %err, "cannot reserve descriptors for starting sessions");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return fail("cannot start the runtime", err.into(), 1),

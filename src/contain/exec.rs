@@ -1,17 +1,26 @@
 //! The crate's only unsafe code, kept to what has no safe wrapper: starting
-//! a child the way `posix_spawn` does (`clone` with `CLONE_VM | CLONE_VFORK`:
-//! the server's page tables are not copied, so starting a process costs the
-//! same however large the server has grown), with the setup a session needs
-//! done in the child before its command runs; and marking the descriptors
-//! the server inherited close-on-exec.
+//! a child the way `posix_spawn` does, with the setup a session needs done
+//! in the child before its command runs; and marking the descriptors the
+//! server inherited close-on-exec.
+//!
+//! Starting a process from a server that holds thousands of sessions must
+//! not cost more than from an idle one. `fork` copies the page tables (they
+//! grow with the server's memory) and the descriptor table (it grows with
+//! its sessions), and the child then closes every descriptor one by one at
+//! `execve`. So the child is a `clone` with `CLONE_VM | CLONE_VFORK |
+//! CLONE_FILES`, which copies neither, and the first thing it does is
+//! `close_range(N, ~0, CLOSE_RANGE_UNSHARE)`, which gives it a table of its
+//! own holding only the descriptors below `N`. Its standard streams (and the
+//! cgroup's `cgroup.procs`) are put in a few reserved low slots first, so
+//! `N` stays small whatever the server holds.
 //!
 //! The child shares the server's memory until it calls `execve`, while the
 //! calling thread waits. So everything it uses is prepared beforehand, and it
 //! only makes system calls: no allocation, no lock, no glibc function that
 //! keeps process-wide state (the ids are changed with raw system calls, not
 //! glibc's `setuid`, which would signal every thread of the server). All
-//! signals are blocked around the `clone`; the child resets the handlers
-//! the server installed to their defaults before it unblocks them.
+//! signals are blocked around the `clone`; the child resets every handler to
+//! its default before it unblocks them.
 
 #![allow(unsafe_code)]
 
@@ -85,15 +94,15 @@ pub fn spawn(spawn: Spawn<'_>) -> io::Result<Spawned> {
         argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp_ptrs: Vec<*const libc::c_char> =
         envp.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    // Descriptors that become 0-2 must not be 0-2 themselves, or one dup2
-    // could overwrite the next one's source.
-    let stdio: Vec<OwnedFd> = spawn
-        .stdio
-        .iter()
-        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(io::Error::from))
-        .collect::<io::Result<_>>()?;
-    let stdio_raw: [RawFd; 3] = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
-    let procs = spawn.cgroup_procs.map(|fd| fd.as_raw_fd());
+    let slots = slots()?;
+    // One start at a time: the slots hold its descriptors.
+    let _starting = slots.lock.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sources: Vec<RawFd> = spawn.stdio.iter().map(AsRawFd::as_raw_fd).collect();
+    sources.extend(spawn.cgroup_procs.map(|fd| fd.as_raw_fd()));
+    let placed = Placed::new(slots, &sources)?;
+    let [in_slot, out_slot, err_slot, procs_slot] = slots.numbers;
+    let keep_below = slots.keep_below;
+    let procs = spawn.cgroup_procs.map(|_| procs_slot);
     let identity = spawn.identity;
     let terminal = spawn.terminal;
     let error = AtomicI32::new(0);
@@ -123,6 +132,14 @@ pub fn spawn(spawn: Spawn<'_>) -> io::Result<Spawned> {
             let mut empty = MaybeUninit::<libc::sigset_t>::zeroed();
             libc::sigemptyset(empty.as_mut_ptr());
             libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+            // A descriptor table of its own with only the slots and below
+            // (Linux 5.9); before that, a copy of the whole table. Until
+            // then the table is the server's: nothing may change in it.
+            if libc::syscall(libc::SYS_close_range, keep_below, u32::MAX, libc::CLOSE_RANGE_UNSHARE) < 0
+                && libc::unshare(libc::CLONE_FILES) < 0
+            {
+                return fail(libc::ENOSYS);
+            }
             if terminal {
                 if libc::setsid() < 0 {
                     return fail(libc::EPERM);
@@ -130,7 +147,7 @@ pub fn spawn(spawn: Spawn<'_>) -> io::Result<Spawned> {
             } else if libc::setpgid(0, 0) < 0 {
                 return fail(libc::EPERM);
             }
-            for (target, source) in stdio_raw.iter().enumerate() {
+            for (target, source) in [in_slot, out_slot, err_slot].iter().enumerate() {
                 if libc::dup2(*source, target as i32) < 0 {
                     return fail(libc::EBADF);
                 }
@@ -163,10 +180,9 @@ pub fn spawn(spawn: Spawn<'_>) -> io::Result<Spawned> {
                     return fail(libc::EPERM);
                 }
             }
-            // Nothing but 0-2 reaches the command, even a descriptor someone
-            // forgot to make close-on-exec (Linux 5.9; before it, the
-            // server's descriptors are close-on-exec, see
-            // `close_inherited_descriptors`).
+            // Nothing but 0-2 reaches the command: the slots go too (and,
+            // before Linux 5.9, whatever the server forgot to make
+            // close-on-exec: see `close_inherited_descriptors`).
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
             fail(libc::ENOEXEC)
@@ -184,7 +200,7 @@ pub fn spawn(spawn: Spawn<'_>) -> io::Result<Spawned> {
         let cloned = nix::sched::clone(
             Box::new(child),
             &mut stack,
-            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK | CloneFlags::CLONE_FILES,
             Some(libc::SIGCHLD),
         );
         libc::pthread_sigmask(libc::SIG_SETMASK, previous.as_ptr(), std::ptr::null_mut());
@@ -192,7 +208,7 @@ pub fn spawn(spawn: Spawn<'_>) -> io::Result<Spawned> {
     }
     .map_err(io::Error::from)?;
     let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or_else(|| io::Error::other("no pid"))?;
-    drop(stdio);
+    drop(placed);
     let failed = error.load(Ordering::SeqCst);
     if failed != 0 {
         let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
@@ -204,6 +220,82 @@ pub fn spawn(spawn: Spawn<'_>) -> io::Result<Spawned> {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
             Err(io::Error::other(format!("pidfd_open (Linux 5.3 or later is needed): {err}")))
+        }
+    }
+}
+
+/// Four descriptors kept open on `/dev/null`, as low as they could be
+/// had: a start puts the child's stdin, stdout, stderr and `cgroup.procs`
+/// there, and the child keeps only the descriptors up to them.
+struct Slots {
+    null: OwnedFd,
+    _held: [OwnedFd; 4],
+    numbers: [RawFd; 4],
+    /// The first descriptor number above the slots.
+    keep_below: u32,
+    lock: std::sync::Mutex<()>,
+}
+
+static SLOTS: std::sync::OnceLock<Slots> = std::sync::OnceLock::new();
+
+/// The slots, reserved on first use. Call early, while the lowest
+/// descriptors are free, so a child's table stays small (the server does,
+/// in [`harden_process`](super::harden_process)).
+pub fn reserve_spawn_slots() -> io::Result<()> {
+    slots().map(|_| ())
+}
+
+fn slots() -> io::Result<&'static Slots> {
+    if let Some(slots) = SLOTS.get() {
+        return Ok(slots);
+    }
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let held = [
+        rustix::io::fcntl_dupfd_cloexec(&null, 3)?,
+        rustix::io::fcntl_dupfd_cloexec(&null, 3)?,
+        rustix::io::fcntl_dupfd_cloexec(&null, 3)?,
+        rustix::io::fcntl_dupfd_cloexec(&null, 3)?,
+    ];
+    let numbers = [held[0].as_raw_fd(), held[1].as_raw_fd(), held[2].as_raw_fd(), held[3].as_raw_fd()];
+    let keep_below = numbers.iter().copied().max().unwrap_or(2) as u32 + 1;
+    let slots = Slots { null, _held: held, numbers, keep_below, lock: std::sync::Mutex::new(()) };
+    // Whoever lost a race drops its own descriptors.
+    let _ = SLOTS.set(slots);
+    Ok(SLOTS.get().expect("just set"))
+}
+
+/// The sources of a start put in their slots (close-on-exec: only the
+/// child's `dup2` makes them its streams); back on `/dev/null` when
+/// dropped, so the slots hold nothing of a session.
+struct Placed<'a> {
+    slots: &'a Slots,
+    count: usize,
+}
+
+impl<'a> Placed<'a> {
+    fn new(slots: &'a Slots, sources: &[RawFd]) -> io::Result<Self> {
+        let mut placed = Self { slots, count: 0 };
+        for (source, slot) in sources.iter().zip(slots.numbers) {
+            // Safety: `slot` is a descriptor the slots own and nothing else
+            // uses; `source` is borrowed by the caller for the call.
+            if unsafe { libc::dup3(*source, slot, libc::O_CLOEXEC) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            placed.count += 1;
+        }
+        Ok(placed)
+    }
+}
+
+impl Drop for Placed<'_> {
+    fn drop(&mut self) {
+        for slot in &self.slots.numbers[..self.count] {
+            // Safety: as in `Placed::new`.
+            unsafe { libc::dup3(self.slots.null.as_raw_fd(), *slot, libc::O_CLOEXEC) };
         }
     }
 }

@@ -39,6 +39,10 @@ pub fn start_reaping_orphans() -> std::io::Result<()> {
     tokio::spawn(async move {
         while child_signals.recv().await.is_some() {
             let _ = tokio::task::spawn_blocking(reap_orphans).await;
+            // A scan reads the list of every child, and sessions end by the
+            // hundred per second on a busy server: orphans wait for the next
+            // scan, at most this long (signals meanwhile count as one).
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     });
     Ok(())

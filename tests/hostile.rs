@@ -479,7 +479,7 @@ async fn sessions_that_outgrow_the_open_file_limit_get_503_and_start_no_process(
         }
     };
     assert!(sessions.len() >= 30, "only {} sessions", sessions.len());
-    assert_eq!(refusal.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refusal.status(), StatusCode::SERVICE_UNAVAILABLE, "{:?}\n{}", refusal.body(), server.log());
     assert_eq!(refusal.headers()["retry-after"], "1");
     let body = String::from_utf8_lossy(refusal.body().as_deref().unwrap_or_default()).to_string();
     assert_eq!(body, "server at capacity\n");

@@ -219,7 +219,12 @@ pub fn spawn(spawn: Spawn<'_>) -> io::Result<Spawned> {
         Err(err) => {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-            Err(io::Error::other(format!("pidfd_open (Linux 5.3 or later is needed): {err}")))
+            // Out of descriptors keeps its errno: the caller answers 503.
+            if err == rustix::io::Errno::NOSYS {
+                Err(io::Error::other(format!("pidfd_open (Linux 5.3 or later is needed): {err}")))
+            } else {
+                Err(io::Error::from(err))
+            }
         }
     }
 }

@@ -392,9 +392,16 @@ impl ProcessOutput {
     /// holds no buffer of its own; what was read is returned as its own
     /// `Bytes`, empty at the end.
     pub async fn read_chunk(&mut self) -> io::Result<bytes::Bytes> {
+        self.read_chunk_up_to(MAX_OUTPUT_CHUNK).await
+    }
+
+    /// [`ProcessOutput::read_chunk`], reading at most `limit` bytes (at
+    /// most [`MAX_OUTPUT_CHUNK`]).
+    pub async fn read_chunk_up_to(&mut self, limit: usize) -> io::Result<bytes::Bytes> {
+        let limit = limit.clamp(1, MAX_OUTPUT_CHUNK);
         std::future::poll_fn(|cx| {
             SCRATCH.with_borrow_mut(|scratch| {
-                let mut buf = tokio::io::ReadBuf::new(scratch);
+                let mut buf = tokio::io::ReadBuf::new(&mut scratch[..limit]);
                 let polled = match &mut self.reader {
                     OutputReader::Pipe(pipe) => std::pin::Pin::new(pipe).poll_read(cx, &mut buf),
                     OutputReader::Pty(pty) => match std::pin::Pin::new(pty).poll_read(cx, &mut buf) {

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::detached::attachment::{Joining, attach};
 use super::detached::record::Recorder;
-use super::detached::shared::Shared;
+use super::detached::shared::{Shared, WriterGuard};
 use super::{
     DEFAULT_TERM, Ending, Process, SessionContext, SessionPermit, SessionSettings, Sessions, SharedSessions,
     SpawnOptions, bridge,
@@ -134,6 +134,11 @@ impl ServeSubprocess {
         };
         let cgroup = match self.containment.cgroup_for(&spec) {
             Ok(cgroup) => cgroup,
+            // Setting a limit opens a file: the descriptors may run out here.
+            Err(err) if is_out_of_resources(&err) => {
+                tracing::warn!(cause = %err, status = 503, "no descriptors or processes left for a session's cgroup");
+                return reply::retry_later("server at capacity");
+            }
             Err(err) => {
                 tracing::error!(cause = %err, status = 500, "cannot create the session's cgroup");
                 return reply::plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot contain the session");
@@ -174,6 +179,9 @@ impl ServeSubprocess {
                 let size = spec.size.unwrap_or_default();
                 let id = session.id.clone();
                 let (shared, controls) = Shared::new(id, &process, size, history, recorder, context.metrics.clone());
+                // The client that started it is its first writer before any
+                // output is read, so it loses none.
+                let first_writer = shared.writer();
                 let mut reservation = reservation;
                 if let Some(reservation) = reservation.as_mut() {
                     reservation.run(shared.clone());
@@ -201,7 +209,8 @@ impl ServeSubprocess {
                 );
                 // The client that started it gets everything from the start.
                 let joining = Joining { role: Role::Writer, since: Some(0), wants_info: query.session.is_some() };
-                self.sessions.spawn(run_attachment(shared, socket, protocol, joining, context).instrument(span));
+                let attachment = run_attachment(shared, socket, protocol, joining, Some(first_writer), context);
+                self.sessions.spawn(attachment.instrument(span));
             }
             (None, _) => {
                 self.sessions.spawn(run_plain(process, socket, protocol, permit, recorder, context).instrument(span));
@@ -232,7 +241,7 @@ impl ServeSubprocess {
             metrics: self.metrics.clone(),
             shutdown: self.sessions.shutdown_token(),
         };
-        self.sessions.spawn(run_attachment(shared, socket, protocol, joining, context).instrument(span));
+        self.sessions.spawn(run_attachment(shared, socket, protocol, joining, None, context).instrument(span));
         response
     }
 
@@ -319,6 +328,7 @@ async fn run_attachment(
     socket: PendingSocket,
     protocol: Protocol,
     joining: Joining,
+    guard: Option<WriterGuard>,
     context: SessionContext,
 ) {
     let socket = match socket.ready().await {
@@ -328,7 +338,7 @@ async fn run_attachment(
     let role = joining.role;
     tracing::info!(role = ?role, since = ?joining.since, "attached");
     let (tx, rx) = socket.split();
-    let ending = attach(shared, tx, rx, protocol, joining, &context).await;
+    let ending = attach(shared, tx, rx, protocol, joining, guard, &context).await;
     tracing::info!(ending = ?ending, "detached");
 }
 

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::history::Read;
-use super::shared::{Control, Ended, Shared};
+use super::shared::{Control, Ended, Shared, WriterGuard};
 use crate::session::SessionContext;
 use crate::session::socket::{
     CLOSE_HANDSHAKE_TIMEOUT, Ending, OUTGOING_QUEUE, Progress, farewell, next_input, write_loop,
@@ -34,14 +34,18 @@ pub(crate) struct Joining {
 /// Runs one connection to `shared` until the session ends (the client gets
 /// the rest of its output and the exit status), the client leaves or falls
 /// behind the history (Close 1008 `too slow`), or the server shuts down. A
-/// slow connection slows nobody else: the process writes into the history,
-/// and each connection reads it at its own pace.
+/// slow observer slows nobody else: the process writes into the history,
+/// and each connection reads it at its own pace; a writer holds the
+/// session to its pace only as far as the history is full (see
+/// [`Shared::writer`]). `guard` is the writer's place when it was taken
+/// before the session started (its first client).
 pub(crate) async fn attach<Tx, Rx>(
     shared: Arc<Shared>,
     tx: Tx,
     rx: Rx,
     protocol: Protocol,
     joining: Joining,
+    guard: Option<WriterGuard>,
     context: &SessionContext,
 ) -> Ending
 where
@@ -49,7 +53,8 @@ where
     Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send,
 {
     let (settings, metrics, shutdown) = (&*context.settings, &context.metrics, &context.shutdown);
-    let writer_guard = (joining.role == Role::Writer).then(|| shared.writer());
+    let writer_guard = guard.or_else(|| (joining.role == Role::Writer).then(|| shared.writer()));
+    let writer_id = writer_guard.as_ref().map(WriterGuard::id);
     metrics.attached(joining.role);
     let progress = Progress::default();
     let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
@@ -75,7 +80,7 @@ where
     if let Some(repaint) = &start.repaint {
         intro.push(protocol.output(OutputStream::Stdout, repaint.clone().into()));
     }
-    let follow = follow(shared.clone(), start.offset, intro, out_tx.clone(), protocol).fuse();
+    let follow = follow(shared.clone(), start.offset, intro, out_tx.clone(), protocol, writer_id).fuse();
     tokio::pin!(follow);
     let is_writer = writer_guard.is_some();
     let mut input = Box::pin(
@@ -158,8 +163,15 @@ async fn follow(
     intro: Vec<Message>,
     queue: mpsc::Sender<Message>,
     protocol: Protocol,
+    writer: Option<u64>,
 ) -> Followed {
     let mut changed = shared.subscribe();
+    let took = |offset| {
+        if let Some(id) = writer {
+            shared.took(id, offset);
+        }
+    };
+    took(offset);
     for message in intro {
         if queue.send(message).await.is_err() {
             return Followed::Gone;
@@ -175,6 +187,7 @@ async fn follow(
                 if queue.send(protocol.output(stream, data)).await.is_err() {
                     return Followed::Gone;
                 }
+                took(offset);
             }
             Read::Dropped { .. } => return Followed::TooSlow,
             Read::AtEnd => match ended {

@@ -35,6 +35,11 @@ impl History {
         Self { chunks: VecDeque::new(), start: 0, end: 0, cap: cap.max(1), kept: 0 }
     }
 
+    /// How many bytes it keeps at most.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// Offset of the oldest byte kept.
     pub(crate) fn start(&self) -> u64 {
         self.start

@@ -1,12 +1,14 @@
 //! [`Shared`]: a session that stands on its own: its process, its output
 //! history, its screen, its lifecycle; connections come and go.
 
+use std::collections::HashMap;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -55,6 +57,9 @@ pub(crate) struct Shared {
     changed: watch::Sender<u64>,
     controls: mpsc::Sender<Control>,
     writers: watch::Sender<usize>,
+    next_writer: AtomicU64,
+    /// Announces that a writer took output or left: room in the history.
+    room: Notify,
     recorder: Option<Arc<Recorder>>,
     metrics: Metrics,
 }
@@ -63,6 +68,8 @@ struct State {
     history: History,
     screen: Option<vt100::Parser>,
     ended: Option<Ended>,
+    /// How far each attached writer has taken the output.
+    taken: HashMap<u64, u64>,
 }
 
 impl std::fmt::Debug for State {
@@ -96,10 +103,12 @@ impl Shared {
         let (controls, received) = mpsc::channel(CONTROL_QUEUE);
         let shared = Self {
             id,
-            state: Mutex::new(State { history: History::new(history), screen, ended: None }),
+            state: Mutex::new(State { history: History::new(history), screen, ended: None, taken: HashMap::new() }),
             changed: watch::Sender::new(0),
             controls,
             writers: watch::Sender::new(0),
+            next_writer: AtomicU64::new(0),
+            room: Notify::new(),
             recorder,
             metrics,
         };
@@ -110,22 +119,45 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// New output: kept, drawn, recorded, announced.
-    fn push(&self, stream: OutputStream, data: Bytes) {
-        let dropped = {
-            let mut state = self.lock();
-            if let Some(screen) = state.screen.as_mut() {
-                screen.process(&data);
+    /// New output: kept, drawn, recorded, announced; once the history can
+    /// keep it without dropping a byte an attached writer has not taken.
+    /// Outputs read side by side each wait here with what they read, so
+    /// together they never overfill the history, and one that has nothing
+    /// to say holds no room from the other.
+    async fn push(&self, stream: OutputStream, data: Bytes) {
+        let mut data = Some(data);
+        let dropped = loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(dropped) = self.push_if_room(stream, &mut data) {
+                break dropped;
             }
-            if let Some(recorder) = &self.recorder {
-                recorder.output(&data);
-            }
-            state.history.push(stream, data)
+            room.await;
         };
         if dropped > 0 {
             self.metrics.history_dropped(dropped);
         }
         self.changed.send_modify(|version| *version += 1);
+    }
+
+    /// [`Shared::push`] at once, when there is room: how many bytes the
+    /// history dropped.
+    fn push_if_room(&self, stream: OutputStream, data: &mut Option<Bytes>) -> Option<u64> {
+        let mut state = self.lock();
+        let len = data.as_ref().map_or(0, Bytes::len) as u64;
+        let keep_from = (state.history.end() + len).saturating_sub(state.history.cap() as u64);
+        if state.taken.values().any(|&taken| taken < keep_from) {
+            return None;
+        }
+        let data = data.take()?;
+        if let Some(screen) = state.screen.as_mut() {
+            screen.process(&data);
+        }
+        if let Some(recorder) = &self.recorder {
+            recorder.output(&data);
+        }
+        Some(state.history.push(stream, data))
     }
 
     /// Where an attachment starts: at `since` when given (or the oldest
@@ -158,10 +190,28 @@ impl Shared {
     }
 
     /// Counts a writer as attached until the guard is dropped; while none
-    /// is, the `keep` clock runs.
+    /// is, the `keep` clock runs. While one is, the session goes at its
+    /// pace: output is read from the process only as far as the history
+    /// can keep it without dropping a byte the writer has not taken (see
+    /// [`Shared::took`]), so the writer loses nothing, as on a plain
+    /// session. Observers never hold the session back.
     pub(crate) fn writer(self: &Arc<Self>) -> WriterGuard {
+        let id = self.next_writer.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut state = self.lock();
+            let start = state.history.start();
+            state.taken.insert(id, start);
+        }
         self.writers.send_modify(|n| *n += 1);
-        WriterGuard(self.clone())
+        WriterGuard { shared: self.clone(), id }
+    }
+
+    /// Writer `id` has taken the output up to `offset`.
+    pub(crate) fn took(&self, id: u64, offset: u64) {
+        if let Some(taken) = self.lock().taken.get_mut(&id) {
+            *taken = offset;
+        }
+        self.room.notify_waiters();
     }
 
     /// Hands a writer's input to the process (waiting while the process
@@ -261,28 +311,43 @@ impl Shared {
 
 /// Removes a writer when dropped.
 #[derive(Debug)]
-pub(crate) struct WriterGuard(Arc<Shared>);
+pub(crate) struct WriterGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
 
-impl Drop for WriterGuard {
-    fn drop(&mut self) {
-        self.0.writers.send_modify(|n| *n = n.saturating_sub(1));
+impl WriterGuard {
+    /// Which writer this is, for [`Shared::took`].
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 }
 
-/// Reads an output into the session until its end, never waiting for a
-/// client; returns it, still open (a terminal's master side must outlive
-/// its process).
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.shared.lock().taken.remove(&self.id);
+        self.shared.room.notify_waiters();
+        self.shared.writers.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Reads an output into the session until its end, as fast as the history
+/// can keep it for attached writers (see [`Shared::writer`]); returns it,
+/// still open (a terminal's master side must outlive its process).
 async fn read(
     mut output: ProcessOutput,
     shared: Arc<Shared>,
     meter: prometheus_client::metrics::counter::Counter,
 ) -> ProcessOutput {
+    // No read larger than the history, so a writer that took everything
+    // always has room for the next one.
+    let limit = shared.lock().history.cap().min(crate::session::MAX_OUTPUT_CHUNK);
     loop {
-        match output.read_chunk().await {
+        match output.read_chunk_up_to(limit).await {
             Ok(data) if data.is_empty() => return output,
             Ok(data) => {
                 meter.inc_by(data.len() as u64);
-                shared.push(output.stream, data);
+                shared.push(output.stream, data).await;
             }
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => {

@@ -47,6 +47,8 @@ pub struct Demo {
     tokens: Arc<Mutex<HashMap<String, String>>>,
     /// Session ids started through this demo.
     started: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// With an HMAC secret, tokens are JWTs the server checks itself.
+    jwt: Option<Arc<Vec<u8>>>,
 }
 
 /// Files the page loads, by URL path: where they are under `node_modules`.
@@ -66,7 +68,15 @@ impl Demo {
             assets: PathBuf::from("example/web/node_modules"),
             tokens: Arc::default(),
             started: Arc::default(),
+            jwt: None,
         }
+    }
+
+    /// Mints JWTs signed with this HMAC (HS256) secret instead of
+    /// answering the server's controller requests: a stateless deployment.
+    pub fn jwt(mut self, secret: Vec<u8>) -> Self {
+        self.jwt = Some(Arc::new(secret));
+        self
     }
 
     /// Runs the command on a terminal.
@@ -97,6 +107,14 @@ impl Demo {
         } else {
             serde_json::json!({"attach": id, "role": if observer { "observer" } else { "writer" }})
         };
+        if let Some(secret) = &self.jwt {
+            // Single-use (a jti) and short-lived; the server keeps no state
+            // but the used jtis.
+            let spec: ws_subprocess::CommandSpec = serde_json::from_value(spec).expect("a valid spec");
+            let claims = ws_subprocess::auth::jwt::mint::Claims::expiring_in(std::time::Duration::from_secs(60));
+            return ws_subprocess::auth::jwt::mint::hmac(secret, jsonwebtoken::Algorithm::HS256, &spec, claims)
+                .expect("HS256 signs with any secret");
+        }
         self.tokens.lock().unwrap().insert(token.clone(), spec.to_string());
         token
     }

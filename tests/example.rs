@@ -47,6 +47,37 @@ async fn demo_page_token_runs_the_command_once() {
     assert!(placeholder.requests().is_empty());
 }
 
+#[tokio::test]
+async fn the_demo_in_jwt_mode_hands_out_single_use_jwts_the_server_checks_itself() {
+    let mut demo = DemoProcess::start(&["--jwt", "--", "/bin/echo", "stateless"], &[]).await;
+    let (status, _, page) = http_request(demo.page, "GET / HTTP/1.1").await;
+    assert_eq!(status, 200);
+    let ws_url = page.split('"').find(|part| part.starts_with("ws://")).expect("the page names the server").to_string();
+    let (status, _, token) = http_request(demo.page, "GET /token?session=jwt-1 HTTP/1.1").await;
+    assert_eq!(status, 200);
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+    let request = |token: &str| {
+        let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "{ws_url}?token={token}"
+        ))
+        .unwrap();
+        request.headers_mut().insert("origin", format!("http://{}", demo.page).parse().unwrap());
+        request
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(request(&token)).await.unwrap();
+    let (output, close) = collect(&mut ws).await;
+    assert_eq!(output, b"stateless\r\n", "on a terminal");
+    assert_eq!(u16::from(close.unwrap().code), 1000);
+    // Single use, and only the page's origin.
+    assert_eq!(refusal(request(&token)).await.0, StatusCode::FORBIDDEN);
+    let (_, _, other) = http_request(demo.page, "GET /token?session=jwt-2 HTTP/1.1").await;
+    let mut foreign = request(&other);
+    foreign.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
+    assert_eq!(refusal(foreign).await.0, StatusCode::FORBIDDEN);
+    assert!(demo.output().contains("(JWT (stateless) mode)"), "{}", demo.output());
+    assert_eq!(demo.interrupt(std::time::Duration::from_secs(10)).await, Some(0), "{}", demo.output());
+}
+
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
     let Ok(_) = std::process::Command::new("systemd-analyze").arg("--version").output() else {

@@ -491,3 +491,74 @@ pub async fn ws_over(stream: TcpStream, addr: SocketAddr, token: &str) -> Result
     let url = format!("ws://{addr}/ws?token={}", encode(token));
     tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.map(|(ws, _)| ws)
 }
+
+/// `cargo run --example demo`, as a newcomer starts it: the example binary
+/// cargo built beside the tests, with `args` (the page on a free port) and
+/// `env`.
+pub struct DemoProcess {
+    pub child: tokio::process::Child,
+    /// The page's address, from the URL it printed.
+    pub page: SocketAddr,
+    pub output: Arc<Mutex<String>>,
+}
+
+impl DemoProcess {
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        // target/debug/deps/<test> → target/debug/examples/demo
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().and_then(Path::parent).unwrap().join("examples/demo");
+        assert!(bin.is_file(), "{} is missing: `cargo test` builds the examples", bin.display());
+        let mut child = tokio::process::Command::new(bin)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the demo starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+        let mut url_tx = Some(url_tx);
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            let mut url_tx = url_tx.take();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(url) = line.strip_prefix("open http://")
+                        && let Some(tx) = url_tx.take()
+                    {
+                        let _ = tx.send(url.split('/').next().unwrap_or_default().to_string());
+                    }
+                    let mut output = output.lock().unwrap();
+                    output.push_str(&line);
+                    output.push('\n');
+                }
+            });
+        }
+        let page = tokio::time::timeout(Duration::from_secs(60), url_rx)
+            .await
+            .unwrap_or_else(|_| panic!("the demo printed no URL: {}", output.lock().unwrap()))
+            .unwrap_or_else(|_| panic!("the demo exited: {}", output.lock().unwrap()));
+        Self { child, page: page.parse().unwrap(), output }
+    }
+
+    /// What it printed, stdout and stderr.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Ctrl-C: SIGINT, then its exit code (within `limit`).
+    pub async fn interrupt(&mut self, limit: Duration) -> Option<i32> {
+        let pid = rustix::process::Pid::from_raw(self.child.id().unwrap() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        tokio::time::timeout(limit, self.child.wait()).await.expect("the demo did not stop").unwrap().code()
+    }
+}

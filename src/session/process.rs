@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
+use std::task::Poll;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -401,22 +402,43 @@ impl ProcessOutput {
         let limit = limit.clamp(1, MAX_OUTPUT_CHUNK);
         std::future::poll_fn(|cx| {
             SCRATCH.with_borrow_mut(|scratch| {
-                let mut buf = tokio::io::ReadBuf::new(&mut scratch[..limit]);
-                let polled = match &mut self.reader {
-                    OutputReader::Pipe(pipe) => std::pin::Pin::new(pipe).poll_read(cx, &mut buf),
-                    OutputReader::Pty(pty) => match std::pin::Pin::new(pty).poll_read(cx, &mut buf) {
-                        std::task::Poll::Ready(Err(err))
-                            if err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) =>
-                        {
-                            std::task::Poll::Ready(Ok(()))
-                        }
-                        other => other,
-                    },
+                let scratch = &mut scratch[..limit];
+                let mut filled = match self.poll_read_into(cx, scratch) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(bytes::Bytes::new())),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                    Poll::Pending => return Poll::Pending,
                 };
-                polled.map_ok(|()| bytes::Bytes::copy_from_slice(buf.filled()))
+                // What is there already joins this chunk: a terminal hands
+                // out at most a few KiB per read, and each chunk costs a
+                // message. Nothing is waited for.
+                while filled < scratch.len() {
+                    match self.poll_read_into(cx, &mut scratch[filled..]) {
+                        Poll::Ready(Ok(n)) if n > 0 => filled += n,
+                        // The end, an error or nothing more: the next call
+                        // sees it.
+                        _ => break,
+                    }
+                }
+                Poll::Ready(Ok(bytes::Bytes::copy_from_slice(&scratch[..filled])))
             })
         })
         .await
+    }
+
+    /// One read into `buf`: how many bytes, 0 at the end.
+    fn poll_read_into(&mut self, cx: &mut std::task::Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut buf = tokio::io::ReadBuf::new(buf);
+        let polled = match &mut self.reader {
+            OutputReader::Pipe(pipe) => std::pin::Pin::new(pipe).poll_read(cx, &mut buf),
+            OutputReader::Pty(pty) => match std::pin::Pin::new(pty).poll_read(cx, &mut buf) {
+                Poll::Ready(Err(err)) if err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => {
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            },
+        };
+        polled.map_ok(|()| buf.filled().len())
     }
 }
 

@@ -50,6 +50,7 @@ export class Session {
     this.size = null;
     this.ended = false;
     this.attempts = 0;
+    this.retry = null;
     // Where this client is in the session's output: the offset its current
     // connection started at, the repaint bytes still to come (not session
     // output), and the session bytes received since.
@@ -66,6 +67,7 @@ export class Session {
   /** Opens the session (again, after a drop: from where it left off). */
   async start() {
     const token = await this.token();
+    if (this.ended) return; // closed while waiting for the token
     const query = new URLSearchParams();
     if (this.session) query.set("session", this.session);
     if (this.position !== null) query.set("since", String(this.position));
@@ -93,7 +95,7 @@ export class Session {
       if (this.session && this.reattach && event.code !== 1008 && this.attempts < 10) {
         this.attempts += 1;
         this.onState("reattaching", { code: event.code, opened });
-        setTimeout(() => this.start().catch((err) => this.onState("failed", { error: String(err) })), Math.min(250 * 2 ** this.attempts, 5000));
+        this.retry = setTimeout(() => this.start().catch((err) => this.onState("failed", { error: String(err) })), Math.min(250 * 2 ** this.attempts, 5000));
         return;
       }
       this.ended = true;
@@ -144,7 +146,12 @@ export class Session {
 
   /** Leaves: a named session runs on (for its `keep`), a plain one ends. */
   close() {
+    // Between a drop and the reattach there is no socket to close: the
+    // pending reattach is called off and this is the end.
+    const waiting = !this.ended && (!this.socket || this.socket.readyState === WebSocket.CLOSED);
     this.ended = true;
-    if (this.socket) this.socket.close(1000);
+    clearTimeout(this.retry);
+    if (waiting) this.onExit({ code: null, status: null, reason: "" });
+    else if (this.socket) this.socket.close(1000);
   }
 }

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
-use std::task::Poll;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};

@@ -1,31 +1,45 @@
-//! The `ws-subprocess` binary: flags → [`Config`] → logging →
-//! [`App`] → exit code.
+//! The `ws-subprocess` binary: flags → [`Config`](ws_subprocess::Config) →
+//! logging → [`App`] → exit code; or a subcommand: `mint-token`, `config`,
+//! `completions`, `man`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use ws_subprocess::cli::{Cli, Subcommand};
+use ws_subprocess::App;
+use ws_subprocess::cli::{self, Cli, Subcommand};
 use ws_subprocess::config::LogFormat;
-use ws_subprocess::{App, Config};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_args(std::env::args_os());
-    if let Some(Subcommand::MintToken(args)) = &cli.command {
-        return match args.token() {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => fail("mint-token", anyhow::Error::from_boxed(err), 2),
-        };
+    match &cli.command {
+        Some(Subcommand::MintToken(args)) => {
+            return match args.token() {
+                Ok(token) => write_stdout("mint-token", |out| writeln!(out, "{token}")),
+                Err(err) => fail("mint-token", anyhow::Error::from_boxed(err), 2),
+            };
+        }
+        Some(Subcommand::Completions { shell }) => {
+            return write_stdout("completions", |out| cli::write_completions(*shell, out));
+        }
+        Some(Subcommand::Man { out_dir: None }) => return write_stdout("man", |out| cli::write_man_page(out)),
+        Some(Subcommand::Man { out_dir: Some(dir) }) => {
+            return match cli::write_man_pages(dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail(&format!("cannot write man pages into {}", dir.display()), err.into(), 1),
+            };
+        }
+        Some(Subcommand::Config) | None => {}
     }
-    let config = match Config::load(cli.config_file().as_deref(), cli.settings) {
-        Ok(config) => config,
+    let (config, figment) = match cli.load_config() {
+        Ok(loaded) => loaded,
         Err(err) => return fail("configuration error", err.into(), 2),
     };
+    if let Some(Subcommand::Config) = cli.command {
+        return write_stdout("config", |out| out.write_all(config.show(&figment).as_bytes()));
+    }
     init_tracing(config.log_format);
     // While the lowest descriptors are free: starting a session then costs
     // the same however many the server holds.
@@ -62,6 +76,17 @@ fn main() -> ExitCode {
 fn fail(what: &str, err: anyhow::Error, code: u8) -> ExitCode {
     eprintln!("ws-subprocess: {what}\n{err:#}");
     ExitCode::from(code)
+}
+
+/// Runs `write` on stdout and flushes it. A reader that went away early
+/// (`| head`) is no failure; any other write error is.
+fn write_stdout(what: &str, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => fail(&format!("{what}: cannot write to stdout"), err.into(), 1),
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -10,11 +10,19 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
 use super::Config;
+use super::show::redact_text;
 
 /// Prefix of every environment variable the server reads.
 pub const ENV_PREFIX: &str = "WS_SUBPROCESS_";
 /// The configuration file read when no other is named.
 pub const DEFAULT_CONFIG_FILE: &str = "ws-subprocess.toml";
+
+/// How the sources of [`Config::figment`] name themselves in errors and in
+/// [`Config::show`]: the built-in defaults, the environment and the flags
+/// (the file is known by its path).
+pub(super) const DEFAULT_SOURCE: &str = "default";
+pub(super) const ENV_SOURCE: &str = "environment variable";
+pub(super) const FLAG_SOURCE: &str = "command-line flag";
 
 /// A configuration problem, naming the key and, when known, where its value
 /// came from; one line per problem.
@@ -32,7 +40,7 @@ impl Config {
     ///    names the file and is not a setting);
     /// 4. `flags`, typically the command line.
     pub fn figment(config_file: Option<&Path>, flags: impl Provider) -> Result<Figment, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = Figment::from(Defaults);
         match config_file {
             Some(path) if !path.is_file() => {
                 return Err(ConfigError(vec![format!(
@@ -50,20 +58,12 @@ impl Config {
         Ok(figment.merge(EnvVars(Env::prefixed(ENV_PREFIX).ignore(&["config"]))).merge(flags))
     }
 
-    /// Extracts and validates a configuration from `figment`.
+    /// Extracts and validates a configuration from `figment`. Errors
+    /// name the key and its source; a URL quoted in one has its password
+    /// redacted, as [`Config::show`] would show it.
     pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
-        reject_unknown_keys(figment)?;
-        let config: Config = figment.extract().map_err(|e| {
-            ConfigError(
-                e.into_iter().map(|e| describe(figment, &e.path, &e.kind.to_string(), e.metadata.as_ref())).collect(),
-            )
-        })?;
-        let problems: Vec<String> = config
-            .problems()
-            .into_iter()
-            .map(|(key, why)| describe(figment, &[key.to_string()], why, figment.find_metadata(key)))
-            .collect();
-        if problems.is_empty() { Ok(config) } else { Err(ConfigError(problems)) }
+        extract_checked(figment)
+            .map_err(|ConfigError(lines)| ConfigError(lines.iter().map(|line| redact_text(line)).collect()))
     }
 
     /// Reads the configuration from its usual sources (see
@@ -71,6 +71,22 @@ impl Config {
     pub fn load(config_file: Option<&Path>, flags: impl Provider) -> Result<Self, ConfigError> {
         Self::from_figment(&Self::figment(config_file, flags)?)
     }
+}
+
+/// [`Config::from_figment`], its errors as they come.
+fn extract_checked(figment: &Figment) -> Result<Config, ConfigError> {
+    reject_unknown_keys(figment)?;
+    let config: Config = figment.extract().map_err(|e| {
+        ConfigError(
+            e.into_iter().map(|e| describe(figment, &e.path, &e.kind.to_string(), e.metadata.as_ref())).collect(),
+        )
+    })?;
+    let problems: Vec<String> = config
+        .problems()
+        .into_iter()
+        .map(|(key, why)| describe(figment, &[key.to_string()], why, figment.find_metadata(key)))
+        .collect();
+    if problems.is_empty() { Ok(config) } else { Err(ConfigError(problems)) }
 }
 
 /// Every key [`Config`] knows, from its serialized default.
@@ -108,12 +124,25 @@ fn describe(figment: &Figment, path: &[String], what: &str, metadata: Option<&Me
     }
 }
 
+/// The built-in defaults ([`Config::default`]), reported as `default`.
+struct Defaults;
+
+impl Provider for Defaults {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(DEFAULT_SOURCE).interpolater(|_, keys| keys.join("."))
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Serialized::defaults(Config::default()).data()
+    }
+}
+
 /// `WS_SUBPROCESS_*` variables, reported by their full names in errors.
 struct EnvVars(Env);
 
 impl Provider for EnvVars {
     fn metadata(&self) -> Metadata {
-        Metadata::named("environment variable")
+        Metadata::named(ENV_SOURCE)
             .interpolater(|_, keys| format!("{ENV_PREFIX}{}", keys.join("_").to_ascii_uppercase()))
     }
 
@@ -152,7 +181,7 @@ impl FlagValues {
 
 impl Provider for FlagValues {
     fn metadata(&self) -> Metadata {
-        Metadata::named("command-line flag").interpolater(|_, keys| format!("--{}", keys.join(".").replace('_', "-")))
+        Metadata::named(FLAG_SOURCE).interpolater(|_, keys| format!("--{}", keys.join(".").replace('_', "-")))
     }
 
     fn data(&self) -> figment::Result<Map<Profile, Dict>> {

@@ -21,13 +21,17 @@
 //! - `settings`: [`Config`] and the [`SETTINGS`] table;
 //! - `values`: value types of the configuration alone;
 //! - `load`: the sources, and errors naming them;
-//! - `validate`: checks across values, and each piece's settings.
+//! - `validate`: checks across values, and each piece's settings;
+//! - `show`: the effective configuration with each value's source, secrets
+//!   redacted ([`Config::show`]).
 
 mod load;
 mod settings;
+mod show;
 mod validate;
 mod values;
 
 pub use load::{ConfigError, DEFAULT_CONFIG_FILE, ENV_PREFIX, FlagValues};
 pub use settings::{Config, SETTINGS, Setting};
+pub use show::REDACTED;
 pub use values::{AuthBackend, JwtAlgorithm, KeyFamily, LogFormat, ReplayStoreAddr};

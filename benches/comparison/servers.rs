@@ -23,7 +23,11 @@ use tokio::time::timeout;
 
 use crate::Res;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ws-subprocess");
+/// The server under test: this build's, or `WS_SUBPROCESS_BIN` (another
+/// build, for before/after comparisons of one change).
+fn bin() -> std::path::PathBuf {
+    std::env::var_os("WS_SUBPROCESS_BIN").map_or_else(|| env!("CARGO_BIN_EXE_ws-subprocess").into(), Into::into)
+}
 const START_LIMIT: Duration = Duration::from_secs(10);
 
 /// Flags every ws-subprocess in the bench gets on top of its defaults: the
@@ -125,7 +129,7 @@ impl Server {
         let controller = Controller::start(workload).await?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let url = format!("http://{}/ws-controller", controller.addr);
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.args(["--listen", "127.0.0.1:0", "--controller-url", &url])
             .args(WS_SUBPROCESS_FLAGS)
             .current_dir(dir.path())

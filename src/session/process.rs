@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 
 use super::settings::EnvPolicy;
@@ -26,10 +26,16 @@ use crate::websocket::{OutputMode, OutputStream};
 pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
 
 thread_local! {
-    /// What outputs are read into before their bytes get a buffer of their
-    /// own: one per worker thread, not one per session.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_OUTPUT_CHUNK]);
+    /// What outputs are read into: one buffer per worker thread, not one per
+    /// session. A large read takes it along as its chunk (trimmed to what
+    /// was read, not copied) and the next read gets a new one; a small read
+    /// is copied out and the buffer stays.
+    static SCRATCH: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }
+
+/// Reads at least this large keep the buffer they were read into (at most
+/// twice their size: [`MAX_OUTPUT_CHUNK`]).
+const KEEP_BUFFER_FROM: usize = MAX_OUTPUT_CHUNK / 2;
 
 /// `TERM` of a tty session unless its spec sets one.
 pub const DEFAULT_TERM: &str = "xterm-256color";
@@ -402,43 +408,54 @@ impl ProcessOutput {
         let limit = limit.clamp(1, MAX_OUTPUT_CHUNK);
         std::future::poll_fn(|cx| {
             SCRATCH.with_borrow_mut(|scratch| {
-                let scratch = &mut scratch[..limit];
-                let mut filled = match self.poll_read_into(cx, scratch) {
+                scratch.clear();
+                scratch.reserve(MAX_OUTPUT_CHUNK);
+                match self.poll_read_into(cx, scratch, limit) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(bytes::Bytes::new())),
-                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Ok(_)) => {}
                     Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                     Poll::Pending => return Poll::Pending,
-                };
+                }
                 // What is there already joins this chunk: a terminal hands
                 // out at most a few KiB per read, and each chunk costs a
                 // message. Nothing is waited for.
-                while filled < scratch.len() {
-                    match self.poll_read_into(cx, &mut scratch[filled..]) {
-                        Poll::Ready(Ok(n)) if n > 0 => filled += n,
+                while scratch.len() < limit {
+                    let room = limit - scratch.len();
+                    match self.poll_read_into(cx, scratch, room) {
+                        Poll::Ready(Ok(n)) if n > 0 => {}
                         // The end, an error or nothing more: the next call
                         // sees it.
                         _ => break,
                     }
                 }
-                Poll::Ready(Ok(bytes::Bytes::copy_from_slice(&scratch[..filled])))
+                if scratch.len() < KEEP_BUFFER_FROM {
+                    return Poll::Ready(Ok(bytes::Bytes::copy_from_slice(scratch)));
+                }
+                Poll::Ready(Ok(std::mem::take(scratch).freeze()))
             })
         })
         .await
     }
 
-    /// One read into `buf`: how many bytes, 0 at the end.
-    fn poll_read_into(&mut self, cx: &mut std::task::Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let mut buf = tokio::io::ReadBuf::new(buf);
-        let polled = match &mut self.reader {
-            OutputReader::Pipe(pipe) => std::pin::Pin::new(pipe).poll_read(cx, &mut buf),
-            OutputReader::Pty(pty) => match std::pin::Pin::new(pty).poll_read(cx, &mut buf) {
+    /// One read of at most `room` bytes appended to `buf`: how many, 0 at
+    /// the end.
+    fn poll_read_into(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut bytes::BytesMut,
+        room: usize,
+    ) -> Poll<io::Result<usize>> {
+        use bytes::BufMut;
+        let mut buf = buf.limit(room);
+        match &mut self.reader {
+            OutputReader::Pipe(pipe) => tokio_util::io::poll_read_buf(std::pin::Pin::new(pipe), cx, &mut buf),
+            OutputReader::Pty(pty) => match tokio_util::io::poll_read_buf(std::pin::Pin::new(pty), cx, &mut buf) {
                 Poll::Ready(Err(err)) if err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => {
-                    Poll::Ready(Ok(()))
+                    Poll::Ready(Ok(0))
                 }
                 other => other,
             },
-        };
-        polled.map_ok(|()| buf.filled().len())
+        }
     }
 }
 

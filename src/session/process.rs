@@ -390,21 +390,26 @@ enum OutputReader {
 }
 
 impl ProcessOutput {
-    /// Reads what is there, up to `buf.len()`; `Ok(0)` at the end. A
-    /// terminal reports its end (every holder of its other side gone) as
-    /// `EIO`, which is the end here too.
+    /// Reads what is there, up to [`MAX_OUTPUT_CHUNK`] bytes; empty at the
+    /// end. A terminal reports its end (every holder of its other side
+    /// gone) as `EIO`, which is the end here too.
     ///
-    /// The bytes are read through a buffer of the worker thread's
-    /// ([`MAX_OUTPUT_CHUNK`] bytes), so a session that waits for output
-    /// holds no buffer of its own; what was read is returned as its own
-    /// `Bytes`, empty at the end.
+    /// The bytes are read through a buffer of the worker thread's, so a
+    /// session that waits for output holds no buffer of its own. For a
+    /// chunk that is sent and dropped: a large one may keep the buffer it
+    /// was read into (at most twice its size) rather than be copied.
     pub async fn read_chunk(&mut self) -> io::Result<bytes::Bytes> {
-        self.read_chunk_up_to(MAX_OUTPUT_CHUNK).await
+        self.read(MAX_OUTPUT_CHUNK, true).await
     }
 
     /// [`ProcessOutput::read_chunk`], reading at most `limit` bytes (at
-    /// most [`MAX_OUTPUT_CHUNK`]).
+    /// most [`MAX_OUTPUT_CHUNK`]), each chunk in a buffer of exactly its
+    /// size: for chunks that are kept (a detachable session's history).
     pub async fn read_chunk_up_to(&mut self, limit: usize) -> io::Result<bytes::Bytes> {
+        self.read(limit, false).await
+    }
+
+    async fn read(&mut self, limit: usize, keep_buffer: bool) -> io::Result<bytes::Bytes> {
         let limit = limit.clamp(1, MAX_OUTPUT_CHUNK);
         std::future::poll_fn(|cx| {
             SCRATCH.with_borrow_mut(|scratch| {
@@ -428,7 +433,7 @@ impl ProcessOutput {
                         _ => break,
                     }
                 }
-                if scratch.len() < KEEP_BUFFER_FROM {
+                if !keep_buffer || scratch.len() < KEEP_BUFFER_FROM {
                     return Poll::Ready(Ok(bytes::Bytes::copy_from_slice(scratch)));
                 }
                 Poll::Ready(Ok(std::mem::take(scratch).freeze()))

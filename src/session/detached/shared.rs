@@ -1,7 +1,6 @@
 //! [`Shared`]: a session that stands on its own: its process, its output
 //! history, its screen, its lifecycle; connections come and go.
 
-use std::collections::HashMap;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,8 +67,9 @@ struct State {
     history: History,
     screen: Option<vt100::Parser>,
     ended: Option<Ended>,
-    /// How far each attached writer has taken the output.
-    taken: HashMap<u64, u64>,
+    /// How far each attached writer (by id) has taken the output; writers
+    /// are few.
+    taken: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for State {
@@ -103,7 +103,7 @@ impl Shared {
         let (controls, received) = mpsc::channel(CONTROL_QUEUE);
         let shared = Self {
             id,
-            state: Mutex::new(State { history: History::new(history), screen, ended: None, taken: HashMap::new() }),
+            state: Mutex::new(State { history: History::new(history), screen, ended: None, taken: Vec::new() }),
             changed: watch::Sender::new(0),
             controls,
             writers: watch::Sender::new(0),
@@ -147,7 +147,7 @@ impl Shared {
         let mut state = self.lock();
         let len = data.as_ref().map_or(0, Bytes::len) as u64;
         let keep_from = (state.history.end() + len).saturating_sub(state.history.cap() as u64);
-        if state.taken.values().any(|&taken| taken < keep_from) {
+        if state.taken.iter().any(|&(_, taken)| taken < keep_from) {
             return None;
         }
         let data = data.take()?;
@@ -200,7 +200,7 @@ impl Shared {
         {
             let mut state = self.lock();
             let start = state.history.start();
-            state.taken.insert(id, start);
+            state.taken.push((id, start));
         }
         self.writers.send_modify(|n| *n += 1);
         WriterGuard { shared: self.clone(), id }
@@ -208,7 +208,7 @@ impl Shared {
 
     /// Writer `id` has taken the output up to `offset`.
     pub(crate) fn took(&self, id: u64, offset: u64) {
-        if let Some(taken) = self.lock().taken.get_mut(&id) {
+        if let Some((_, taken)) = self.lock().taken.iter_mut().find(|(writer, _)| *writer == id) {
             *taken = offset;
         }
         self.room.notify_waiters();
@@ -325,7 +325,7 @@ impl WriterGuard {
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
-        self.shared.lock().taken.remove(&self.id);
+        self.shared.lock().taken.retain(|(writer, _)| *writer != self.id);
         self.shared.room.notify_waiters();
         self.shared.writers.send_modify(|n| *n = n.saturating_sub(1));
     }

@@ -12,8 +12,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
-use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
+use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
 use super::settings::EnvPolicy;

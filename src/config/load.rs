@@ -10,7 +10,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
 use super::Config;
-use super::show::redact_text;
+use super::redact::redact_text;
 
 /// Prefix of every environment variable the server reads.
 pub const ENV_PREFIX: &str = "WS_SUBPROCESS_";

@@ -26,12 +26,13 @@
 //!   redacted ([`Config::show`]).
 
 mod load;
+mod redact;
 mod settings;
 mod show;
 mod validate;
 mod values;
 
 pub use load::{ConfigError, DEFAULT_CONFIG_FILE, ENV_PREFIX, FlagValues};
+pub use redact::REDACTED;
 pub use settings::{Config, SETTINGS, Setting};
-pub use show::REDACTED;
 pub use values::{AuthBackend, JwtAlgorithm, KeyFamily, LogFormat, ReplayStoreAddr};

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::future::FusedFuture;
 use futures_util::{FutureExt, Sink, Stream};
 use rustix::process::Signal;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -27,8 +26,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::detached::record::Recorder;
 use super::process::{Process, ProcessGroup, ProcessInput, ProcessOutput};
 use super::socket::{
-    CLOSE_HANDSHAKE_TIMEOUT, Ending, OUTGOING_QUEUE, Progress, WriterStop, farewell, next_input, sleep_until_some,
-    write_loop,
+    Ending, OUTGOING_QUEUE, Progress, WriterStop, close_socket, farewell, next_input, sleep_until_some, write_loop,
 };
 use super::{SessionContext, SessionSettings};
 use crate::metrics::Direction;
@@ -185,38 +183,14 @@ where
             status = stop(&mut process, &group, settings).await;
         }
     };
-    let close_socket = async {
+    let closing = async {
         if matches!(ending, Ending::ClientGone(_)) || writer.is_finished() {
             return;
         }
-        // After an exit, the Close goes through the queue, behind all the
-        // output, and is waited for as long as the client reads; otherwise
-        // it jumps the queue and the close handshake is bounded. Reading
-        // goes on meanwhile, so a client that leaves is noticed.
         let exited = matches!(ending, Ending::Exited(_));
-        let flush = async {
-            if exited {
-                for message in goodbye {
-                    let _ = out_tx.send(message).await;
-                }
-            } else {
-                let _ = finish.send(goodbye.into_iter().next());
-            }
-            let _ = (&mut writer).await;
-        };
-        let bound = if exited { Duration::MAX } else { CLOSE_HANDSHAKE_TIMEOUT };
-        tokio::select! {
-            _ = timeout(bound, flush) => {}
-            _ = &mut input, if !input.is_terminated() => return,
-        }
-        // Read until the client answers our Close, so unread input does not
-        // turn our close into a reset that could cost the client the end of
-        // its output.
-        if !input.is_terminated() {
-            let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut input).await;
-        }
+        close_socket(exited, goodbye, &out_tx, finish, &mut writer, &mut input).await;
     };
-    tokio::join!(stop_process, close_socket);
+    tokio::join!(stop_process, closing);
     // Whatever the leader left behind in its group (or, on a terminal, its
     // session) does not outlive the session.
     process.finish().await;

@@ -233,3 +233,40 @@ pub(super) async fn sleep_until_some(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// The socket's last steps once a session's `ending` is known: after an
+/// exit, `goodbye` (the exit status and the Close) goes through the queue,
+/// behind all the output, and is waited for as long as the client reads;
+/// otherwise the Close jumps the queue and the close handshake is bounded.
+/// Reading goes on meanwhile, so a client that leaves is noticed; then it
+/// reads until the client answers the Close, so unread input does not turn
+/// the close into a reset that could cost the client the end of its output.
+pub(super) async fn close_socket<I>(
+    exited: bool,
+    goodbye: Vec<Message>,
+    queue: &mpsc::Sender<Message>,
+    finish: oneshot::Sender<Option<Message>>,
+    writer: &mut tokio_util::task::AbortOnDropHandle<WriterStop>,
+    input: &mut I,
+) where
+    I: futures_util::future::FusedFuture + Unpin,
+{
+    let flush = async {
+        if exited {
+            for message in goodbye {
+                let _ = queue.send(message).await;
+            }
+        } else {
+            let _ = finish.send(goodbye.into_iter().next());
+        }
+        let _ = writer.await;
+    };
+    let bound = if exited { Duration::MAX } else { CLOSE_HANDSHAKE_TIMEOUT };
+    tokio::select! {
+        _ = timeout(bound, flush) => {}
+        _ = &mut *input, if !input.is_terminated() => return,
+    }
+    if !input.is_terminated() {
+        let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, input).await;
+    }
+}

@@ -1,21 +1,16 @@
 //! [`attach`]: one connection to a shared session, as writer or observer.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::future::FusedFuture;
 use futures_util::{FutureExt, Sink, Stream};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::history::Read;
 use super::shared::{Control, Ended, Shared, WriterGuard};
 use crate::session::SessionContext;
-use crate::session::socket::{
-    CLOSE_HANDSHAKE_TIMEOUT, Ending, OUTGOING_QUEUE, Progress, farewell, next_input, write_loop,
-};
+use crate::session::socket::{Ending, OUTGOING_QUEUE, Progress, close_socket, farewell, next_input, write_loop};
 use crate::spec::Role;
 use crate::websocket::{Input, OutputStream, Protocol};
 
@@ -121,28 +116,8 @@ where
     if matches!(ending, Ending::ClientGone(_)) || writer.is_finished() {
         return ending;
     }
-    // After an exit the Close goes through the queue, behind the rest of
-    // the output; otherwise it jumps the queue and the close handshake is
-    // bounded. Reading goes on meanwhile, so a client that leaves is noticed.
     let exited = matches!(ending, Ending::Exited(_));
-    let flush = async {
-        if exited {
-            for message in goodbye {
-                let _ = out_tx.send(message).await;
-            }
-        } else {
-            let _ = finish.send(goodbye.into_iter().next());
-        }
-        let _ = (&mut writer).await;
-    };
-    let bound = if exited { Duration::MAX } else { CLOSE_HANDSHAKE_TIMEOUT };
-    tokio::select! {
-        _ = timeout(bound, flush) => {}
-        _ = &mut input, if !input.is_terminated() => return ending,
-    }
-    if !input.is_terminated() {
-        let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut input).await;
-    }
+    close_socket(exited, goodbye, &out_tx, finish, &mut writer, &mut input).await;
     ending
 }
 

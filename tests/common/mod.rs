@@ -343,25 +343,10 @@ impl Binary {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn().expect("binary starts");
-        let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let log2 = log.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncBufReadExt;
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            let mut addr_tx = Some(addr_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("listening")
-                    && let Some(addr) = listening_addr(&line)
-                    && let Some(tx) = addr_tx.take()
-                {
-                    let _ = tx.send(addr);
-                }
-                let mut log = log2.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
+        collect_lines(child.stderr.take().unwrap(), log.clone(), Some(addr_tx), |line| {
+            if line.contains("listening") { listening_addr(line) } else { None }
         });
         let addr = tokio::time::timeout(Duration::from_secs(10), addr_rx)
             .await
@@ -395,6 +380,30 @@ impl Binary {
     pub fn signal(&self, signal: rustix::process::Signal) {
         rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid()).unwrap(), signal).unwrap();
     }
+}
+
+/// Appends every line of `stream` to `log`, and sends the first value
+/// `pick` finds in a line to `found`.
+fn collect_lines(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    log: Arc<Mutex<String>>,
+    mut found: Option<tokio::sync::oneshot::Sender<String>>,
+    pick: impl Fn(&str) -> Option<String> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if found.is_some()
+                && let Some(value) = pick(&line)
+            {
+                let _ = found.take().unwrap().send(value);
+            }
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
 }
 
 /// The address in the "listening" line, text (`addr=A`) or JSON
@@ -521,28 +530,9 @@ impl DemoProcess {
             .expect("the demo starts");
         let output = Arc::new(Mutex::new(String::new()));
         let (url_tx, url_rx) = tokio::sync::oneshot::channel();
-        let mut url_tx = Some(url_tx);
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = output.clone();
-            let mut url_tx = url_tx.take();
-            tokio::spawn(async move {
-                use tokio::io::AsyncBufReadExt;
-                let mut lines = tokio::io::BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(url) = line.strip_prefix("open http://")
-                        && let Some(tx) = url_tx.take()
-                    {
-                        let _ = tx.send(url.split('/').next().unwrap_or_default().to_string());
-                    }
-                    let mut output = output.lock().unwrap();
-                    output.push_str(&line);
-                    output.push('\n');
-                }
-            });
-        }
+        let url = |line: &str| Some(line.strip_prefix("open http://")?.split('/').next()?.to_string());
+        collect_lines(child.stdout.take().unwrap(), output.clone(), Some(url_tx), url);
+        collect_lines(child.stderr.take().unwrap(), output.clone(), None, url);
         let page = tokio::time::timeout(Duration::from_secs(60), url_rx)
             .await
             .unwrap_or_else(|_| panic!("the demo printed no URL: {}", output.lock().unwrap()))

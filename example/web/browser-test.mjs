@@ -1,16 +1,10 @@
 // Drives the demo page in headless Chromium: a real browser, the real
 // xterm.js page, the real server. Usage: node browser-test.mjs URL SCREENSHOT
 // Prints a JSON summary; exits non-zero on any failure.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [url, screenshot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 const results = {};
 try {
   const page = await browser.newPage({ viewport: { width: 1000, height: 600 } });

@@ -5,16 +5,10 @@
 // relay whose connections are all cut, abruptly, by a GET of CUT_URL.
 // Prints a JSON summary of what each session did (the test asserts on it);
 // exits non-zero on any failure.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [pageUrl, wsUrl, droppingUrl, cutUrl] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 const results = {};
 let failed = null;
 try {

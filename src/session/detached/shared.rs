@@ -126,7 +126,11 @@ impl Shared {
     /// to say holds no room from the other.
     async fn push(&self, stream: OutputStream, data: Bytes) {
         let mut data = Some(data);
+        // Usually there is room: no waiter is registered for that.
         let dropped = loop {
+            if let Some(dropped) = self.push_if_room(stream, &mut data) {
+                break dropped;
+            }
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();

@@ -164,11 +164,7 @@ impl ServeSubprocess {
         let span = tracing::info_span!("session", id = number, peer = %peer, command = %spec.command.display(), pid = process.id());
         let recorder = span.in_scope(|| self.recorder(&spec, number));
         let (response, socket) = upgrade.accept(self.settings.websocket_config());
-        let context = SessionContext {
-            settings: self.settings.clone(),
-            metrics: self.metrics.clone(),
-            shutdown: self.sessions.shutdown_token(),
-        };
+        let context = self.context();
         match (&spec.session, reservation) {
             (Some(session), reservation) => {
                 let keep = session.keep.unwrap_or(self.settings.max_keep).min(self.settings.max_keep);
@@ -219,6 +215,15 @@ impl ServeSubprocess {
         response
     }
 
+    /// What a session's tasks share with the service.
+    fn context(&self) -> SessionContext {
+        SessionContext {
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.sessions.shutdown_token(),
+        }
+    }
+
     /// Joins the running session `id`: 404 when there is none.
     fn attach(
         &self,
@@ -236,11 +241,7 @@ impl ServeSubprocess {
         let joining = Joining { role: spec.role, since: query.since, wants_info: query.session.is_some() };
         let span = tracing::info_span!("attachment", session = id, peer = %peer, role = ?spec.role);
         let (response, socket) = upgrade.accept(self.settings.websocket_config());
-        let context = SessionContext {
-            settings: self.settings.clone(),
-            metrics: self.metrics.clone(),
-            shutdown: self.sessions.shutdown_token(),
-        };
+        let context = self.context();
         self.sessions.spawn(run_attachment(shared, socket, protocol, joining, None, context).instrument(span));
         response
     }

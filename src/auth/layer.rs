@@ -23,7 +23,7 @@ use crate::websocket::WebSocketUpgrade;
 /// WebSocket handshake (bad: 400/426, the backend is not asked), ask the
 /// backend (see [`AuthError::status`]), apply the [`Policy`] (403). An
 /// allowed request reaches the inner service with the
-/// [`CommandSpec`](crate::CommandSpec) and the [`WebSocketUpgrade`] in its
+/// [`CommandSpec`](crate::spec::CommandSpec) and the [`WebSocketUpgrade`] in its
 /// extensions.
 #[derive(Debug)]
 pub struct TokenAuthLayer<A> {
@@ -173,7 +173,7 @@ where
 /// A client repeats the id of the session it starts or attaches to as
 /// `?session=<id>` (so a balancer can route on it); when it does, the spec
 /// must name the same session.
-fn session_matches(parts: &http::request::Parts, spec: &crate::CommandSpec) -> Result<(), AuthError> {
+fn session_matches(parts: &http::request::Parts, spec: &crate::spec::CommandSpec) -> Result<(), AuthError> {
     let query = parts.uri.query().unwrap_or_default();
     let Some((_, asked)) = url::form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "session") else {
         return Ok(());

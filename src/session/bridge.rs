@@ -1,30 +1,43 @@
 //! The bridge between a WebSocket and a process, in either protocol.
 //!
-//! Three loops run at once: output (each output of the process → socket,
-//! through a small bounded queue), input (socket → stdin, resizes) and the
-//! writer, which owns the socket's sending half and also sends keepalive
-//! pings. Each blocks when the other
-//! side is slow, so a slow client slows the process and memory stays flat.
-//! The bridge is written against `Sink`/`Stream`, not a socket type.
+//! A plain session goes through three phases:
+//!
+//! 1. **Start** ([`Running::start`]): three loops run at once: output
+//!    (each output of the process → socket, through a small bounded queue),
+//!    input (socket → stdin, resizes) and the writer, which owns the
+//!    socket's sending half and also sends keepalive pings. Each blocks when
+//!    the other side is slow, so a slow client slows the process and memory
+//!    stays flat.
+//! 2. **Running** ([`Running::until_end`]), until one side ends: the
+//!    process exited and all its output is queued, the client left or broke
+//!    the protocol, a limit was reached, or the server shuts down. The
+//!    [`Ending`] says which.
+//! 3. **Ending** ([`Running::end`]): the other side is ended, both at once:
+//!    the client gets the exit status or a Close frame saying why, and a
+//!    process whose client is gone is [stopped](super::lifecycle::stop).
+//!    Then nothing of the process is left, and the [`Outcome`] says what
+//!    happened.
+//!
+//! The bridge is written against `Sink`/`Stream`, not a socket type, so it
+//! runs on in-memory channels (see the tests below) as on a socket.
 
-use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, Fuse};
 use futures_util::{FutureExt, Sink, Stream};
-use rustix::process::Signal;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
-
 use tokio_util::task::AbortOnDropHandle;
 
 use super::detached::record::Recorder;
-use super::process::{Process, ProcessGroup, ProcessInput, ProcessOutput};
+use super::lifecycle::{ChunkSize, OutputTail, stop};
+use super::process::{Feed, Process, ProcessOutput};
 use super::socket::{
     Ending, OUTGOING_QUEUE, Progress, WriterStop, close_socket, farewell, next_input, sleep_until_some, write_loop,
 };
@@ -55,7 +68,7 @@ pub struct Outcome {
 /// With a `recorder`, output, input (if it records input), resizes and the
 /// exit are recorded as they happen.
 pub async fn bridge<Tx, Rx>(
-    mut process: Process,
+    process: Process,
     protocol: Protocol,
     tx: Tx,
     rx: Rx,
@@ -66,261 +79,252 @@ where
     Tx: Sink<Message, Error = WsError> + Unpin + Send + 'static,
     Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send,
 {
-    let (settings, metrics, shutdown) = (&*context.settings, &context.metrics, context.shutdown.clone());
-    let group = process.group();
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let bytes_out = Arc::new(AtomicU64::new(0));
-    let exited = CancellationToken::new();
-    let discard = CancellationToken::new();
-    let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
-    let (finish, finished) = oneshot::channel();
-
-    let progress = Progress::default();
-    // Any input or output, for `idle_timeout`.
-    let activity = Progress::default();
-    activity.mark();
-    let time_limit = settings.max_session_duration.map(|limit| Instant::now() + limit);
-    let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
-    let mut writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
-        tx,
-        out_rx,
-        finished,
-        (settings.ping_interval, settings.pong_timeout),
-        progress.clone(),
-    )));
-    let end = OutputEnd {
-        exited: exited.clone(),
-        discard: discard.clone(),
-        group: group.clone(),
-        grace: settings.kill_grace,
-    };
-    let pumps: Vec<_> = process
-        .outputs
-        .drain(..)
-        .map(|output| {
-            pump_output(
-                output,
-                protocol,
-                out_tx.clone(),
-                end.clone(),
-                Meter::new(&bytes_out, &activity, metrics.bytes(Direction::out), recorder.clone(), Direction::out),
-            )
-        })
-        .collect();
-    let mut output = AbortOnDropHandle::new(tokio::spawn(futures_util::future::join_all(pumps)));
-    let mut input = Box::pin(
-        pump_input(
-            rx,
-            protocol,
-            process.stdin.take(),
-            settings.pong_timeout,
-            progress,
-            Meter::new(&bytes_in, &activity, metrics.bytes(Direction::r#in), recorder.clone(), Direction::r#in),
-        )
-        .fuse(),
-    );
-
-    let mut status = None;
-    let mut output_done = false;
-    // Outputs at their end are kept open until the process is reaped: the
-    // last close of a terminal's master side hangs the terminal up, which
-    // would send SIGHUP to a process that is still on its way out.
-    let mut drained: Vec<ProcessOutput> = Vec::new();
-    let ending = loop {
-        tokio::select! {
-            result = process.exited(), if status.is_none() => match result {
-                Ok(s) => {
-                    status = Some(s);
-                    exited.cancel();
-                }
-                Err(err) => break Ending::Internal(err.to_string()),
-            },
-            outputs = &mut output, if !output_done => {
-                output_done = true;
-                drained = outputs.unwrap_or_default();
-            }
-            end = &mut input => break end,
-            // The writer only stops early when the socket failed or the
-            // client took nothing for pong_timeout, which the input side
-            // may not see (it waits on a full stdin, or pings keep coming).
-            stopped = &mut writer => break Ending::ClientGone(match stopped {
-                Ok(WriterStop::Stalled) => "client took no data for pong_timeout".into(),
-                _ => "sending failed".into(),
-            }),
-            _ = shutdown.cancelled() => break Ending::Shutdown,
-            // Once the process has exited, its output is drained (bounded
-            // by kill_grace) and the exit reported; limits no longer apply.
-            _ = sleep_until_some(time_limit), if status.is_none() => break Ending::TimeLimit,
-            _ = sleep_until_some(idle_check), if status.is_none() => {
-                let idle = settings.idle_timeout.expect("checks only with a timeout");
-                match activity.idle_since() {
-                    Some(last) if last + idle > Instant::now() => idle_check = Some(last + idle),
-                    _ => break Ending::Idle,
-                }
-            }
-        }
-        if let (Some(status), true) = (status, output_done) {
-            break Ending::Exited(status);
-        }
-    };
-
-    // A process the kernel killed for memory is said to be (SPEC §8).
-    let oom = matches!(ending, Ending::Exited(status) if status.signal() == Some(9)) && process.oom_killed();
-    if let (Some(recorder), Ending::Exited(status)) = (&recorder, &ending) {
-        recorder.marker(&crate::websocket::protocol::exit_close_frame(*status, oom).reason);
-    }
-    let goodbye = match &ending {
-        Ending::Exited(status) => protocol.exit(*status, oom),
-        other => farewell(other),
-    };
-    if !matches!(ending, Ending::Exited(_)) {
-        // Keep draining the pipe while the process is stopped, so it meets
-        // `kill_signal` rather than a write error.
-        discard.cancel();
-    }
-    let stop_process = async {
-        if status.is_none() {
-            status = stop(&mut process, &group, settings).await;
-        }
-    };
-    let closing = async {
-        if matches!(ending, Ending::ClientGone(_)) || writer.is_finished() {
-            return;
-        }
-        let exited = matches!(ending, Ending::Exited(_));
-        close_socket(exited, goodbye, &out_tx, finish, &mut writer, &mut input).await;
-    };
-    tokio::join!(stop_process, closing);
-    // Whatever the leader left behind in its group (or, on a terminal, its
-    // session) does not outlive the session.
-    process.finish().await;
-    drop(drained);
-    Outcome {
-        ending,
-        status,
-        bytes_in: bytes_in.load(Ordering::Relaxed),
-        bytes_out: bytes_out.load(Ordering::Relaxed),
-        oom,
-    }
+    let mut running = Running::start(process, protocol, tx, rx, context, recorder);
+    let ending = running.until_end(context).await;
+    running.end(ending, &context.settings).await
 }
 
-/// Ends a process whose client is gone: `kill_signal` to the group (for a
-/// terminal, `SIGHUP`: the terminal hung up), then, once `kill_grace` has
-/// passed, `SIGKILL` to whatever of the session is left (its whole cgroup,
-/// when it has one). Returns as soon as nothing of the session is left, so
-/// its place is free at once. Returns the leader's status.
-pub(crate) async fn stop(
-    process: &mut Process,
-    group: &ProcessGroup,
-    settings: &SessionSettings,
-) -> Option<ExitStatus> {
-    group.signal(if process.is_tty() { Signal::HUP } else { settings.kill_signal.signal() });
-    let deadline = Instant::now() + settings.kill_grace;
-    let status = match timeout_at(deadline, process.exited()).await {
-        Ok(result) => result.ok(),
-        Err(_) => {
-            group.kill();
-            return process.exited().await.ok();
-        }
-    };
-    // The leader is gone; the rest of the session gets the rest of the
-    // grace.
-    if timeout_at(deadline, group.emptied()).await.is_err() {
-        group.kill();
-    }
-    status
-}
-
-/// When and how the output loop stops waiting for a pipe that a leftover
-/// grandchild may hold open.
-#[derive(Clone)]
-struct OutputEnd {
+/// A session whose loops run.
+struct Running<'a> {
+    process: Process,
+    protocol: Protocol,
+    /// The writer task, which owns the socket's sending half.
+    writer: AbortOnDropHandle<WriterStop>,
+    /// What the writer sends, in order.
+    queue: mpsc::Sender<Message>,
+    /// Tells the writer how to stop.
+    finish: oneshot::Sender<Option<Message>>,
+    /// The output loops, which return the outputs, still open.
+    output: AbortOnDropHandle<Vec<ProcessOutput>>,
+    /// The input loop: how the client went, when it did.
+    input: Fuse<BoxFuture<'a, Ending>>,
+    /// Cancelled once the leader has exited: the output loops then wait
+    /// only `kill_grace` for what leftovers write.
     exited: CancellationToken,
-    /// Set when the output has nowhere to go any more.
+    /// Cancelled once output has nowhere to go: it is read and dropped.
     discard: CancellationToken,
-    group: ProcessGroup,
-    grace: Duration,
+    /// Any input or output, for `idle_timeout`.
+    activity: Progress,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+    recorder: Option<Arc<Recorder>>,
+    /// The leader's status, once it exited.
+    status: Option<ExitStatus>,
+    /// Outputs at their end, kept open until the process is reaped: the
+    /// last close of a terminal's master side hangs the terminal up, which
+    /// would send SIGHUP to a process that is still on its way out. `None`
+    /// while the output loops run.
+    drained: Option<Vec<ProcessOutput>>,
 }
 
-/// Copies an output to the queue, one message per read, until end of file;
-/// once the output has nowhere to go, it is read and dropped. Returns the
-/// output, still open, for the caller to close when the process is gone. Once the leader has exited, waiting for more output is bounded by
-/// `grace`; then the group gets `SIGKILL`, and if the pipe is still open
-/// after one more `grace` (something outside the group holds it), the loop
-/// gives up.
-async fn pump_output(
-    mut pipe: ProcessOutput,
+impl<'a> Running<'a> {
+    /// Starts the writer, the output loops and the input loop.
+    fn start<Tx, Rx>(
+        mut process: Process,
+        protocol: Protocol,
+        tx: Tx,
+        rx: Rx,
+        context: &SessionContext,
+        recorder: Option<Arc<Recorder>>,
+    ) -> Self
+    where
+        Tx: Sink<Message, Error = WsError> + Unpin + Send + 'static,
+        Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'a,
+    {
+        let (settings, metrics) = (&*context.settings, &context.metrics);
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let bytes_out = Arc::new(AtomicU64::new(0));
+        let exited = CancellationToken::new();
+        let discard = CancellationToken::new();
+        let (queue, queued) = mpsc::channel(OUTGOING_QUEUE);
+        let (finish, finished) = oneshot::channel();
+        let progress = Progress::default();
+        let activity = Progress::default();
+        activity.mark();
+        let writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
+            tx,
+            queued,
+            finished,
+            (settings.ping_interval, settings.pong_timeout),
+            progress.clone(),
+        )));
+        let group = process.group();
+        let pumps: Vec<_> = process
+            .outputs
+            .drain(..)
+            .map(|output| {
+                let out = Outgoing { protocol, queue: queue.clone(), discard: discard.clone() };
+                let tail = OutputTail::new(exited.clone(), group.clone(), settings.kill_grace);
+                let meter =
+                    Meter::new(&bytes_out, &activity, metrics.bytes(Direction::out), recorder.clone(), Direction::out);
+                pump_output(output, tail, out, meter)
+            })
+            .collect();
+        let output = AbortOnDropHandle::new(tokio::spawn(futures_util::future::join_all(pumps)));
+        let input_meter =
+            Meter::new(&bytes_in, &activity, metrics.bytes(Direction::r#in), recorder.clone(), Direction::r#in);
+        let input =
+            pump_input(rx, protocol, Feed::new(process.stdin.take()), settings.pong_timeout, progress, input_meter)
+                .boxed()
+                .fuse();
+        Self {
+            process,
+            protocol,
+            writer,
+            queue,
+            finish,
+            output,
+            input,
+            exited,
+            discard,
+            activity,
+            bytes_in,
+            bytes_out,
+            recorder,
+            status: None,
+            drained: None,
+        }
+    }
+
+    /// Runs until one side ends, and says how.
+    async fn until_end(&mut self, context: &SessionContext) -> Ending {
+        let settings = &*context.settings;
+        let time_limit = settings.max_session_duration.map(|limit| Instant::now() + limit);
+        let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
+        loop {
+            tokio::select! {
+                result = self.process.exited(), if self.status.is_none() => match result {
+                    Ok(status) => {
+                        self.status = Some(status);
+                        self.exited.cancel();
+                    }
+                    Err(err) => return Ending::Internal(err.to_string()),
+                },
+                outputs = &mut self.output, if self.drained.is_none() => {
+                    self.drained = Some(outputs.unwrap_or_default());
+                }
+                ending = &mut self.input => return ending,
+                // The writer only stops early when the socket failed or the
+                // client took nothing for pong_timeout, which the input side
+                // may not see (it waits on a full stdin, or pings keep coming).
+                stopped = &mut self.writer => return Ending::ClientGone(match stopped {
+                    Ok(WriterStop::Stalled) => "client took no data for pong_timeout".into(),
+                    _ => "sending failed".into(),
+                }),
+                _ = context.shutdown.cancelled() => return Ending::Shutdown,
+                // Once the process has exited, its output is drained (bounded
+                // by kill_grace) and the exit reported; limits no longer apply.
+                _ = sleep_until_some(time_limit), if self.status.is_none() => return Ending::TimeLimit,
+                _ = sleep_until_some(idle_check), if self.status.is_none() => {
+                    let idle = settings.idle_timeout.expect("checks only with a timeout");
+                    match self.activity.idle_since() {
+                        Some(last) if last + idle > Instant::now() => idle_check = Some(last + idle),
+                        _ => return Ending::Idle,
+                    }
+                }
+            }
+            if let (Some(status), Some(_)) = (self.status, &self.drained) {
+                return Ending::Exited(status);
+            }
+        }
+    }
+
+    /// Ends the side that is still there: the client gets the exit status
+    /// (behind all the output) or a Close frame saying why the session
+    /// ended; a process whose client is gone is stopped. Then whatever is
+    /// left of the process is killed and reaped.
+    async fn end(self, ending: Ending, settings: &SessionSettings) -> Outcome {
+        let Self {
+            mut process,
+            protocol,
+            mut writer,
+            queue,
+            finish,
+            mut input,
+            discard,
+            bytes_in,
+            bytes_out,
+            recorder,
+            mut status,
+            drained,
+            ..
+        } = self;
+        // A process the kernel killed for memory is said to be (SPEC §8).
+        let oom = matches!(ending, Ending::Exited(status) if status.signal() == Some(9)) && process.oom_killed();
+        if let (Some(recorder), Ending::Exited(status)) = (&recorder, &ending) {
+            recorder.marker(&crate::websocket::protocol::exit_close_frame(*status, oom).reason);
+        }
+        let goodbye = match &ending {
+            Ending::Exited(status) => protocol.exit(*status, oom),
+            other => farewell(other),
+        };
+        if !matches!(ending, Ending::Exited(_)) {
+            // Keep draining the pipe while the process is stopped, so it
+            // meets `kill_signal` rather than a write error.
+            discard.cancel();
+        }
+        let stop_process = async {
+            if status.is_none() {
+                status = stop(&mut process, settings).await;
+            }
+        };
+        let closing = async {
+            if matches!(ending, Ending::ClientGone(_)) || writer.is_finished() {
+                return;
+            }
+            let exited = matches!(ending, Ending::Exited(_));
+            close_socket(exited, goodbye, &queue, finish, &mut writer, &mut input).await;
+        };
+        tokio::join!(stop_process, closing);
+        // Whatever the leader left behind in its group (or, on a terminal,
+        // its session) does not outlive the session.
+        process.finish().await;
+        drop(drained);
+        Outcome {
+            ending,
+            status,
+            bytes_in: bytes_in.load(Ordering::Relaxed),
+            bytes_out: bytes_out.load(Ordering::Relaxed),
+            oom,
+        }
+    }
+}
+
+/// Where an output loop sends what it reads.
+#[derive(Clone)]
+struct Outgoing {
     protocol: Protocol,
     queue: mpsc::Sender<Message>,
-    end: OutputEnd,
-    meter: Meter,
-) -> ProcessOutput {
-    let mut deadline = None;
-    let mut killed = false;
-    loop {
-        // `kill_grace` after the exit, leftovers get SIGKILL even if they
-        // keep the pipe busy (`yes &` would otherwise delay the Close
-        // forever); what is already in the pipe is still read.
-        if let Some(at) = deadline
-            && !killed
-            && Instant::now() >= at
-        {
-            end.group.kill();
-            killed = true;
-            deadline = Some(Instant::now() + end.grace);
-        }
-        let read = match deadline {
-            None => tokio::select! {
-                read = pipe.read_chunk() => Some(read),
-                _ = end.exited.cancelled() => {
-                    deadline = Some(Instant::now() + end.grace);
-                    continue;
-                }
-            },
-            // Data already in the pipe is always read first: the timeout
-            // only fires when the pipe is empty.
-            Some(at) => timeout_at(at, pipe.read_chunk()).await.ok(),
-        };
-        let data = match read {
-            Some(Ok(data)) if data.is_empty() => return pipe,
-            Some(Ok(data)) => data,
-            Some(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Some(Err(err)) => {
-                tracing::debug!(cause = %err, "output pipe failed");
-                return pipe;
-            }
-            None if !killed => {
-                end.group.kill();
-                killed = true;
-                deadline = Some(Instant::now() + end.grace);
-                continue;
-            }
-            None => {
-                tracing::warn!("output pipe still open after its process group was killed; giving up on it");
-                return pipe;
-            }
-        };
-        if end.discard.is_cancelled() {
+    /// Set when the output has nowhere to go any more.
+    discard: CancellationToken,
+}
+
+/// Copies an output to the queue, one message per read, until its end (see
+/// [`OutputTail`]); once the output has nowhere to go, it is read and
+/// dropped. Returns the output, still open, for the caller to close when
+/// the process is gone.
+async fn pump_output(mut pipe: ProcessOutput, mut tail: OutputTail, out: Outgoing, meter: Meter) -> ProcessOutput {
+    while let Some(data) = tail.next(&mut pipe, ChunkSize::Sent).await {
+        if out.discard.is_cancelled() {
             continue;
         }
         tokio::select! {
-            sent = queue.send(protocol.output(pipe.stream, data.clone())) => match sent {
+            sent = out.queue.send(out.protocol.output(pipe.stream, data.clone())) => match sent {
                 Ok(()) => meter.add(&data),
-                Err(_) => end.discard.cancel(),
+                Err(_) => out.discard.cancel(),
             },
-            _ = end.discard.cancelled() => {}
+            _ = out.discard.cancelled() => {}
         }
     }
+    pipe
 }
 
 /// Carries client messages to the process (see [`next_input`]) until the
-/// client closes, breaks the protocol, or goes silent. Once the input is
-/// closed (by the client, or because the process stopped reading for good),
-/// further input is dropped.
+/// client closes, breaks the protocol, or goes silent.
 async fn pump_input<Rx>(
     mut rx: Rx,
     protocol: Protocol,
-    mut stdin: Option<ProcessInput>,
+    mut feed: Feed,
     pong_timeout: Duration,
     progress: Progress,
     meter: Meter,
@@ -328,30 +332,17 @@ async fn pump_input<Rx>(
 where
     Rx: Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    let mut stdin_open = true;
     loop {
         match next_input(&mut rx, protocol, pong_timeout, &progress).await {
             Err(ending) => return ending,
             Ok(Input::Stdin(data)) => {
-                if let Some(input) = stdin.as_mut().filter(|_| stdin_open) {
-                    if input.write_all(&data).await.is_err() {
-                        stdin = None;
-                    } else {
-                        meter.add(&data);
-                    }
+                if feed.write(&data).await {
+                    meter.add(&data);
                 }
             }
-            Ok(Input::EndStdin) => {
-                if let Some(input) = stdin.as_mut().filter(|_| stdin_open) {
-                    stdin_open = false;
-                    // A pipe closes; a terminal gets ^D and stays, for resizes.
-                    if input.end().await {
-                        stdin = None;
-                    }
-                }
-            }
+            Ok(Input::EndStdin) => feed.end().await,
             Ok(Input::Resize(size)) => {
-                if stdin.as_ref().is_some_and(|input| input.resize(size)) {
+                if feed.resize(size) {
                     meter.resized(size);
                 } else {
                     tracing::debug!("resize ignored: not a terminal session");
@@ -403,5 +394,169 @@ impl Meter {
         if let Some(recorder) = &self.recorder {
             recorder.resize(size);
         }
+    }
+}
+
+/// The bridge on in-memory channels instead of a socket, with real
+/// processes: what it sends, in what order, and what becomes of the process.
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures_util::{SinkExt, Stream};
+    use tokio::sync::mpsc;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+    use tokio_util::sync::{CancellationToken, PollSender};
+
+    use super::{Outcome, bridge};
+    use crate::metrics::Metrics;
+    use crate::session::process::{Process, SpawnOptions};
+    use crate::session::{Ending, SessionContext, SessionSettings};
+    use crate::spec::CommandSpec;
+    use crate::websocket::Protocol;
+
+    /// The test's end of the channels: what it sends reaches the bridge as
+    /// the client's messages; what the bridge sends arrives here.
+    struct Client {
+        to_bridge: Option<mpsc::Sender<Result<Message, WsError>>>,
+        from_bridge: mpsc::Receiver<Message>,
+    }
+
+    impl Client {
+        async fn send(&self, message: Message) {
+            self.to_bridge.as_ref().expect("still connected").send(Ok(message)).await.expect("bridge reads");
+        }
+
+        /// The next message that is not a ping.
+        async fn next(&mut self) -> Option<Message> {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), self.from_bridge.recv()).await {
+                    Ok(Some(Message::Ping(_))) => {}
+                    Ok(other) => return other,
+                    Err(_) => panic!("nothing from the bridge for 10 s"),
+                }
+            }
+        }
+    }
+
+    fn context(settings: SessionSettings) -> SessionContext {
+        SessionContext { settings: settings.into(), metrics: Metrics::new(), shutdown: CancellationToken::new() }
+    }
+
+    fn settings() -> SessionSettings {
+        SessionSettings::builder().kill_grace(Duration::from_millis(500)).build().expect("valid settings")
+    }
+
+    /// Starts `command` and bridges it to channels that hold `capacity`
+    /// messages on the way to the client; the bridge runs in a task.
+    fn start(
+        command: &[&str],
+        capacity: usize,
+        context: SessionContext,
+    ) -> (Client, i32, tokio::task::JoinHandle<Outcome>) {
+        let spec = CommandSpec::new(command[0], command[1..].iter().copied());
+        let process = Process::spawn(&spec, SpawnOptions::default()).expect("spawn");
+        let pid = process.id();
+        let (to_client, from_bridge) = mpsc::channel(capacity);
+        let (to_bridge, mut from_client) = mpsc::channel(16);
+        let tx = PollSender::new(to_client).sink_map_err(|_| WsError::ConnectionClosed);
+        let rx = futures_util::stream::poll_fn(move |cx| from_client.poll_recv(cx));
+        let session = tokio::spawn(async move { run(process, tx, rx, context).await });
+        (Client { to_bridge: Some(to_bridge), from_bridge }, pid, session)
+    }
+
+    async fn run<Tx, Rx>(process: Process, tx: Tx, rx: Rx, context: SessionContext) -> Outcome
+    where
+        Tx: futures_util::Sink<Message, Error = WsError> + Unpin + Send + 'static,
+        Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send,
+    {
+        bridge(process, Protocol::Raw, tx, rx, &context, None).await
+    }
+
+    /// Whether `pid` is gone, reaped (not a zombie).
+    fn gone(pid: i32) -> bool {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[tokio::test]
+    async fn input_is_echoed_and_a_client_close_stops_the_process() {
+        let (mut client, pid, session) = start(&["/bin/cat"], 4, context(settings()));
+        client.send(Message::Binary(Bytes::from_static(b"hello"))).await;
+        assert_eq!(client.next().await, Some(Message::Binary(Bytes::from_static(b"hello"))));
+        client.send(Message::Close(None)).await;
+        let outcome = session.await.expect("bridge");
+        assert_eq!(outcome.ending, Ending::ClientClosed);
+        // `cat` met `kill_signal` (SIGINT by default).
+        assert_eq!(outcome.status.and_then(|s| s.signal()), Some(rustix::process::Signal::INT.as_raw()));
+        assert_eq!((outcome.bytes_in, outcome.bytes_out), (5, 5));
+        assert!(gone(pid), "process {pid} outlived its session");
+    }
+
+    #[tokio::test]
+    async fn all_output_arrives_before_the_exit_status() {
+        let script = "head -c 300000 /dev/zero; exit 3";
+        let (mut client, pid, session) = start(&["/bin/sh", "-c", script], 1, context(settings()));
+        let mut received = 0;
+        let close = loop {
+            match client.next().await {
+                Some(Message::Binary(data)) => {
+                    received += data.len();
+                    // A slow client: the process waits for it.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Some(Message::Close(frame)) => break frame.expect("a Close frame with a status"),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(received, 300_000);
+        assert_eq!((close.code, close.reason.as_str()), (CloseCode::from(4003), "exit 3"));
+        let outcome = session.await.expect("bridge");
+        assert_eq!(outcome.status.and_then(|s| s.code()), Some(3));
+        assert!(matches!(outcome.ending, Ending::Exited(_)), "{:?}", outcome.ending);
+        assert_eq!(outcome.bytes_out, 300_000);
+        assert!(gone(pid));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_holds_the_process_back() {
+        let (mut client, pid, session) = start(&["/usr/bin/yes"], 1, context(settings()));
+        // `yes` writes gigabytes a second when nothing holds it back.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The connection drops without a Close.
+        client.to_bridge = None;
+        let outcome = session.await.expect("bridge");
+        assert!(matches!(outcome.ending, Ending::ClientGone(_)), "{:?}", outcome.ending);
+        // What was queued: the channel's message, the writer's, the
+        // outgoing queue's and the one an output loop holds, each at most
+        // one read (64 KiB).
+        let bound = (1 + 1 + super::OUTGOING_QUEUE as u64 + 1) * crate::session::MAX_OUTPUT_CHUNK as u64;
+        assert!(outcome.bytes_out <= bound, "{} bytes queued for a client that read none", outcome.bytes_out);
+        assert!(gone(pid));
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_is_closed_with_1008() {
+        let settings = SessionSettings::builder()
+            .kill_grace(Duration::from_millis(500))
+            .idle_timeout(Some(Duration::from_millis(300)))
+            .build()
+            .expect("valid settings");
+        let (mut client, pid, session) = start(&["/bin/sleep", "60"], 4, context(settings));
+        match client.next().await {
+            Some(Message::Close(Some(frame))) => {
+                assert_eq!((frame.code, frame.reason.as_str()), (CloseCode::Policy, "idle timeout"))
+            }
+            other => panic!("expected a Close frame, got {other:?}"),
+        }
+        // The client answers the Close, as a WebSocket client does.
+        client.send(Message::Close(None)).await;
+        let outcome = session.await.expect("bridge");
+        assert_eq!(outcome.ending, Ending::Idle);
+        assert_eq!(outcome.status.and_then(|s| s.signal()), Some(rustix::process::Signal::INT.as_raw()));
+        assert!(gone(pid));
     }
 }

@@ -14,12 +14,15 @@
 //! - `limit`: [`SessionLimitLayer`];
 //! - `service`: [`ServeSubprocess`];
 //! - `process`: starting, signalling and reaping a [`Process`];
+//! - `lifecycle`: how a session's processes end: stopped when their
+//!   client is gone, their output read to its end, leftovers killed;
 //! - `bridge`: the [`bridge`] between a process and a socket;
 //! - `socket`: one client's socket: its writer, its input, its Close;
 //! - `detached`: sessions that outlive their connection.
 
 mod bridge;
 mod detached;
+mod lifecycle;
 mod limit;
 mod process;
 mod service;

@@ -375,6 +375,47 @@ impl ProcessInput {
     }
 }
 
+/// A process's input as its session feeds it: what clients send, until a
+/// client ends it or the process stops reading for good (then further input
+/// is dropped); resizes as long as it is a terminal.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    input: Option<ProcessInput>,
+    open: bool,
+}
+
+impl Feed {
+    pub(crate) fn new(input: Option<ProcessInput>) -> Self {
+        Self { input, open: true }
+    }
+
+    /// Writes all of `data`; whether it reached the process.
+    pub(crate) async fn write(&mut self, data: &[u8]) -> bool {
+        let Some(input) = self.input.as_mut().filter(|_| self.open) else { return false };
+        if input.write_all(data).await.is_err() {
+            self.input = None;
+            return false;
+        }
+        true
+    }
+
+    /// No more input: a pipe closes; a terminal gets ^D and stays, for
+    /// resizes.
+    pub(crate) async fn end(&mut self) {
+        if let Some(input) = self.input.as_mut().filter(|_| self.open) {
+            self.open = false;
+            if input.end().await {
+                self.input = None;
+            }
+        }
+    }
+
+    /// Resizes the terminal; `false` when there is none.
+    pub(crate) fn resize(&self, size: TerminalSize) -> bool {
+        self.input.as_ref().is_some_and(|input| input.resize(size))
+    }
+}
+
 /// One output of a process.
 #[derive(Debug)]
 pub struct ProcessOutput {

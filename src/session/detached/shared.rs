@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -16,8 +16,8 @@ use super::history::{History, Read};
 use super::record::Recorder;
 use crate::metrics::{Direction, Metrics};
 use crate::session::SessionSettings;
-use crate::session::bridge::stop;
-use crate::session::process::{Process, ProcessInput, ProcessOutput};
+use crate::session::lifecycle::{ChunkSize, OutputTail, stop};
+use crate::session::process::{Feed, Process, ProcessOutput};
 use crate::session::socket::{Ending, sleep_until_some};
 use crate::spec::TerminalSize;
 use crate::websocket::OutputStream;
@@ -241,13 +241,23 @@ impl Shared {
     ) -> (Ending, Ended) {
         let group = process.group();
         let input_meter = self.metrics.bytes(Direction::r#in);
-        let input =
-            AbortOnDropHandle::new(tokio::spawn(feed(process.stdin.take(), controls, self.clone(), input_meter)));
+        let input = AbortOnDropHandle::new(tokio::spawn(feed(
+            Feed::new(process.stdin.take()),
+            controls,
+            self.clone(),
+            input_meter,
+        )));
         let output_meter = self.metrics.bytes(Direction::out);
+        // Cancelled once the leader has exited: the readers then wait only
+        // `kill_grace` for what leftovers write.
+        let exited = CancellationToken::new();
         let readers: Vec<_> = process
             .outputs
             .drain(..)
-            .map(|output| AbortOnDropHandle::new(tokio::spawn(read(output, self.clone(), output_meter.clone()))))
+            .map(|output| {
+                let tail = OutputTail::new(exited.clone(), group.clone(), settings.kill_grace);
+                AbortOnDropHandle::new(tokio::spawn(read(output, tail, self.clone(), output_meter.clone())))
+            })
             .collect();
         let mut writers = self.writers.subscribe();
         let no_writer = |writers: &watch::Receiver<usize>| (*writers.borrow() == 0).then(|| Instant::now() + keep);
@@ -277,19 +287,12 @@ impl Shared {
             self.metrics.detached(false);
         }
         if ending.is_some() {
-            status = stop(&mut process, &group, &settings).await;
+            status = stop(&mut process, &settings).await;
         }
-        // Output written before the exit is still read; leftovers holding
-        // the pipe open get `kill_grace`, then SIGKILL.
-        let outputs = futures_util::future::join_all(readers);
-        tokio::pin!(outputs);
-        let drained = match timeout(settings.kill_grace, &mut outputs).await {
-            Ok(outputs) => Some(outputs),
-            Err(_) => {
-                group.kill();
-                timeout(settings.kill_grace, &mut outputs).await.ok()
-            }
-        };
+        // Output written before the exit is still read, as fast as writers
+        // take it; leftovers holding the pipe open get `kill_grace`.
+        exited.cancel();
+        let drained = futures_util::future::join_all(readers).await;
         drop(input);
         let oom = status.is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9))
             && process.oom_killed();
@@ -335,63 +338,44 @@ impl Drop for WriterGuard {
     }
 }
 
-/// Reads an output into the session until its end, as fast as the history
-/// can keep it for attached writers (see [`Shared::writer`]); returns it,
-/// still open (a terminal's master side must outlive its process).
+/// Reads an output into the session until its end (see [`OutputTail`]), as
+/// fast as the history can keep it for attached writers (see
+/// [`Shared::writer`]); returns it, still open (a terminal's master side
+/// must outlive its process).
 async fn read(
     mut output: ProcessOutput,
+    mut tail: OutputTail,
     shared: Arc<Shared>,
     meter: prometheus_client::metrics::counter::Counter,
 ) -> ProcessOutput {
     // No read larger than the history, so a writer that took everything
     // always has room for the next one.
-    let limit = shared.lock().history.cap().min(crate::session::MAX_OUTPUT_CHUNK);
-    loop {
-        match output.read_chunk_up_to(limit).await {
-            Ok(data) if data.is_empty() => return output,
-            Ok(data) => {
-                meter.inc_by(data.len() as u64);
-                shared.push(output.stream, data).await;
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => {
-                tracing::debug!(cause = %err, "output failed");
-                return output;
-            }
-        }
+    let size = ChunkSize::Kept(shared.lock().history.cap().min(crate::session::MAX_OUTPUT_CHUNK));
+    while let Some(data) = tail.next(&mut output, size).await {
+        meter.inc_by(data.len() as u64);
+        shared.push(output.stream, data).await;
     }
+    output
 }
 
 /// Carries writers' input, input ends and resizes to the process.
 async fn feed(
-    mut stdin: Option<ProcessInput>,
+    mut feed: Feed,
     mut controls: mpsc::Receiver<Control>,
     shared: Arc<Shared>,
     meter: prometheus_client::metrics::counter::Counter,
 ) {
-    let mut open = true;
     while let Some(control) = controls.recv().await {
         match control {
             Control::Stdin(data) => {
-                if let Some(input) = stdin.as_mut().filter(|_| open) {
-                    if input.write_all(&data).await.is_err() {
-                        stdin = None;
-                    } else {
-                        meter.inc_by(data.len() as u64);
-                    }
+                if feed.write(&data).await {
+                    meter.inc_by(data.len() as u64);
                 }
             }
-            Control::EndStdin => {
-                if let Some(input) = stdin.as_mut().filter(|_| open) {
-                    open = false;
-                    if input.end().await {
-                        stdin = None;
-                    }
-                }
-            }
+            Control::EndStdin => feed.end().await,
             Control::Resize(size) => {
                 // The writer that acts last wins.
-                if stdin.as_ref().is_some_and(|input| input.resize(size)) {
+                if feed.resize(size) {
                     if let Some(screen) = shared.lock().screen.as_mut() {
                         screen.set_size(nonzero(size.rows), nonzero(size.cols));
                     }

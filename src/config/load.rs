@@ -13,7 +13,7 @@ use super::Config;
 use super::redact::redact_text;
 
 /// Prefix of every environment variable the server reads.
-pub const ENV_PREFIX: &str = "WS_SUBPROCESS_";
+pub const ENV_PREFIX: &str = crate::session::SERVER_ENV_PREFIX;
 /// The configuration file read when no other is named.
 pub const DEFAULT_CONFIG_FILE: &str = "ws-subprocess.toml";
 

@@ -38,6 +38,7 @@ pub use process::{DEFAULT_TERM, MAX_OUTPUT_CHUNK, Process, ProcessGroup, Process
 pub use service::ServeSubprocess;
 pub use sessions::Sessions;
 pub use settings::{
-    EnvPolicy, InvalidSettings, KillSignal, Recording, SessionContext, SessionSettings, SessionSettingsBuilder,
+    EnvPolicy, InvalidSettings, KillSignal, Recording, SERVER_ENV_PREFIX, SessionContext, SessionSettings,
+    SessionSettingsBuilder,
 };
 pub use socket::Ending;

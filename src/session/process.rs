@@ -17,7 +17,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
 use super::settings::EnvPolicy;
-use crate::config::ENV_PREFIX;
 use crate::contain::{self, FORK_GUARD, Identity, SessionCgroup};
 use crate::spec::{CommandSpec, TerminalSize};
 use crate::websocket::{OutputMode, OutputStream};
@@ -79,7 +78,8 @@ impl Process {
     /// as a new session with that terminal as its controlling terminal.
     /// Before its command runs, the child joins `options.cgroup`, turns core
     /// dumps off and becomes `options.identity`; it gets only descriptors
-    /// 0–2, and none of the server's `WS_SUBPROCESS_*` variables.
+    /// 0–2, and none of the server variables its policy hides (by default
+    /// the server's own `WS_SUBPROCESS_*` settings).
     ///
     /// The child is started without copying the server's page tables (see
     /// [`contain::spawn`]), so this costs the same however many sessions
@@ -305,10 +305,11 @@ impl Drop for Process {
     }
 }
 
-/// The environment of a process: the server's (minus its own
-/// `WS_SUBPROCESS_*` settings, which may hold secrets), or only `pass_env`
-/// with `clear_env`; then the identity's `HOME`, `USER`, `LOGNAME` and
-/// `SHELL`; `TERM` on a terminal; then the spec's `env`.
+/// The environment of a process: the server's, or only `pass_env` with
+/// `clear_env`, minus the variables the policy hides (the server's own
+/// `WS_SUBPROCESS_*` settings, which may hold secrets); then the
+/// identity's `HOME`, `USER`, `LOGNAME` and `SHELL`; `TERM` on a terminal;
+/// then the spec's `env`.
 fn environment(spec: &CommandSpec, options: &SpawnOptions<'_>) -> BTreeMap<OsString, OsString> {
     let mut env: BTreeMap<OsString, OsString> = BTreeMap::new();
     let policy = options.env.cloned().unwrap_or_default();
@@ -317,7 +318,7 @@ fn environment(spec: &CommandSpec, options: &SpawnOptions<'_>) -> BTreeMap<OsStr
     } else {
         Box::new(std::env::vars_os())
     };
-    env.extend(server_env.filter(|(name, _)| !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes())));
+    env.extend(server_env.filter(|(name, _)| policy.passes(name)));
     if let Some(identity) = options.identity {
         env.extend(identity.env().map(|(name, value)| (name.into(), value.into())));
     }

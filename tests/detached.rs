@@ -425,6 +425,20 @@ async fn a_recording_is_asciicast_v2_that_replays_the_output() {
 
 #[tokio::test]
 async fn two_instances_behind_nginx_route_every_reattach_to_its_session() {
+    every_reattach_reaches_its_session(Balancer::Nginx).await;
+}
+
+#[tokio::test]
+async fn two_instances_behind_haproxy_route_every_reattach_to_its_session() {
+    every_reattach_reaches_its_session(Balancer::Haproxy).await;
+}
+
+/// Ten named sessions started through `balancer` in front of two
+/// instances, each dropped and reattached through it with `since=0` (in
+/// reverse order): every
+/// reattach finds its session (its output, then typing works), and both
+/// instances had sessions.
+async fn every_reattach_reaches_its_session(balancer: Balancer) {
     let mut specs = Vec::new();
     for i in 0..10 {
         let id = format!("balanced-{i}");
@@ -435,20 +449,22 @@ async fn two_instances_behind_nginx_route_every_reattach_to_its_session() {
     let controller = controller(&specs).await;
     let one = TestServer::for_controller(&controller).await;
     let two = TestServer::for_controller(&controller).await;
-    let nginx = Nginx::start(&[one.addr, two.addr]).await;
+    let balancer = balancer.start(&[one.addr, two.addr]).await;
     let mut served_by = HashMap::new();
     let mut clients = Vec::new();
     for i in 0..10 {
         let query = format!("&session=balanced-{i}");
-        let mut client = Client::connect(nginx.addr, &format!("start-{i}"), &query, false).await.unwrap();
+        let mut client = Client::connect(balancer.addr, &format!("start-{i}"), &query, false).await.unwrap();
         client.type_in(&format!("first {i}\n")).await;
         client.read_until(&format!("first {i}")).await;
         clients.push(client);
     }
-    for (i, client) in clients.into_iter().enumerate() {
+    // In reverse order, so that a balancer taking turns (not hashing)
+    // would send every reattach to the other instance.
+    for (i, client) in clients.into_iter().enumerate().rev() {
         drop(client.ws);
         let query = format!("&session=balanced-{i}&since=0");
-        let mut again = Client::connect(nginx.addr, &format!("attach-{i}"), &query, false).await.unwrap();
+        let mut again = Client::connect(balancer.addr, &format!("attach-{i}"), &query, false).await.unwrap();
         again.read_until(&format!("first {i}")).await;
         again.type_in(&format!("second {i}\n")).await;
         again.read_until(&format!("second {i}")).await;
@@ -462,51 +478,80 @@ async fn two_instances_behind_nginx_route_every_reattach_to_its_session() {
     assert!(started(&one) && started(&two), "all sessions went to one instance");
 }
 
-/// Debian's nginx, balancing on `?session=` over loopback.
-struct Nginx {
+/// A balancer from Debian's packages, hashing on `?session=`, run by the
+/// test on a loopback port with the configuration the README shows.
+#[derive(Debug, Clone, Copy)]
+enum Balancer {
+    Nginx,
+    Haproxy,
+}
+
+/// A running balancer.
+struct Balanced {
     addr: std::net::SocketAddr,
     _child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
-impl Nginx {
-    async fn start(upstreams: &[std::net::SocketAddr]) -> Self {
+impl Balancer {
+    async fn start(self, upstreams: &[std::net::SocketAddr]) -> Balanced {
         let dir = scratch();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let servers: String = upstreams.iter().map(|a| format!("        server {a};\n")).collect();
         let root = dir.path().display();
-        let config = format!(
-            "daemon off;\nmaster_process off;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n    access_log off;\n    client_body_temp_path {root}/body;\n\
-             proxy_temp_path {root}/proxy;\n    fastcgi_temp_path {root}/fastcgi;\n\
-             uwsgi_temp_path {root}/uwsgi;\n    scgi_temp_path {root}/scgi;\n\
-             upstream sessions {{\n        hash $arg_session consistent;\n{servers}    }}\n\
-             server {{\n        listen 127.0.0.1:{port};\n        location /ws {{\n\
-             proxy_pass http://sessions;\n            proxy_http_version 1.1;\n\
-             proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection \"upgrade\";\n\
-             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-             proxy_read_timeout 1h;\n        }}\n    }}\n}}\n"
-        );
-        let file = dir.path().join("nginx.conf");
+        let log = dir.path().join("error.log");
+        let (program, config) = match self {
+            Self::Nginx => ("nginx", nginx_config(upstreams, port, &root.to_string())),
+            Self::Haproxy => ("haproxy", haproxy_config(upstreams, port)),
+        };
+        let file = dir.path().join("balancer.conf");
         std::fs::write(&file, config).unwrap();
-        let child = tokio::process::Command::new("nginx")
-            .arg("-c")
-            .arg(&file)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
+        let mut command = tokio::process::Command::new(program);
+        match self {
+            Self::Nginx => command.arg("-c").arg(&file).arg("-e").arg(&log),
+            // In the foreground, its log on stderr.
+            Self::Haproxy => command.arg("-db").arg("-f").arg(&file).stderr(std::fs::File::create(&log).unwrap()),
+        };
+        let child = command
             .kill_on_drop(true)
             .spawn()
-            .expect("nginx is installed (.ci/run installs it)");
+            .unwrap_or_else(|err| panic!("{program} is installed (scripts/test installs it): {err}"));
         let up =
             eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
-        assert!(
-            up,
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-        );
-        Self { addr: ([127, 0, 0, 1], port).into(), _child: child, _dir: dir }
+        assert!(up, "{program} did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        Balanced { addr: ([127, 0, 0, 1], port).into(), _child: child, _dir: dir }
     }
+}
+
+/// The README's nginx configuration, in a file of its own.
+fn nginx_config(upstreams: &[std::net::SocketAddr], port: u16, root: &str) -> String {
+    let servers: String = upstreams.iter().map(|a| format!("        server {a};\n")).collect();
+    format!(
+        "daemon off;\nmaster_process off;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n    access_log off;\n    client_body_temp_path {root}/body;\n\
+         proxy_temp_path {root}/proxy;\n    fastcgi_temp_path {root}/fastcgi;\n\
+         uwsgi_temp_path {root}/uwsgi;\n    scgi_temp_path {root}/scgi;\n\
+         upstream sessions {{\n        hash $arg_session consistent;\n{servers}    }}\n\
+         server {{\n        listen 127.0.0.1:{port};\n        location /ws {{\n\
+         proxy_pass http://sessions;\n            proxy_http_version 1.1;\n\
+         proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection \"upgrade\";\n\
+         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+         proxy_read_timeout 1h;\n        }}\n    }}\n}}\n"
+    )
+}
+
+/// The README's HAProxy backend (health checks on `/healthz` included),
+/// behind a frontend on `port`.
+fn haproxy_config(upstreams: &[std::net::SocketAddr], port: u16) -> String {
+    let servers: String =
+        upstreams.iter().enumerate().map(|(i, a)| format!("    server s{i} {a} check inter 500ms\n")).collect();
+    format!(
+        "global\n    maxconn 256\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
+         frontend sessions\n    bind 127.0.0.1:{port}\n    option forwardfor\n    default_backend ws_subprocess\n\
+         backend ws_subprocess\n    balance url_param session\n    hash-type consistent\n\
+         option httpchk GET /healthz\n    timeout tunnel 1h\n{servers}"
+    )
 }
 
 #[tokio::test]

@@ -151,7 +151,7 @@ impl Config {
             .keepalive(self.ping_interval, self.pong_timeout)
             .idle_timeout(self.idle_timeout)
             .max_session_duration(self.max_session_duration)
-            .env(EnvPolicy { clear: self.clear_env, pass: self.pass_env.clone(), ..EnvPolicy::default() })
+            .env(EnvPolicy { clear: self.clear_env, pass: self.pass_env.clone() })
             .detachable(self.max_keep, bytes(self.max_history))
             .recording(self.record_dir.clone().map(|dir| Recording {
                 dir,

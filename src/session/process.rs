@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-use super::settings::EnvPolicy;
+use super::settings::{EnvPolicy, SERVER_ENV_PREFIX};
 use crate::contain::{self, FORK_GUARD, Identity, SessionCgroup};
 use crate::spec::{CommandSpec, TerminalSize};
 use crate::websocket::{OutputMode, OutputStream};
@@ -78,8 +78,7 @@ impl Process {
     /// as a new session with that terminal as its controlling terminal.
     /// Before its command runs, the child joins `options.cgroup`, turns core
     /// dumps off and becomes `options.identity`; it gets only descriptors
-    /// 0–2, and none of the server variables its policy hides (by default
-    /// the server's own `WS_SUBPROCESS_*` settings).
+    /// 0–2, and none of the server's own `WS_SUBPROCESS_*` settings.
     ///
     /// The child is started without copying the server's page tables (see
     /// [`contain::spawn`]), so this costs the same however many sessions
@@ -306,8 +305,8 @@ impl Drop for Process {
 }
 
 /// The environment of a process: the server's, or only `pass_env` with
-/// `clear_env`, minus the variables the policy hides (the server's own
-/// `WS_SUBPROCESS_*` settings, which may hold secrets); then the
+/// `clear_env`, minus the server's own `WS_SUBPROCESS_*` settings (which
+/// may hold secrets); then the
 /// identity's `HOME`, `USER`, `LOGNAME` and `SHELL`; `TERM` on a terminal;
 /// then the spec's `env`.
 fn environment(spec: &CommandSpec, options: &SpawnOptions<'_>) -> BTreeMap<OsString, OsString> {
@@ -318,7 +317,7 @@ fn environment(spec: &CommandSpec, options: &SpawnOptions<'_>) -> BTreeMap<OsStr
     } else {
         Box::new(std::env::vars_os())
     };
-    env.extend(server_env.filter(|(name, _)| policy.passes(name)));
+    env.extend(server_env.filter(|(name, _)| !name.as_encoded_bytes().starts_with(SERVER_ENV_PREFIX.as_bytes())));
     if let Some(identity) = options.identity {
         env.extend(identity.env().map(|(name, value)| (name.into(), value.into())));
     }

@@ -279,33 +279,17 @@ impl fmt::Display for InvalidSettings {
 }
 
 /// The prefix of the server's own environment variables (its settings,
-/// which may hold secrets): no process gets them unless its policy says so.
+/// which may hold secrets): no process gets them, whatever its policy.
 pub const SERVER_ENV_PREFIX: &str = "WS_SUBPROCESS_";
 
-/// How a process's environment is built.
-#[derive(Debug, Clone)]
+/// How a process's environment is built. Variables named
+/// [`SERVER_ENV_PREFIX`]`*` never reach it, even through `pass`.
+#[derive(Debug, Clone, Default)]
 pub struct EnvPolicy {
     /// Start from an empty environment instead of the server's.
     pub clear: bool,
     /// With `clear`, the server variables still passed through.
     pub pass: Vec<String>,
-    /// Prefixes of server variables no process gets, even through `pass`;
-    /// by default [`SERVER_ENV_PREFIX`].
-    pub hide: Vec<String>,
-}
-
-impl Default for EnvPolicy {
-    fn default() -> Self {
-        Self { clear: false, pass: Vec::new(), hide: vec![SERVER_ENV_PREFIX.into()] }
-    }
-}
-
-impl EnvPolicy {
-    /// Whether a server variable named `name` may reach a process.
-    pub fn passes(&self, name: &std::ffi::OsStr) -> bool {
-        let name = name.as_encoded_bytes();
-        !self.hide.iter().any(|prefix| name.starts_with(prefix.as_bytes()))
-    }
 }
 
 /// Signals a session may be ended with before `SIGKILL`.

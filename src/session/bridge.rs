@@ -98,8 +98,8 @@ struct Running<'a> {
     output: AbortOnDropHandle<Vec<ProcessOutput>>,
     /// The input loop: how the client went, when it did.
     input: Fuse<BoxFuture<'a, Ending>>,
-    /// Cancelled once the leader has exited: the output loops then wait
-    /// only `kill_grace` for what leftovers write.
+    /// Cancelled once the leader has exited: from then on, the output
+    /// loops wait for leftovers only within bounds (see [`OutputTail`]).
     exited: CancellationToken,
     /// Cancelled once output has nowhere to go: it is read and dropped.
     discard: CancellationToken,
@@ -536,6 +536,53 @@ mod tests {
         assert!(outcome.bytes_out <= bound, "{} bytes queued for a client that read none", outcome.bytes_out);
         assert!(gone(pid));
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_leftover_outside_the_group_that_keeps_writing_does_not_hold_the_session() {
+        // On a host without cgroups, a daemon that left the group (setsid)
+        // keeps the output pipe full: the session still ends, with the
+        // leader's status.
+        let script = "setsid sh -c 'echo pid $$; exec yes' & sleep 0.3; exit 0";
+        let (mut client, _, session) = start(&["/bin/sh", "-c", script], 4, context(settings()));
+        let mut leftover = None;
+        let mut seen = Vec::new();
+        let close = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match client.next().await {
+                    Some(Message::Binary(data)) if leftover.is_none() => {
+                        seen.extend_from_slice(&data);
+                        let text = String::from_utf8_lossy(&seen);
+                        let pid = text.lines().find_map(|l| l.strip_prefix("pid ")?.trim().parse::<i32>().ok());
+                        leftover = pid.map(Leftover);
+                    }
+                    // A slow client: the pipe never runs empty.
+                    Some(Message::Binary(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    other => return other,
+                }
+            }
+        })
+        .await;
+        let leftover = leftover.expect("the daemon said its pid");
+        let close = close.unwrap_or_else(|_| panic!("the session waited on daemon {} for 20 s", leftover.0));
+        match close {
+            Some(Message::Close(Some(frame))) => assert_eq!(frame.reason.as_str(), "exit 0"),
+            other => panic!("expected the exit status, got {other:?}"),
+        }
+        let outcome = session.await.expect("bridge");
+        assert_eq!(outcome.status.and_then(|s| s.code()), Some(0));
+    }
+
+    /// A process the test started outside any group it can reach otherwise,
+    /// killed when the test ends, however it ends.
+    struct Leftover(i32);
+
+    impl Drop for Leftover {
+        fn drop(&mut self) {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.0) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
     }
 
     #[tokio::test]

@@ -52,48 +52,85 @@ pub(crate) enum ChunkSize {
     Kept(usize),
 }
 
+/// After its processes are killed, a pipe holds at most this much of what
+/// they wrote (Linux's default `pipe-max-size`, the most a process may set
+/// its pipe to without privilege); more means a writer outside the group.
+const LEFT_IN_PIPE: u64 = 1024 * 1024;
+
 /// Reads one output of a session to its end: to end of file while the
-/// leader runs; once it has exited (`exited` is cancelled), waiting for more
-/// output is bounded by `grace`: then the group gets `SIGKILL` (`yes &`
-/// would otherwise hold the pipe open forever), and if the pipe is still
-/// open one more `grace` later (something outside the group holds it),
-/// reading gives up. Data already in the pipe is always read first: the
-/// bounds apply only while it is empty, so a slow client loses nothing.
+/// leader runs. Once it has exited (`exited` is cancelled), the rest of the
+/// group gets `grace` to finish writing; then the group gets `SIGKILL`
+/// (`yes &` would otherwise hold the pipe open forever), and what the
+/// killed processes left in the pipe is still read. Reading gives up when,
+/// after the kill, it has waited `grace` in all for the pipe, or more has
+/// arrived than a pipe holds: something outside the group (a process that
+/// left it, on a host without cgroups) holds the pipe and writes.
+///
+/// Only waiting for the pipe counts, not the time a chunk takes to be sent,
+/// so a slow client loses nothing its processes wrote.
 #[derive(Debug)]
 pub(crate) struct OutputTail {
     exited: CancellationToken,
     group: ProcessGroup,
     grace: Duration,
-    deadline: Option<Instant>,
-    killed: bool,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// The leader runs: no bound.
+    Running,
+    /// The leader exited; the group is killed at this instant.
+    Exited { kill_at: Instant },
+    /// The group was killed: how long reads may still wait in all, and
+    /// how much more may arrive.
+    Killed { wait_left: Duration, bytes_left: u64 },
+    /// Something outside the group writes: no more reads.
+    GaveUp,
 }
 
 impl OutputTail {
     pub(crate) fn new(exited: CancellationToken, group: ProcessGroup, grace: Duration) -> Self {
-        Self { exited, group, grace, deadline: None, killed: false }
+        Self { exited, group, grace, phase: Phase::Running }
     }
 
     /// The next chunk of `output`, or `None` at its end (end of file, a
     /// failed read, or given up on).
     pub(crate) async fn next(&mut self, output: &mut ProcessOutput, size: ChunkSize) -> Option<Bytes> {
         loop {
-            if let Some(at) = self.deadline
-                && !self.killed
-                && Instant::now() >= at
+            if let Phase::Exited { kill_at } = self.phase
+                && Instant::now() >= kill_at
             {
                 self.kill();
             }
-            let read = match self.deadline {
-                None => tokio::select! {
+            let began = Instant::now();
+            let read = match self.phase {
+                Phase::GaveUp => return None,
+                Phase::Running => tokio::select! {
                     read = read(output, size) => Some(read),
                     _ = self.exited.cancelled() => {
-                        self.deadline = Some(Instant::now() + self.grace);
+                        self.phase = Phase::Exited { kill_at: Instant::now() + self.grace };
                         continue;
                     }
                 },
-                // The timeout only fires when the pipe is empty.
-                Some(at) => timeout_at(at, read(output, size)).await.ok(),
+                // The timeouts only fire when the pipe is empty.
+                Phase::Exited { kill_at } => timeout_at(kill_at, read(output, size)).await.ok(),
+                Phase::Killed { wait_left, .. } => timeout_at(began + wait_left, read(output, size)).await.ok(),
             };
+            if let Phase::Killed { wait_left, bytes_left } = self.phase {
+                let wait_left = wait_left.saturating_sub(began.elapsed());
+                let got = match &read {
+                    Some(Ok(data)) => data.len() as u64,
+                    _ => 0,
+                };
+                self.phase = if read.is_none() || got > 0 && (wait_left.is_zero() || got > bytes_left) {
+                    tracing::warn!("output still written after its process group was killed; giving up on it");
+                    // What arrived is passed on; the next call ends.
+                    Phase::GaveUp
+                } else {
+                    Phase::Killed { wait_left, bytes_left: bytes_left - got }
+                };
+            }
             match read {
                 Some(Ok(data)) if data.is_empty() => return None,
                 Some(Ok(data)) => return Some(data),
@@ -102,19 +139,19 @@ impl OutputTail {
                     tracing::debug!(cause = %err, "output failed");
                     return None;
                 }
-                None if !self.killed => self.kill(),
-                None => {
-                    tracing::warn!("output still open after its process group was killed; giving up on it");
-                    return None;
-                }
+                // The pipe stayed empty until the kill (or, after it, for
+                // the rest of the wait: given up above).
+                None => self.kill(),
             }
         }
     }
 
     fn kill(&mut self) {
+        if matches!(self.phase, Phase::Killed { .. } | Phase::GaveUp) {
+            return;
+        }
         self.group.kill();
-        self.killed = true;
-        self.deadline = Some(Instant::now() + self.grace);
+        self.phase = Phase::Killed { wait_left: self.grace, bytes_left: LEFT_IN_PIPE };
     }
 }
 

@@ -248,8 +248,8 @@ impl Shared {
             input_meter,
         )));
         let output_meter = self.metrics.bytes(Direction::out);
-        // Cancelled once the leader has exited: the readers then wait only
-        // `kill_grace` for what leftovers write.
+        // Cancelled once the leader has exited: from then on, the readers
+        // wait for leftovers only within bounds (see `OutputTail`).
         let exited = CancellationToken::new();
         let readers: Vec<_> = process
             .outputs
@@ -290,7 +290,8 @@ impl Shared {
             status = stop(&mut process, &settings).await;
         }
         // Output written before the exit is still read, as fast as writers
-        // take it; leftovers holding the pipe open get `kill_grace`.
+        // take it; leftovers holding the pipe open get `kill_grace`, then
+        // SIGKILL, and a bounded wait.
         exited.cancel();
         let drained = futures_util::future::join_all(readers).await;
         drop(input);

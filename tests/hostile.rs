@@ -204,9 +204,13 @@ async fn with_http2_on_h2_is_served_and_idle_h2_connections_are_closed_at_the_de
         )
     };
     let (mut sender, connection) = h2(TcpStream::connect(server.addr).await.unwrap()).await.unwrap();
-    tokio::spawn(connection);
+    let served = tokio::spawn(connection);
     let request = http::Request::get(format!("http://{}/healthz", server.addr)).body(Default::default()).unwrap();
     assert_eq!(sender.send_request(request).await.unwrap().status(), StatusCode::OK);
+    // After its requests, an h2 connection left idle is closed too, one
+    // deadline after its last response (keepalive pings do not keep it).
+    let ended = tokio::time::timeout(Duration::from_secs(4), served).await;
+    assert!(ended.is_ok(), "an h2 connection idle after a request was held open");
     // An h2 connection that never sends a request is closed at the deadline.
     let (_idle, connection) = h2(TcpStream::connect(server.addr).await.unwrap()).await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(4), connection).await;
@@ -214,6 +218,36 @@ async fn with_http2_on_h2_is_served_and_idle_h2_connections_are_closed_at_the_de
     let mut half = TcpStream::connect(server.addr).await.unwrap();
     half.write_all(&H2_PREFACE[..10]).await.unwrap();
     assert!(closed_within(&mut half, Duration::from_secs(3)).await, "half a preface was held open");
+}
+
+#[tokio::test]
+async fn a_kept_alive_http1_connection_idle_after_a_request_is_closed_at_the_deadline() {
+    let controller = Controller::allowing("/bin/cat", &[]).await;
+    let mut config = config_for(&controller);
+    config.request_header_timeout = Duration::from_secs(1);
+    let server = TestServer::start(config).await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let served = tokio::spawn(connection);
+    for _ in 0..2 {
+        sender.ready().await.unwrap();
+        let request = http::Request::get("/healthz").body(Default::default()).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(4), served).await;
+    assert!(ended.is_ok(), "a kept-alive connection idle after its requests was held open");
+    // A WebSocket session is not an idle connection: it outlives the
+    // deadline.
+    let mut ws = server.connect("token").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ws.send(Message::Binary(bytes::Bytes::from_static(b"still here\n"))).await.unwrap();
+    read_until(&mut ws, b"still here").await;
 }
 
 #[tokio::test]

@@ -11,7 +11,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,7 +33,8 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 ///
 /// Each connection must deliver a complete request head within
 /// `request_header_timeout` of being accepted (TLS handshake and protocol
-/// detection included), and again between requests; connections beyond
+/// detection included), and again between requests (HTTP/1.1 and HTTP/2
+/// alike: no request in flight for that long); connections beyond
 /// `max_connections`, or beyond `max_connections_per_ip` from one address,
 /// are closed at once. HTTP/1.1 only, unless `http2` is set.
 ///
@@ -96,15 +96,12 @@ pub async fn serve<S, B>(
         };
         let deadline = Instant::now() + settings.request_header_timeout;
         let io = Counted { io, _place: place };
-        let first_request = Arc::new(Notify::new());
-        let seen = first_request.clone();
-        let service = AddExtension::new(AddExtension::new(app.clone(), Secure(listener.tls.is_some())), peer)
-            .map_request(move |request: Request<Incoming>| {
-                seen.notify_one();
-                request
-            });
+        let requests = Requests::default();
+        let service =
+            requests.track(AddExtension::new(AddExtension::new(app.clone(), Secure(listener.tls.is_some())), peer));
         let service = TowerToHyperService::new(service);
         let (tls, http, stop, metrics) = (listener.tls.clone(), http.clone(), stop.clone(), settings.metrics.clone());
+        let idle_timeout = settings.request_header_timeout;
         let span = tracing::debug_span!("connection", peer = %peer);
         connections.spawn(
             async move {
@@ -127,8 +124,8 @@ pub async fn serve<S, B>(
                     Http::One(builder) => {
                         drive!(
                             builder.serve_connection(io, service).with_upgrades(),
-                            first_request,
-                            deadline,
+                            requests,
+                            (deadline, idle_timeout),
                             stop,
                             metrics
                         )
@@ -136,8 +133,8 @@ pub async fn serve<S, B>(
                     Http::Auto(builder) => {
                         drive!(
                             builder.serve_connection_with_upgrades(io, service),
-                            first_request,
-                            deadline,
+                            requests,
+                            (deadline, idle_timeout),
                             stop,
                             metrics
                         )
@@ -213,23 +210,44 @@ impl Http {
 
 /// Drives a hyper connection to its end: closes it if its first request
 /// head is not in by `$deadline` (hyper's timers cover neither protocol
-/// detection nor HTTP/2), and shuts it down gracefully once `$stop` is
-/// cancelled. `None` when it was closed for its deadline. (A macro, since
-/// the connection types share these methods but no trait.)
+/// detection nor HTTP/2), closes it gracefully once it has had no request
+/// in flight for `$idle` (an HTTP/2 connection, or an HTTP/1.1 one kept
+/// alive, that a client holds open without using it; one more `$idle` and
+/// it is dropped), and shuts it down gracefully once `$stop` is cancelled.
+/// `None` when it was closed for a deadline. (A macro, since the
+/// connection types share these methods but no trait.)
 macro_rules! drive {
-    ($connection:expr, $first_request:expr, $deadline:expr, $stop:expr, $metrics:expr) => {{
+    ($connection:expr, $requests:expr, ($deadline:expr, $idle:expr), $stop:expr, $metrics:expr) => {{
         let connection = $connection;
         tokio::pin!(connection);
-        let (mut first_seen, mut stopping) = (false, false);
+        let mut requests = $requests.subscribe();
+        // Until the first request, the deadline from accept; then, while no
+        // request is in flight, `$idle` from the end of the last one.
+        let mut idle_until = Some($deadline);
+        let mut drop_at = None;
+        let mut stopping = false;
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
                     break Some(result.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into));
                 }
-                _ = $first_request.notified(), if !first_seen => first_seen = true,
-                _ = tokio::time::sleep_until($deadline), if !first_seen => {
-                    $metrics.refused(Refusal::header_timeout);
-                    tracing::debug!("no request head in time; closing");
+                Ok(()) = requests.changed() => {
+                    let now = *requests.borrow_and_update();
+                    idle_until = (now.in_flight == 0).then(|| Instant::now() + $idle);
+                }
+                _ = sleep_until_some(idle_until), if !stopping => {
+                    if requests.borrow().started == 0 {
+                        $metrics.refused(Refusal::header_timeout);
+                        tracing::debug!("no request head in time; closing");
+                        break None;
+                    }
+                    tracing::debug!("no request for request_header_timeout; closing");
+                    stopping = true;
+                    drop_at = Some(Instant::now() + $idle);
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = sleep_until_some(drop_at) => {
+                    tracing::debug!("still open after a graceful close; dropping it");
                     break None;
                 }
                 _ = $stop.cancelled(), if !stopping => {
@@ -241,6 +259,107 @@ macro_rules! drive {
     }};
 }
 use drive;
+
+/// A connection's requests: how many started, and how many are in flight
+/// (from the request head to the end of the response body).
+#[derive(Debug, Default, Clone, Copy)]
+struct RequestCount {
+    started: u64,
+    in_flight: usize,
+}
+
+/// Counts a connection's requests, for its deadlines.
+#[derive(Debug, Clone, Default)]
+struct Requests(Arc<tokio::sync::watch::Sender<RequestCount>>);
+
+impl Requests {
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<RequestCount> {
+        self.0.subscribe()
+    }
+
+    /// `service`, counting each request from its head until its response
+    /// body is done (or dropped).
+    fn track<S, B>(
+        &self,
+        service: S,
+    ) -> impl Service<
+        Request<Incoming>,
+        Response = Response<Tracked<B>>,
+        Error = Infallible,
+        Future = impl Future + Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    {
+        let requests = self.clone();
+        tower::service_fn(move |request: Request<Incoming>| {
+            let in_flight = requests.begin();
+            let call = service.clone().oneshot(request);
+            async move {
+                let response = call.await?;
+                Ok(response.map(|body| Tracked { body: Box::pin(body), _in_flight: in_flight }))
+            }
+        })
+    }
+
+    fn begin(&self) -> InFlight {
+        self.0.send_modify(|count| {
+            count.started += 1;
+            count.in_flight += 1;
+        });
+        InFlight(self.0.clone())
+    }
+}
+
+/// A request in flight, until dropped.
+#[derive(Debug)]
+struct InFlight(Arc<tokio::sync::watch::Sender<RequestCount>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| count.in_flight = count.in_flight.saturating_sub(1));
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is
+/// done (hyper drops it then) or dropped with its connection.
+struct Tracked<B> {
+    body: std::pin::Pin<Box<B>>,
+    _in_flight: InFlight,
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    // Kept, so that hyper still sends `Content-Length` when it is known.
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Logs refused connections: each at debug level, and a warning at most
 /// every ten seconds, so a flood of them cannot flood the log.

@@ -192,7 +192,7 @@ async fn http2_is_refused_and_half_prefaces_time_out_when_http2_is_off() {
 
 #[tokio::test]
 async fn with_http2_on_h2_is_served_and_idle_h2_connections_are_closed_at_the_deadline() {
-    let controller = Controller::allowing("/bin/true", &[]).await;
+    let controller = Controller::allowing("/bin/cat", &[]).await;
     let mut config = config_for(&controller);
     config.request_header_timeout = Duration::from_secs(1);
     config.http2 = true;
@@ -205,8 +205,12 @@ async fn with_http2_on_h2_is_served_and_idle_h2_connections_are_closed_at_the_de
     };
     let (mut sender, connection) = h2(TcpStream::connect(server.addr).await.unwrap()).await.unwrap();
     let served = tokio::spawn(connection);
-    let request = http::Request::get(format!("http://{}/healthz", server.addr)).body(Default::default()).unwrap();
-    assert_eq!(sender.send_request(request).await.unwrap().status(), StatusCode::OK);
+    for pause in [0, 600] {
+        // Within the deadline, the connection serves the next request.
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let request = http::Request::get(format!("http://{}/healthz", server.addr)).body(Default::default()).unwrap();
+        assert_eq!(sender.send_request(request).await.unwrap().status(), StatusCode::OK);
+    }
     // After its requests, an h2 connection left idle is closed too, one
     // deadline after its last response (keepalive pings do not keep it).
     let ended = tokio::time::timeout(Duration::from_secs(4), served).await;
@@ -218,6 +222,11 @@ async fn with_http2_on_h2_is_served_and_idle_h2_connections_are_closed_at_the_de
     let mut half = TcpStream::connect(server.addr).await.unwrap();
     half.write_all(&H2_PREFACE[..10]).await.unwrap();
     assert!(closed_within(&mut half, Duration::from_secs(3)).await, "half a preface was held open");
+    // A WebSocket session (HTTP/1.1 upgrade) outlives the deadline.
+    let mut ws = server.connect("token").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ws.send(Message::Binary(bytes::Bytes::from_static(b"still here\n"))).await.unwrap();
+    read_until(&mut ws, b"still here").await;
 }
 
 #[tokio::test]

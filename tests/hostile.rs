@@ -215,6 +215,21 @@ async fn with_http2_on_h2_is_served_and_idle_h2_connections_are_closed_at_the_de
     // deadline after its last response (keepalive pings do not keep it).
     let ended = tokio::time::timeout(Duration::from_secs(4), served).await;
     assert!(ended.is_ok(), "an h2 connection idle after a request was held open");
+    // A client that takes nothing of a response (a zero flow-control
+    // window; it still answers pings) does not hold the connection either.
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut stalled, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    let served = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/healthz", server.addr)).body(Default::default()).unwrap();
+    let response = stalled.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(5), served).await;
+    assert!(ended.is_ok(), "an h2 connection whose client took nothing of a response was held open");
+    drop(response);
     // An h2 connection that never sends a request is closed at the deadline.
     let (_idle, connection) = h2(TcpStream::connect(server.addr).await.unwrap()).await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(4), connection).await;
@@ -432,6 +447,35 @@ async fn forwarding_headers_from_an_untrusted_client_are_not_believed() {
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], server.addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_response_does_not_hold_its_connection() {
+    let controller = Controller::allowing("/bin/true", &[]).await;
+    let dir = scratch();
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    // Far more than the socket buffers hold.
+    std::fs::write(root.join("big.bin"), vec![b'x'; 32 << 20]).unwrap();
+    let mut config = config_for(&controller);
+    config.static_dir = Some(root);
+    config.request_header_timeout = Duration::from_secs(1);
+    let server = TestServer::start(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    // It reads a little, then nothing: the server is stuck writing.
+    let mut first = [0u8; 4096];
+    let n = stream.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Closed by now: what is left to read ends well short of the file.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))) && rest.len() < 32 << 20,
+        "a connection whose client stopped reading was held open ({} bytes more)",
+        rest.len()
+    );
 }
 
 #[tokio::test]

@@ -19,9 +19,11 @@
 //! - `listener`: [`Listener`], a bound TCP or Unix socket, optionally TLS;
 //! - `settings`: [`ServeSettings`], timeouts and caps;
 //! - `limits`: connection caps, in all and per address;
+//! - `activity`: what a connection's requests are doing, for its deadlines;
 //! - `tls`: [`tls_acceptor`] from PEM files;
 //! - `serve`: [`serve`], the accept loop and shutdown.
 
+mod activity;
 mod limits;
 mod listener;
 mod serve;

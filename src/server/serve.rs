@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -14,10 +13,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::{Service, ServiceExt};
+use tower::Service;
 use tower_http::add_extension::AddExtension;
 use tracing::Instrument;
 
+use super::activity::Activity;
 use super::limits::{ConnectionLimits, Counted};
 use super::{Listener, ServeSettings};
 use crate::connection::{PeerAddr, Secure};
@@ -33,8 +33,9 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 ///
 /// Each connection must deliver a complete request head within
 /// `request_header_timeout` of being accepted (TLS handshake and protocol
-/// detection included), and again between requests (HTTP/1.1 and HTTP/2
-/// alike: no request in flight for that long); connections beyond
+/// detection included); a connection idle that long between requests, or
+/// whose client takes nothing of a response for that long, is closed too
+/// (HTTP/1.1 and HTTP/2 alike). Connections beyond
 /// `max_connections`, or beyond `max_connections_per_ip` from one address,
 /// are closed at once. HTTP/1.1 only, unless `http2` is set.
 ///
@@ -96,9 +97,9 @@ pub async fn serve<S, B>(
         };
         let deadline = Instant::now() + settings.request_header_timeout;
         let io = Counted { io, _place: place };
-        let requests = Requests::default();
+        let activity = Activity::new();
         let service =
-            requests.track(AddExtension::new(AddExtension::new(app.clone(), Secure(listener.tls.is_some())), peer));
+            activity.track(AddExtension::new(AddExtension::new(app.clone(), Secure(listener.tls.is_some())), peer));
         let service = TowerToHyperService::new(service);
         let (tls, http, stop, metrics) = (listener.tls.clone(), http.clone(), stop.clone(), settings.metrics.clone());
         let idle_timeout = settings.request_header_timeout;
@@ -124,7 +125,7 @@ pub async fn serve<S, B>(
                     Http::One(builder) => {
                         drive!(
                             builder.serve_connection(io, service).with_upgrades(),
-                            requests,
+                            activity,
                             (deadline, idle_timeout),
                             stop,
                             metrics
@@ -133,7 +134,7 @@ pub async fn serve<S, B>(
                     Http::Auto(builder) => {
                         drive!(
                             builder.serve_connection_with_upgrades(io, service),
-                            requests,
+                            activity,
                             (deadline, idle_timeout),
                             stop,
                             metrics
@@ -210,148 +211,53 @@ impl Http {
 
 /// Drives a hyper connection to its end: closes it if its first request
 /// head is not in by `$deadline` (hyper's timers cover neither protocol
-/// detection nor HTTP/2), closes it gracefully once it has had no request
-/// in flight for `$idle` (an HTTP/2 connection, or an HTTP/1.1 one kept
-/// alive, that a client holds open without using it; one more `$idle` and
-/// it is dropped), and shuts it down gracefully once `$stop` is cancelled.
-/// `None` when it was closed for a deadline. (A macro, since the
+/// detection nor HTTP/2); closes it gracefully once it has been idle or
+/// stalled (see [`Activity`]) for `$timeout`, and drops it if it is so for
+/// `$timeout` again after that; shuts it down gracefully once `$stop` is
+/// cancelled. `None` when it was closed for a deadline. (A macro, since the
 /// connection types share these methods but no trait.)
 macro_rules! drive {
-    ($connection:expr, $requests:expr, ($deadline:expr, $idle:expr), $stop:expr, $metrics:expr) => {{
+    ($connection:expr, $activity:expr, ($deadline:expr, $timeout:expr), $stop:expr, $metrics:expr) => {{
         let connection = $connection;
         tokio::pin!(connection);
-        let mut requests = $requests.subscribe();
-        // Until the first request, the deadline from accept; then, while no
-        // request is in flight, `$idle` from the end of the last one.
-        let mut idle_until = Some($deadline);
-        let mut drop_at = None;
-        let mut stopping = false;
+        let activity = $activity;
+        let (mut closing, mut stopping) = (false, false);
         loop {
+            let until = if activity.any_request() { activity.deadline($timeout) } else { Some($deadline) };
             tokio::select! {
                 result = connection.as_mut() => {
                     break Some(result.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into));
                 }
-                Ok(()) = requests.changed() => {
-                    let now = *requests.borrow_and_update();
-                    idle_until = (now.in_flight == 0).then(|| Instant::now() + $idle);
-                }
-                _ = sleep_until_some(idle_until), if !stopping => {
-                    if requests.borrow().started == 0 {
+                _ = activity.changed() => {}
+                _ = sleep_until_some(until) => {
+                    if !activity.any_request() {
                         $metrics.refused(Refusal::header_timeout);
                         tracing::debug!("no request head in time; closing");
                         break None;
                     }
-                    tracing::debug!("no request for request_header_timeout; closing");
-                    stopping = true;
-                    drop_at = Some(Instant::now() + $idle);
+                    // Something may have happened meanwhile.
+                    if activity.deadline($timeout).is_none_or(|at| at > Instant::now()) {
+                        continue;
+                    }
+                    if closing || stopping {
+                        tracing::debug!("still idle or stalled after a graceful close; dropping it");
+                        break None;
+                    }
+                    tracing::debug!("idle or stalled for request_header_timeout; closing");
+                    closing = true;
                     connection.as_mut().graceful_shutdown();
-                }
-                _ = sleep_until_some(drop_at) => {
-                    tracing::debug!("still open after a graceful close; dropping it");
-                    break None;
                 }
                 _ = $stop.cancelled(), if !stopping => {
                     stopping = true;
-                    connection.as_mut().graceful_shutdown();
+                    if !closing {
+                        connection.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
     }};
 }
 use drive;
-
-/// A connection's requests: how many started, and how many are in flight
-/// (from the request head to the end of the response body).
-#[derive(Debug, Default, Clone, Copy)]
-struct RequestCount {
-    started: u64,
-    in_flight: usize,
-}
-
-/// Counts a connection's requests, for its deadlines.
-#[derive(Debug, Clone, Default)]
-struct Requests(Arc<tokio::sync::watch::Sender<RequestCount>>);
-
-impl Requests {
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<RequestCount> {
-        self.0.subscribe()
-    }
-
-    /// `service`, counting each request from its head until its response
-    /// body is done (or dropped).
-    fn track<S, B>(
-        &self,
-        service: S,
-    ) -> impl Service<
-        Request<Incoming>,
-        Response = Response<Tracked<B>>,
-        Error = Infallible,
-        Future = impl Future + Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-    where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-    {
-        let requests = self.clone();
-        tower::service_fn(move |request: Request<Incoming>| {
-            let in_flight = requests.begin();
-            let call = service.clone().oneshot(request);
-            async move {
-                let response = call.await?;
-                Ok(response.map(|body| Tracked { body: Box::pin(body), _in_flight: in_flight }))
-            }
-        })
-    }
-
-    fn begin(&self) -> InFlight {
-        self.0.send_modify(|count| {
-            count.started += 1;
-            count.in_flight += 1;
-        });
-        InFlight(self.0.clone())
-    }
-}
-
-/// A request in flight, until dropped.
-#[derive(Debug)]
-struct InFlight(Arc<tokio::sync::watch::Sender<RequestCount>>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.send_modify(|count| count.in_flight = count.in_flight.saturating_sub(1));
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is
-/// done (hyper drops it then) or dropped with its connection.
-struct Tracked<B> {
-    body: std::pin::Pin<Box<B>>,
-    _in_flight: InFlight,
-}
-
-impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        self.body.as_mut().poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    // Kept, so that hyper still sends `Content-Length` when it is known.
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
 
 /// Sleeps until `at`, or forever when there is no `at`.
 async fn sleep_until_some(at: Option<Instant>) {

@@ -92,8 +92,8 @@ struct Running<'a> {
     writer: AbortOnDropHandle<WriterStop>,
     /// What the writer sends, in order.
     queue: mpsc::Sender<Message>,
-    /// Tells the writer how to stop.
-    finish: oneshot::Sender<Option<Message>>,
+    /// Tells the writer how to stop; taken at the end.
+    finish: Option<oneshot::Sender<Option<Message>>>,
     /// The output loops, which return the outputs, still open.
     output: AbortOnDropHandle<Vec<ProcessOutput>>,
     /// The input loop: how the client went, when it did.
@@ -172,7 +172,7 @@ impl<'a> Running<'a> {
             protocol,
             writer,
             queue,
-            finish,
+            finish: Some(finish),
             output,
             input,
             exited,
@@ -233,22 +233,27 @@ impl<'a> Running<'a> {
     /// (behind all the output) or a Close frame saying why the session
     /// ended; a process whose client is gone is stopped. Then whatever is
     /// left of the process is killed and reaped.
-    async fn end(self, ending: Ending, settings: &SessionSettings) -> Outcome {
+    ///
+    /// It borrows the session rather than taking it: a session's task holds
+    /// its future for the whole session, and a moved copy of every field
+    /// would make it larger by as much.
+    async fn end(&mut self, ending: Ending, settings: &SessionSettings) -> Outcome {
         let Self {
-            mut process,
+            process,
             protocol,
-            mut writer,
+            writer,
             queue,
             finish,
-            mut input,
+            input,
             discard,
             bytes_in,
             bytes_out,
             recorder,
-            mut status,
+            status,
             drained,
             ..
         } = self;
+        let protocol = *protocol;
         // A process the kernel killed for memory is said to be (SPEC §8).
         let oom = matches!(ending, Ending::Exited(status) if status.signal() == Some(9)) && process.oom_killed();
         if let (Some(recorder), Ending::Exited(status)) = (&recorder, &ending) {
@@ -265,24 +270,24 @@ impl<'a> Running<'a> {
         }
         let stop_process = async {
             if status.is_none() {
-                status = stop(&mut process, settings).await;
+                *status = stop(process, settings).await;
             }
         };
         let closing = async {
             if matches!(ending, Ending::ClientGone(_)) || writer.is_finished() {
                 return;
             }
-            let exited = matches!(ending, Ending::Exited(_));
-            close_socket(exited, goodbye, &queue, finish, &mut writer, &mut input).await;
+            let (exited, finish) = (matches!(ending, Ending::Exited(_)), finish.take().expect("ends once"));
+            close_socket(exited, goodbye, queue, finish, writer, input).await;
         };
         tokio::join!(stop_process, closing);
         // Whatever the leader left behind in its group (or, on a terminal,
         // its session) does not outlive the session.
         process.finish().await;
-        drop(drained);
+        drop(drained.take());
         Outcome {
             ending,
-            status,
+            status: *status,
             bytes_in: bytes_in.load(Ordering::Relaxed),
             bytes_out: bytes_out.load(Ordering::Relaxed),
             oom,

@@ -435,9 +435,8 @@ async fn two_instances_behind_haproxy_route_every_reattach_to_its_session() {
 
 /// Ten named sessions started through `balancer` in front of two
 /// instances, each dropped and reattached through it with `since=0` (in
-/// reverse order): every
-/// reattach finds its session (its output, then typing works), and both
-/// instances had sessions.
+/// reverse order): every reattach finds its session (its output, then
+/// typing works), and both instances had sessions.
 async fn every_reattach_reaches_its_session(balancer: Balancer) {
     let mut specs = Vec::new();
     for i in 0..10 {

@@ -238,10 +238,7 @@ async fn with_http2_on_h2_is_served_and_idle_h2_connections_are_closed_at_the_de
     half.write_all(&H2_PREFACE[..10]).await.unwrap();
     assert!(closed_within(&mut half, Duration::from_secs(3)).await, "half a preface was held open");
     // A WebSocket session (HTTP/1.1 upgrade) outlives the deadline.
-    let mut ws = server.connect("token").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    ws.send(Message::Binary(bytes::Bytes::from_static(b"still here\n"))).await.unwrap();
-    read_until(&mut ws, b"still here").await;
+    a_session_outlives_request_header_timeout(&server).await;
 }
 
 #[tokio::test]
@@ -268,6 +265,12 @@ async fn a_kept_alive_http1_connection_idle_after_a_request_is_closed_at_the_dea
     assert!(ended.is_ok(), "a kept-alive connection idle after its requests was held open");
     // A WebSocket session is not an idle connection: it outlives the
     // deadline.
+    a_session_outlives_request_header_timeout(&server).await;
+}
+
+/// A `cat` session on `server` (whose `request_header_timeout` is 1 s)
+/// still echoes 2.5 s after it opened.
+async fn a_session_outlives_request_header_timeout(server: &TestServer) {
     let mut ws = server.connect("token").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     ws.send(Message::Binary(bytes::Bytes::from_static(b"still here\n"))).await.unwrap();
@@ -472,7 +475,7 @@ async fn a_client_that_stops_reading_a_response_does_not_hold_its_connection() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
     assert!(
-        matches!(read, Ok(Ok(_)) | Ok(Err(_))) && rest.len() < 32 << 20,
+        read.is_ok() && rest.len() < 32 << 20,
         "a connection whose client stopped reading was held open ({} bytes more)",
         rest.len()
     );

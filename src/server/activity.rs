@@ -59,7 +59,8 @@ impl Activity {
     }
 
     /// When the connection is idle or stalled for `timeout` if nothing
-    /// happens until then; `None` while a request waits for its response.
+    /// happens until then (before any request: `timeout` after the accept);
+    /// `None` while a request waits for its response.
     pub(super) fn deadline(&self, timeout: std::time::Duration) -> Option<Instant> {
         let waiting = self.in_flight.load(Ordering::Acquire) > self.responding.load(Ordering::Acquire);
         if waiting {

@@ -95,9 +95,11 @@ pub async fn serve<S, B>(
                 continue;
             }
         };
+        // The connection's clock starts now: its first request head (and
+        // the TLS handshake before it) is due `request_header_timeout` on.
+        let activity = Activity::new();
         let deadline = Instant::now() + settings.request_header_timeout;
         let io = Counted { io, _place: place };
-        let activity = Activity::new();
         let service =
             activity.track(AddExtension::new(AddExtension::new(app.clone(), Secure(listener.tls.is_some())), peer));
         let service = TowerToHyperService::new(service);
@@ -126,7 +128,7 @@ pub async fn serve<S, B>(
                         drive!(
                             builder.serve_connection(io, service).with_upgrades(),
                             activity,
-                            (deadline, idle_timeout),
+                            idle_timeout,
                             stop,
                             metrics
                         )
@@ -135,7 +137,7 @@ pub async fn serve<S, B>(
                         drive!(
                             builder.serve_connection_with_upgrades(io, service),
                             activity,
-                            (deadline, idle_timeout),
+                            idle_timeout,
                             stop,
                             metrics
                         )
@@ -210,20 +212,20 @@ impl Http {
 }
 
 /// Drives a hyper connection to its end: closes it if its first request
-/// head is not in by `$deadline` (hyper's timers cover neither protocol
-/// detection nor HTTP/2); closes it gracefully once it has been idle or
-/// stalled (see [`Activity`]) for `$timeout`, and drops it if it is so for
-/// `$timeout` again after that; shuts it down gracefully once `$stop` is
+/// head is not in `$timeout` after its accept (hyper's timers cover neither
+/// protocol detection nor HTTP/2); closes it gracefully once it has been
+/// idle or stalled (see [`Activity`]) for `$timeout`, and drops it if it is
+/// so for `$timeout` again after that; shuts it down gracefully once `$stop` is
 /// cancelled. `None` when it was closed for a deadline. (A macro, since the
 /// connection types share these methods but no trait.)
 macro_rules! drive {
-    ($connection:expr, $activity:expr, ($deadline:expr, $timeout:expr), $stop:expr, $metrics:expr) => {{
+    ($connection:expr, $activity:expr, $timeout:expr, $stop:expr, $metrics:expr) => {{
         let connection = $connection;
         tokio::pin!(connection);
         let activity = $activity;
         let (mut closing, mut stopping) = (false, false);
         loop {
-            let until = if activity.any_request() { activity.deadline($timeout) } else { Some($deadline) };
+            let until = activity.deadline($timeout);
             tokio::select! {
                 result = connection.as_mut() => {
                     break Some(result.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into));

@@ -21,7 +21,6 @@
 //! The bridge is written against `Sink`/`Stream`, not a socket type, so it
 //! runs on in-memory channels (see the tests below) as on a socket.
 
-use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -255,9 +254,9 @@ impl<'a> Running<'a> {
         } = self;
         let protocol = *protocol;
         // A process the kernel killed for memory is said to be (SPEC §8).
-        let oom = matches!(ending, Ending::Exited(status) if status.signal() == Some(9)) && process.oom_killed();
+        let oom = matches!(ending, Ending::Exited(status) if process.oom_killed(status));
         if let (Some(recorder), Ending::Exited(status)) = (&recorder, &ending) {
-            recorder.marker(&crate::websocket::protocol::exit_close_frame(*status, oom).reason);
+            recorder.exited(*status, oom);
         }
         let goodbye = match &ending {
             Ending::Exited(status) => protocol.exit(*status, oom),
@@ -410,7 +409,7 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use futures_util::{SinkExt, Stream};
+    use futures_util::SinkExt;
     use tokio::sync::mpsc;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -469,16 +468,8 @@ mod tests {
         let (to_bridge, mut from_client) = mpsc::channel(16);
         let tx = PollSender::new(to_client).sink_map_err(|_| WsError::ConnectionClosed);
         let rx = futures_util::stream::poll_fn(move |cx| from_client.poll_recv(cx));
-        let session = tokio::spawn(async move { run(process, tx, rx, context).await });
+        let session = tokio::spawn(async move { bridge(process, Protocol::Raw, tx, rx, &context, None).await });
         (Client { to_bridge: Some(to_bridge), from_bridge }, pid, session)
-    }
-
-    async fn run<Tx, Rx>(process: Process, tx: Tx, rx: Rx, context: SessionContext) -> Outcome
-    where
-        Tx: futures_util::Sink<Message, Error = WsError> + Unpin + Send + 'static,
-        Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send,
-    {
-        bridge(process, Protocol::Raw, tx, rx, &context, None).await
     }
 
     /// Whether `pid` is gone, reaped (not a zombie).

@@ -103,9 +103,10 @@ impl OutputTail {
             {
                 self.kill();
             }
-            let began = Instant::now();
             let read = match self.phase {
                 Phase::GaveUp => return None,
+                // Not biased to the read: a pipe that always has data must
+                // not hide the exit.
                 Phase::Running => tokio::select! {
                     read = read(output, size) => Some(read),
                     _ = self.exited.cancelled() => {
@@ -115,22 +116,24 @@ impl OutputTail {
                 },
                 // The timeouts only fire when the pipe is empty.
                 Phase::Exited { kill_at } => timeout_at(kill_at, read(output, size)).await.ok(),
-                Phase::Killed { wait_left, .. } => timeout_at(began + wait_left, read(output, size)).await.ok(),
+                Phase::Killed { wait_left, bytes_left } => {
+                    let began = Instant::now();
+                    let read = timeout_at(began + wait_left, read(output, size)).await.ok();
+                    let wait_left = wait_left.saturating_sub(began.elapsed());
+                    let got = match &read {
+                        Some(Ok(data)) => data.len() as u64,
+                        _ => 0,
+                    };
+                    self.phase = if read.is_none() || got > 0 && (wait_left.is_zero() || got > bytes_left) {
+                        tracing::warn!("output still written after its process group was killed; giving up on it");
+                        // What arrived is passed on; the next call ends.
+                        Phase::GaveUp
+                    } else {
+                        Phase::Killed { wait_left, bytes_left: bytes_left - got }
+                    };
+                    read
+                }
             };
-            if let Phase::Killed { wait_left, bytes_left } = self.phase {
-                let wait_left = wait_left.saturating_sub(began.elapsed());
-                let got = match &read {
-                    Some(Ok(data)) => data.len() as u64,
-                    _ => 0,
-                };
-                self.phase = if read.is_none() || got > 0 && (wait_left.is_zero() || got > bytes_left) {
-                    tracing::warn!("output still written after its process group was killed; giving up on it");
-                    // What arrived is passed on; the next call ends.
-                    Phase::GaveUp
-                } else {
-                    Phase::Killed { wait_left, bytes_left: bytes_left - got }
-                };
-            }
             match read {
                 Some(Ok(data)) if data.is_empty() => return None,
                 Some(Ok(data)) => return Some(data),

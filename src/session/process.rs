@@ -200,10 +200,12 @@ impl Process {
         self.group.clone()
     }
 
-    /// Whether the kernel's out-of-memory killer ended a process of the
-    /// session (known only with a cgroup).
-    pub fn oom_killed(&self) -> bool {
-        self.group.cgroup.as_ref().is_some_and(|c| c.oom_killed())
+    /// Whether the kernel's out-of-memory killer ended the process, which
+    /// exited with `status`: a SIGKILL while the session's cgroup saw an
+    /// OOM kill (known only with a cgroup).
+    pub fn oom_killed(&self, status: ExitStatus) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal() == Some(Signal::KILL.as_raw()) && self.group.cgroup.as_ref().is_some_and(|c| c.oom_killed())
     }
 
     /// Waits for the leader to exit and returns its status, but leaves it
@@ -306,9 +308,8 @@ impl Drop for Process {
 
 /// The environment of a process: the server's, or only `pass_env` with
 /// `clear_env`, minus the server's own `WS_SUBPROCESS_*` settings (which
-/// may hold secrets); then the
-/// identity's `HOME`, `USER`, `LOGNAME` and `SHELL`; `TERM` on a terminal;
-/// then the spec's `env`.
+/// may hold secrets); then the identity's `HOME`, `USER`, `LOGNAME` and
+/// `SHELL`; `TERM` on a terminal; then the spec's `env`.
 fn environment(spec: &CommandSpec, options: &SpawnOptions<'_>) -> BTreeMap<OsString, OsString> {
     let mut env: BTreeMap<OsString, OsString> = BTreeMap::new();
     let policy = options.env.cloned().unwrap_or_default();

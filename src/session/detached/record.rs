@@ -93,6 +93,13 @@ impl Recorder {
         self.write(&mut state, "r", &format!("{}x{}", size.cols, size.rows));
     }
 
+    /// The marker of a process that exited with `status` (`oom`: killed by
+    /// the out-of-memory killer): the reason of the Close frame that reports
+    /// it, such as `exit 3`.
+    pub fn exited(&self, status: std::process::ExitStatus, oom: bool) {
+        self.marker(&crate::websocket::protocol::exit_close_frame(status, oom).reason);
+    }
+
     /// A marker, such as how the session ended.
     pub fn marker(&self, text: &str) {
         let mut state = self.lock();

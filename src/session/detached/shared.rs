@@ -295,14 +295,12 @@ impl Shared {
         exited.cancel();
         let drained = futures_util::future::join_all(readers).await;
         drop(input);
-        let oom = status.is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9))
-            && process.oom_killed();
+        let oom = status.is_some_and(|status| process.oom_killed(status));
         let ended = Ended { status, oom };
-        if let Some(recorder) = &self.recorder {
-            recorder.marker(&match status {
-                Some(status) => crate::websocket::protocol::exit_close_frame(status, oom).reason.to_string(),
-                None => "ended".into(),
-            });
+        match (&self.recorder, status) {
+            (Some(recorder), Some(status)) => recorder.exited(status, oom),
+            (Some(recorder), None) => recorder.marker("ended"),
+            (None, _) => {}
         }
         self.lock().ended = Some(ended);
         self.changed.send_modify(|version| *version += 1);

@@ -33,7 +33,7 @@
 //! - [`session`]: the session limit, the process, the bridge;
 //! - [`contain`]: cgroups, identities, the child's setup, reaping;
 //! - [`websocket`]: the handshake and the protocols spoken over the socket;
-//! - [`connection`], [`spec`], [`metrics`], [`reply`], [`report`]: what the
+//! - [`connection`], [`spec`], [`query`], [`metrics`], [`reply`], [`report`]: what the
 //!   others share.
 //!
 //! ## Features
@@ -55,6 +55,7 @@ pub mod contain;
 pub mod forwarded;
 pub mod metrics;
 pub mod origin;
+pub mod query;
 pub mod reply;
 pub mod report;
 pub mod routes;

@@ -275,6 +275,24 @@ async fn ids_are_unique_attach_needs_a_running_session_and_session_must_match() 
     assert!(Client::connect(server.addr, "again", "&session=only", false).await.is_ok());
 }
 
+/// A client that asks to resume from a `since` the server cannot read gets
+/// 400, before the backend is asked, rather than the whole history.
+#[tokio::test]
+async fn a_malformed_or_repeated_since_is_400_and_the_backend_is_not_asked() {
+    let controller = controller(&[("again", json!({"attach": "any"}))]).await;
+    let server = TestServer::for_controller(&controller).await;
+    for (query, body) in [
+        ("&session=any&since=abc", "since must be a number of bytes\n"),
+        ("&session=any&since=-5", "since must be a number of bytes\n"),
+        ("&since=1&since=2", "since given more than once\n"),
+        ("&session=a&session=b", "session given more than once\n"),
+    ] {
+        let url = format!("{}{query}", server.ws_url("again"));
+        assert_eq!(refusal(url).await, (StatusCode::BAD_REQUEST, body.into()), "{query}");
+    }
+    assert!(controller.requests().is_empty(), "the controller was asked");
+}
+
 #[tokio::test]
 async fn keep_and_history_are_capped_by_the_server() {
     let script = "head -c 4000 /dev/zero | tr '\\0' x; echo; echo line 2; exec cat";

@@ -11,20 +11,22 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use super::{AuthError, Authorizer, Policy, token_hash, token_of};
+use super::{AuthError, Authorizer, Policy, header_token, token_hash};
 use crate::metrics::{AuthResult, Metrics};
+use crate::query::SessionQuery;
 use crate::reply;
 use crate::report::Report;
 use crate::websocket::WebSocketUpgrade;
 
 /// Puts an [`Authorizer`] in front of a service.
 ///
-/// For each request, in this order: find the token (none: 400), check the
+/// For each request, in this order: parse the query string once into a
+/// [`SessionQuery`] (a malformed `since`: 400), find the token (none: 400), check the
 /// WebSocket handshake (bad: 400/426, the backend is not asked), ask the
 /// backend (see [`AuthError::status`]), apply the [`Policy`] (403). An
 /// allowed request reaches the inner service with the
-/// [`CommandSpec`](crate::spec::CommandSpec) and the [`WebSocketUpgrade`] in its
-/// extensions.
+/// [`CommandSpec`](crate::spec::CommandSpec), the [`WebSocketUpgrade`] and the
+/// [`SessionQuery`] (its token taken out) in its extensions.
 #[derive(Debug)]
 pub struct TokenAuthLayer<A> {
     authorizer: Arc<A>,
@@ -131,7 +133,14 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
-            let Some(token) = token_of(&parts, &layer.token_param) else {
+            let mut query = match SessionQuery::parse(&parts.uri, &layer.token_param) {
+                Ok(query) => query,
+                Err(err) => {
+                    tracing::info!(status = 400, cause = %err, "bad query string");
+                    return Ok(reply::plain(StatusCode::BAD_REQUEST, &err.to_string()));
+                }
+            };
+            let Some(token) = query.token.take().or_else(|| header_token(&parts)) else {
                 tracing::info!(status = 400, "no token");
                 return Ok(reply::plain(StatusCode::BAD_REQUEST, "missing token"));
             };
@@ -146,7 +155,7 @@ where
             let started = Instant::now();
             let result = layer.authorizer.authorize(&token, &parts).await.and_then(|spec| {
                 layer.policy.check(&spec)?;
-                session_matches(&parts, &spec)?;
+                session_matches(&query, &spec)?;
                 Ok(spec)
             });
             drop(token);
@@ -159,6 +168,7 @@ where
                     tracing::debug!(token = %token_hash, latency_ms, command = %spec.command.display(), "token allowed");
                     parts.extensions.insert(spec);
                     parts.extensions.insert(upgrade);
+                    parts.extensions.insert(query);
                     inner.call(Request::from_parts(parts, body)).await
                 }
                 Err(err) => {
@@ -173,13 +183,10 @@ where
 /// A client repeats the id of the session it starts or attaches to as
 /// `?session=<id>` (so a balancer can route on it); when it does, the spec
 /// must name the same session.
-fn session_matches(parts: &http::request::Parts, spec: &crate::spec::CommandSpec) -> Result<(), AuthError> {
-    let query = parts.uri.query().unwrap_or_default();
-    let Some((_, asked)) = url::form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "session") else {
-        return Ok(());
-    };
+fn session_matches(query: &SessionQuery, spec: &crate::spec::CommandSpec) -> Result<(), AuthError> {
+    let Some(asked) = &query.session else { return Ok(()) };
     let named = spec.attach.as_deref().or_else(|| spec.session.as_ref().and_then(|s| s.id.as_deref()));
-    if named == Some(&*asked) { Ok(()) } else { Err(AuthError::SessionMismatch) }
+    if named == Some(asked.as_str()) { Ok(()) } else { Err(AuthError::SessionMismatch) }
 }
 
 #[cfg(test)]

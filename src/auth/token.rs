@@ -6,6 +6,7 @@ use http::header::AUTHORIZATION;
 use http::request::Parts;
 use sha2::{Digest, Sha256};
 
+use crate::query::SessionQuery;
 use crate::websocket::{BEARER_PROTOCOL_PREFIX, offered_protocols};
 
 const BASE64URL: GeneralPurpose = GeneralPurpose::new(
@@ -16,15 +17,15 @@ const BASE64URL: GeneralPurpose = GeneralPurpose::new(
 /// The token of a request, from the first place that has a non-empty one:
 /// the query parameter `param`, `Authorization: Bearer T`, or the
 /// subprotocol `base64url.bearer.authorization.k8s.io.<base64url T>`.
+/// (A query string that [`SessionQuery`] refuses counts as carrying none.)
 pub fn token_of(parts: &Parts, param: &str) -> Option<String> {
-    from_query(parts, param).or_else(|| from_authorization(parts)).or_else(|| from_subprotocol(parts))
+    SessionQuery::parse(&parts.uri, param).ok().and_then(|query| query.token).or_else(|| header_token(parts))
 }
 
-fn from_query(parts: &Parts, param: &str) -> Option<String> {
-    let query = parts.uri.query()?;
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(name, value)| name == param && !value.is_empty())
-        .map(|(_, value)| value.into_owned())
+/// The token a request carries outside its query string: in
+/// `Authorization: Bearer T`, or the bearer subprotocol.
+pub fn header_token(parts: &Parts) -> Option<String> {
+    from_authorization(parts).or_else(|| from_subprotocol(parts))
 }
 
 fn from_authorization(parts: &Parts) -> Option<String> {

@@ -23,6 +23,7 @@ use super::{
 use crate::connection::PeerAddr;
 use crate::contain::Containment;
 use crate::metrics::Metrics;
+use crate::query::SessionQuery;
 use crate::reply::{self, Body};
 use crate::spec::CommandSpec;
 use crate::spec::Role;
@@ -95,7 +96,15 @@ impl<B> Service<Request<B>> for ServeSubprocess {
 
 impl ServeSubprocess {
     fn start<B>(&self, request: &mut Request<B>) -> Response<Body> {
-        let query = Query::of(request.uri());
+        // Parsed by the token layer; a stack that inserts the spec and the
+        // upgrade itself gets it parsed here.
+        let query = match request.extensions_mut().remove::<SessionQuery>() {
+            Some(query) => query,
+            None => match SessionQuery::parse(request.uri(), "") {
+                Ok(query) => query,
+                Err(err) => return reply::plain(StatusCode::BAD_REQUEST, &err.to_string()),
+            },
+        };
         let extensions = request.extensions_mut();
         let (Some(spec), Some(upgrade)) = (extensions.remove::<CommandSpec>(), extensions.remove::<WebSocketUpgrade>())
         else {
@@ -230,7 +239,7 @@ impl ServeSubprocess {
         id: &str,
         spec: &CommandSpec,
         upgrade: WebSocketUpgrade,
-        query: Query,
+        query: SessionQuery,
         peer: PeerAddr,
     ) -> Response<Body> {
         let Some(shared) = self.detached.get(id) else {
@@ -271,28 +280,6 @@ impl ServeSubprocess {
                 None
             }
         }
-    }
-}
-
-/// The query parameters a session reads: `since=N` (output the client has)
-/// and `session=<id>` (the id it repeats for balancers).
-#[derive(Debug, Default)]
-struct Query {
-    since: Option<u64>,
-    session: Option<String>,
-}
-
-impl Query {
-    fn of(uri: &http::Uri) -> Self {
-        let mut query = Self::default();
-        for (name, value) in url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
-            match &*name {
-                "since" => query.since = value.parse().ok(),
-                "session" => query.session = Some(value.into_owned()),
-                _ => {}
-            }
-        }
-        query
     }
 }
 

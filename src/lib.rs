@@ -53,6 +53,7 @@ pub mod config;
 pub mod connection;
 pub mod contain;
 pub mod forwarded;
+pub mod live;
 pub mod metrics;
 pub mod origin;
 pub mod query;

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,7 +18,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Request, Response, StatusCode};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use crate::connection::IpKey;
@@ -117,11 +116,18 @@ pub struct AuthLimitLayer {
 
 struct State {
     limits: AuthLimits,
-    pending: Arc<Semaphore>,
-    pending_per_ip: Mutex<HashMap<IpKey, usize>>,
-    rate: Option<DefaultKeyedRateLimiter<IpKey>>,
+    counts: Arc<Counts>,
+    rate: Option<Arc<DefaultKeyedRateLimiter<IpKey>>>,
     calls: AtomicU64,
     metrics: Metrics,
+}
+
+/// Requests waiting for the backend now, in all and per address; shared by
+/// a layer and those [`AuthLimitLayer::reconfigured`] from it.
+#[derive(Debug, Default)]
+struct Counts {
+    pending: AtomicUsize,
+    per_ip: Mutex<HashMap<IpKey, usize>>,
 }
 
 impl fmt::Debug for State {
@@ -137,17 +143,23 @@ const FORGET_EVERY: u64 = 1024;
 impl AuthLimitLayer {
     /// A layer enforcing `limits`, counting refusals in `metrics`.
     pub fn new(limits: AuthLimits, metrics: Metrics) -> Self {
-        let rate = limits.rate_per_ip.map(|rate| RateLimiter::keyed(rate.quota(limits.burst_per_ip)));
-        Self {
-            state: Arc::new(State {
-                limits,
-                pending: Arc::new(Semaphore::new(limits.max_pending)),
-                pending_per_ip: Mutex::default(),
-                rate,
-                calls: AtomicU64::new(0),
-                metrics,
-            }),
-        }
+        let rate = limits.rate_per_ip.map(|rate| Arc::new(RateLimiter::keyed(rate.quota(limits.burst_per_ip))));
+        Self { state: Arc::new(State { limits, counts: Arc::default(), rate, calls: AtomicU64::new(0), metrics }) }
+    }
+
+    /// A layer enforcing `limits` over the same waiting requests as this
+    /// one (a reload ends none of them), and the same attempts per address
+    /// while the rate and burst stay the same.
+    pub fn reconfigured(&self, limits: AuthLimits) -> Self {
+        let old = &self.state;
+        let same_rate = (limits.rate_per_ip, limits.burst_per_ip) == (old.limits.rate_per_ip, old.limits.burst_per_ip);
+        let rate = if same_rate {
+            old.rate.clone()
+        } else {
+            limits.rate_per_ip.map(|rate| Arc::new(RateLimiter::keyed(rate.quota(limits.burst_per_ip))))
+        };
+        let counts = old.counts.clone();
+        Self { state: Arc::new(State { limits, counts, rate, calls: AtomicU64::new(0), metrics: old.metrics.clone() }) }
     }
 }
 
@@ -168,14 +180,14 @@ pub struct AuthLimit<S> {
 
 /// A place among the requests waiting for the backend; freed when dropped.
 struct Pending {
-    _global: OwnedSemaphorePermit,
-    per_ip: Option<(IpKey, Arc<State>)>,
+    counts: Arc<Counts>,
+    per_ip: Option<IpKey>,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some((key, state)) = &self.per_ip {
-            let mut counts = state.pending_per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = &self.per_ip {
+            let mut counts = self.counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(count) = counts.get_mut(key) {
                 *count -= 1;
                 if *count == 0 {
@@ -183,6 +195,7 @@ impl Drop for Pending {
                 }
             }
         }
+        self.counts.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -208,31 +221,36 @@ impl State {
                 return Err(refuse(StatusCode::TOO_MANY_REQUESTS, "too many attempts", wait));
             }
         }
-        let Ok(global) = self.pending.clone().try_acquire_owned() else {
+        let max = self.limits.max_pending;
+        let taken =
+            self.counts.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        if taken.is_err() {
             self.metrics.refused(Refusal::pending);
             tracing::warn!(status = 503, "too many requests waiting for the backend");
             return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "too many pending requests", Duration::from_secs(1)));
-        };
-        let per_ip = match key {
-            None => None,
-            Some(key) => {
-                let mut counts = self.pending_per_ip.lock().unwrap_or_else(|p| p.into_inner());
-                let count = counts.entry(key).or_insert(0);
-                if *count >= self.limits.max_pending_per_ip {
-                    drop(counts);
-                    self.metrics.refused(Refusal::pending_per_ip);
-                    tracing::info!(status = 429, client = %key, "too many requests from this address waiting");
-                    return Err(refuse(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many pending requests from this address",
-                        Duration::from_secs(1),
-                    ));
+        }
+        // From here on, dropping `pending` gives the places back.
+        let mut pending = Pending { counts: self.counts.clone(), per_ip: None };
+        if let Some(key) = key {
+            let mut counts = self.counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let count = counts.entry(key).or_insert(0);
+            if *count >= self.limits.max_pending_per_ip {
+                if *count == 0 {
+                    counts.remove(&key);
                 }
-                *count += 1;
-                Some((key, self.clone()))
+                drop(counts);
+                self.metrics.refused(Refusal::pending_per_ip);
+                tracing::info!(status = 429, client = %key, "too many requests from this address waiting");
+                return Err(refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many pending requests from this address",
+                    Duration::from_secs(1),
+                ));
             }
-        };
-        Ok(Pending { _global: global, per_ip })
+            *count += 1;
+            pending.per_ip = Some(key);
+        }
+        Ok(pending)
     }
 }
 

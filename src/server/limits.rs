@@ -15,32 +15,40 @@ use crate::connection::{IpKey, PeerAddr};
 use crate::forwarded::TrustedProxies;
 use crate::metrics::Refusal;
 
-/// The open connections of one listener.
-#[derive(Debug)]
+/// The caps a connection is admitted under (those of the settings current
+/// when it arrives).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Caps<'a> {
+    pub(super) max: usize,
+    pub(super) max_per_ip: usize,
+    pub(super) trusted: &'a TrustedProxies,
+}
+
+/// The open connections of one listener, in all and per address.
+#[derive(Debug, Default)]
 pub(super) struct ConnectionLimits {
-    max: usize,
-    max_per_ip: usize,
-    trusted: TrustedProxies,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpKey, usize>>,
 }
 
 impl ConnectionLimits {
-    pub(super) fn new(max: usize, max_per_ip: usize, trusted: TrustedProxies) -> Arc<Self> {
-        Arc::new(Self { max, max_per_ip, trusted, open: AtomicUsize::new(0), per_ip: Mutex::default() })
+    pub(super) fn new() -> Arc<Self> {
+        Arc::default()
     }
 
-    /// A place for a connection from `peer`, or why there is none.
-    pub(super) fn admit(self: &Arc<Self>, peer: PeerAddr) -> Result<Place, Refusal> {
-        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+    /// A place for a connection from `peer` under `caps`, or why there is
+    /// none. Lowered caps close nothing: they refuse new connections until
+    /// fewer are open.
+    pub(super) fn admit(self: &Arc<Self>, peer: PeerAddr, caps: Caps<'_>) -> Result<Place, Refusal> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= caps.max {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::connections);
         }
-        let key = peer.0.map(|addr| addr.ip()).filter(|ip| !self.trusted.trusts(*ip)).map(IpKey::of);
+        let key = peer.0.map(|addr| addr.ip()).filter(|ip| !caps.trusted.trusts(*ip)).map(IpKey::of);
         if let Some(key) = key {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let count = per_ip.entry(key).or_insert(0);
-            if *count >= self.max_per_ip {
+            if *count >= caps.max_per_ip {
                 drop(per_ip);
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 return Err(Refusal::connections_per_ip);
@@ -128,19 +136,26 @@ mod tests {
 
     #[test]
     fn places_are_capped_in_all_and_per_address_and_freed_on_drop() {
-        let limits = ConnectionLimits::new(3, 2, TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]));
-        let a1 = limits.admit(peer("192.0.2.1")).unwrap();
-        let _a2 = limits.admit(peer("192.0.2.1")).unwrap();
-        assert_eq!(limits.admit(peer("192.0.2.1")).unwrap_err(), Refusal::connections_per_ip);
-        let _b = limits.admit(peer("192.0.2.2")).unwrap();
-        assert_eq!(limits.admit(peer("192.0.2.3")).unwrap_err(), Refusal::connections);
+        let trusted = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+        let caps = Caps { max: 3, max_per_ip: 2, trusted: &trusted };
+        let limits = ConnectionLimits::new();
+        let a1 = limits.admit(peer("192.0.2.1"), caps).unwrap();
+        let _a2 = limits.admit(peer("192.0.2.1"), caps).unwrap();
+        assert_eq!(limits.admit(peer("192.0.2.1"), caps).unwrap_err(), Refusal::connections_per_ip);
+        let _b = limits.admit(peer("192.0.2.2"), caps).unwrap();
+        assert_eq!(limits.admit(peer("192.0.2.3"), caps).unwrap_err(), Refusal::connections);
         assert_eq!(limits.open(), 3);
         drop(a1);
         assert_eq!(limits.open(), 2);
-        let _a3 = limits.admit(peer("192.0.2.1")).unwrap();
+        let _a3 = limits.admit(peer("192.0.2.1"), caps).unwrap();
+        // Raised caps count the same connections.
+        let raised = Caps { max: 4, max_per_ip: 3, ..caps };
+        let _a4 = limits.admit(peer("192.0.2.1"), raised).unwrap();
+        assert_eq!(limits.admit(peer("192.0.2.2"), raised).unwrap_err(), Refusal::connections);
         // A trusted proxy is only counted in all.
-        let limits = ConnectionLimits::new(10, 1, TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]));
-        let _p: Vec<Place> = (0..5).map(|_| limits.admit(peer("10.0.0.5")).unwrap()).collect();
+        let limits = ConnectionLimits::new();
+        let caps = Caps { max: 10, max_per_ip: 1, trusted: &trusted };
+        let _p: Vec<Place> = (0..5).map(|_| limits.admit(peer("10.0.0.5"), caps).unwrap()).collect();
         assert_eq!(limits.open(), 5);
     }
 }

@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 
 use crate::connection::PeerAddr;
+use crate::live::Live;
 
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +59,7 @@ impl fmt::Display for ListenAddr {
 pub struct Listener {
     socket: Socket,
     user_timeout: Option<Duration>,
-    pub(super) tls: Option<TlsAcceptor>,
+    pub(super) tls: Option<Live<TlsAcceptor>>,
 }
 
 impl fmt::Debug for Listener {
@@ -92,7 +93,14 @@ impl Listener {
     }
 
     /// Serves TLS (`wss://`) on this socket.
-    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+    pub fn with_tls(self, acceptor: TlsAcceptor) -> Self {
+        self.with_live_tls(Live::new(acceptor))
+    }
+
+    /// Serves TLS with whatever acceptor `acceptor` holds when a connection
+    /// arrives: replacing it (a renewed certificate) changes the next
+    /// handshakes, not the connections already made.
+    pub fn with_live_tls(mut self, acceptor: Live<TlsAcceptor>) -> Self {
         self.tls = Some(acceptor);
         self
     }

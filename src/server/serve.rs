@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -18,9 +19,10 @@ use tower_http::add_extension::AddExtension;
 use tracing::Instrument;
 
 use super::activity::Activity;
-use super::limits::{ConnectionLimits, Counted};
+use super::limits::{Caps, ConnectionLimits, Counted};
 use super::{Listener, ServeSettings};
 use crate::connection::{PeerAddr, Secure};
+use crate::live::Live;
 use crate::metrics::Refusal;
 use crate::session::Sessions;
 
@@ -55,12 +57,29 @@ pub async fn serve<S, B>(
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let http = Http::new(&settings);
-    let limits = ConnectionLimits::new(
-        settings.max_connections,
-        settings.max_connections_per_ip,
-        settings.trusted_proxies.clone(),
-    );
+    serve_live(listener, app, Live::new(settings), sessions, shutdown).await
+}
+
+/// [`serve`] with settings a reload may replace: each connection is
+/// accepted and served under the settings current when it arrives (its
+/// caps, timeouts and head size; `shutdown_timeout` is read at shutdown).
+/// Whether HTTP/2 is served is fixed by the settings at the start.
+pub async fn serve_live<S, B>(
+    listener: Listener,
+    app: S,
+    settings: Live<ServeSettings>,
+    sessions: Sessions,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut current = settings.get();
+    let http2 = current.http2;
+    let mut http = Http::new(&current, http2);
+    let limits = ConnectionLimits::new();
     // Connection tasks, and the signal that asks them to finish gracefully
     // (hyper-util's `GracefulShutdown` cannot watch an HTTP/1-only
     // connection with upgrades).
@@ -84,13 +103,23 @@ pub async fn serve<S, B>(
                 }
             },
         };
-        let place = match limits.admit(peer) {
+        let now = settings.get();
+        if !Arc::ptr_eq(&now, &current) {
+            http = Http::new(&now, http2);
+            current = now;
+        }
+        let caps = Caps {
+            max: current.max_connections,
+            max_per_ip: current.max_connections_per_ip,
+            trusted: &current.trusted_proxies,
+        };
+        let place = match limits.admit(peer, caps) {
             Ok(place) => place,
             Err(reason) => {
                 // Closed at once: the descriptor is back before the next
                 // accept.
                 drop(io);
-                settings.metrics.refused(reason);
+                current.metrics.refused(reason);
                 refusals.note(reason, peer, limits.open());
                 continue;
             }
@@ -98,13 +127,14 @@ pub async fn serve<S, B>(
         // The connection's clock starts now: its first request head (and
         // the TLS handshake before it) is due `request_header_timeout` on.
         let activity = Activity::new();
-        let deadline = Instant::now() + settings.request_header_timeout;
+        let deadline = Instant::now() + current.request_header_timeout;
         let io = Counted { io, _place: place };
         let service =
             activity.track(AddExtension::new(AddExtension::new(app.clone(), Secure(listener.tls.is_some())), peer));
         let service = TowerToHyperService::new(service);
-        let (tls, http, stop, metrics) = (listener.tls.clone(), http.clone(), stop.clone(), settings.metrics.clone());
-        let idle_timeout = settings.request_header_timeout;
+        let tls = listener.tls.as_ref().map(Live::get);
+        let (http, stop, metrics) = (http.clone(), stop.clone(), current.metrics.clone());
+        let idle_timeout = current.request_header_timeout;
         let span = tracing::debug_span!("connection", peer = %peer);
         connections.spawn(
             async move {
@@ -162,7 +192,7 @@ pub async fn serve<S, B>(
         connections.wait().await;
         sessions.wait().await;
     };
-    if tokio::time::timeout(settings.shutdown_timeout, everything).await.is_err() {
+    if tokio::time::timeout(settings.get().shutdown_timeout, everything).await.is_err() {
         tracing::warn!(sessions = sessions.active(), "shutdown timeout passed; killing what is left");
         sessions.abort();
         let _ = tokio::time::timeout(Duration::from_millis(200), sessions.wait()).await;
@@ -180,11 +210,11 @@ enum Http {
 }
 
 impl Http {
-    fn new(settings: &ServeSettings) -> Self {
+    fn new(settings: &ServeSettings, http2: bool) -> Self {
         // hyper's own header timer covers the heads of later requests on a
         // kept-alive connection (from the end of the previous one). The
         // read buffer, and so a request head, is bounded: beyond it, 431.
-        if !settings.http2 {
+        if !http2 {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -1,12 +1,12 @@
 //! [`SessionLimitLayer`]: at most `max_sessions` sessions at once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready};
 use http::{Request, Response};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use crate::metrics::{Metrics, Refusal};
@@ -19,7 +19,17 @@ use crate::reply;
 /// the place is free again when the session ends, or at once when the request
 /// fails before the upgrade.
 #[derive(Debug, Clone)]
-pub struct SessionPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+pub struct SessionPermit(#[allow(dead_code)] Arc<Place>);
+
+/// One taken place; gives it back when dropped.
+#[derive(Debug)]
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Answers `503` with `Retry-After` when `max` sessions already run.
 ///
@@ -27,16 +37,26 @@ pub struct SessionPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 /// request that cannot run. It sheds load rather than queueing it: a client
 /// is told at once, so [`SessionLimit::poll_ready`] only asks the inner
 /// service, and the place is taken in `call`.
+///
+/// [`SessionLimitLayer::resized`] makes a layer with another `max` that
+/// counts the same sessions: a reload lowering the limit ends nobody, and
+/// new sessions wait until the running ones are fewer than the new `max`.
 #[derive(Debug, Clone)]
 pub struct SessionLimitLayer {
-    places: Arc<Semaphore>,
+    taken: Arc<AtomicUsize>,
+    max: usize,
     metrics: Metrics,
 }
 
 impl SessionLimitLayer {
     /// A limit of `max` concurrent sessions.
     pub fn new(max: usize) -> Self {
-        Self { places: Arc::new(Semaphore::new(max)), metrics: Metrics::default() }
+        Self { taken: Arc::default(), max, metrics: Metrics::default() }
+    }
+
+    /// A limit of `max` over the same sessions as this one.
+    pub fn resized(&self, max: usize) -> Self {
+        Self { taken: self.taken.clone(), max, metrics: self.metrics.clone() }
     }
 
     /// Counts refusals in `metrics`.
@@ -44,13 +64,18 @@ impl SessionLimitLayer {
         self.metrics = metrics;
         self
     }
+
+    /// Places taken now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
+    }
 }
 
 impl<S> Layer<S> for SessionLimitLayer {
     type Service = SessionLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionLimit { inner, places: self.places.clone(), metrics: self.metrics.clone() }
+        SessionLimit { inner, limit: self.clone() }
     }
 }
 
@@ -58,8 +83,17 @@ impl<S> Layer<S> for SessionLimitLayer {
 #[derive(Debug, Clone)]
 pub struct SessionLimit<S> {
     inner: S,
-    places: Arc<Semaphore>,
-    metrics: Metrics,
+    limit: SessionLimitLayer,
+}
+
+impl SessionLimitLayer {
+    fn take(&self) -> Option<SessionPermit> {
+        let max = self.max;
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| (taken < max).then_some(taken + 1))
+            .ok()
+            .map(|_| SessionPermit(Arc::new(Place(self.taken.clone()))))
+    }
 }
 
 impl<S, B, ResBody> Service<Request<B>> for SessionLimit<S>
@@ -76,13 +110,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.places.clone().try_acquire_owned() {
-            Ok(permit) => {
-                request.extensions_mut().insert(SessionPermit(Arc::new(permit)));
+        match self.limit.take() {
+            Some(permit) => {
+                request.extensions_mut().insert(permit);
                 Either::Left(self.inner.call(request))
             }
-            Err(_) => {
-                self.metrics.refused(Refusal::sessions);
+            None => {
+                self.limit.metrics.refused(Refusal::sessions);
                 tracing::warn!(status = 503, "session limit reached");
                 Either::Right(ready(Ok(reply::retry_later("too many sessions"))))
             }
@@ -121,5 +155,20 @@ mod tests {
         assert_eq!(full.headers()[RETRY_AFTER], "1");
         kept.lock().unwrap().pop();
         assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_resized_limit_counts_the_same_sessions_and_ends_none() {
+        let old = SessionLimitLayer::new(3);
+        let held: Vec<_> = (0..3).map(|_| old.take().unwrap()).collect();
+        let lower = old.resized(1);
+        assert!(lower.take().is_none(), "three run: none may start under a limit of one");
+        drop(held);
+        let one = lower.take().unwrap();
+        assert!(lower.take().is_none());
+        assert_eq!((old.taken(), lower.taken()), (1, 1));
+        let higher = lower.resized(2);
+        assert!(higher.take().is_some());
+        drop(one);
     }
 }

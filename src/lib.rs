@@ -55,6 +55,7 @@ pub mod contain;
 pub mod forwarded;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod origin;
 pub mod query;
 pub mod reply;

@@ -306,9 +306,16 @@ impl Drop for Process {
     }
 }
 
+/// Variables of the server's that no child gets: its settings (which may
+/// hold secrets), and systemd's `NOTIFY_SOCKET` (a child could tell the
+/// service manager the server is ready, reloading or stopping).
+fn is_server_variable(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(SERVER_ENV_PREFIX.as_bytes()) || name == "NOTIFY_SOCKET"
+}
+
 /// The environment of a process: the server's, or only `pass_env` with
-/// `clear_env`, minus the server's own `WS_SUBPROCESS_*` settings (which
-/// may hold secrets); then the identity's `HOME`, `USER`, `LOGNAME` and
+/// `clear_env`, minus the server's own variables ([`is_server_variable`]);
+/// then the identity's `HOME`, `USER`, `LOGNAME` and
 /// `SHELL`; `TERM` on a terminal; then the spec's `env`.
 fn environment(spec: &CommandSpec, options: &SpawnOptions<'_>) -> BTreeMap<OsString, OsString> {
     let mut env: BTreeMap<OsString, OsString> = BTreeMap::new();
@@ -318,7 +325,7 @@ fn environment(spec: &CommandSpec, options: &SpawnOptions<'_>) -> BTreeMap<OsStr
     } else {
         Box::new(std::env::vars_os())
     };
-    env.extend(server_env.filter(|(name, _)| !name.as_encoded_bytes().starts_with(SERVER_ENV_PREFIX.as_bytes())));
+    env.extend(server_env.filter(|(name, _)| !is_server_variable(name)));
     if let Some(identity) = options.identity {
         env.extend(identity.env().map(|(name, value)| (name.into(), value.into())));
     }

@@ -1,6 +1,7 @@
 //! The `ws-subprocess` binary: flags → [`Config`](ws_subprocess::Config) →
 //! logging → [`App`] → exit code; or a subcommand: `mint-token`, `config`,
-//! `completions`, `man`.
+//! `completions`, `man`. `SIGHUP` reloads the configuration from the same
+//! file and flags; `SIGTERM` and `SIGINT` shut down.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
     if let Some(Subcommand::Config) = cli.command {
         return write_stdout("config", |out| out.write_all(config.show(&figment).as_bytes()));
     }
-    init_tracing(config.log_format);
+    let log_filter = init_tracing(config.log_format, config.log_level.as_deref());
     // While the lowest descriptors are free: starting a session then costs
     // the same however many the server holds.
     if let Err(err) = ws_subprocess::contain::reserve_spawn_slots() {
@@ -56,7 +57,41 @@ fn main() -> ExitCode {
         if let Err(err) = ws_subprocess::contain::harden_process() {
             tracing::error!(cause = %err, "cannot harden the server process");
         }
-        let app = App::bind(config).await?;
+        // Before anything is served: a SIGHUP from then on reloads, never
+        // kills.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let upgrades = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2());
+        let cli = std::sync::Arc::new(cli);
+        let app = App::bind(config).await?.reload_from(move || cli.load_config().map(|(config, _)| config)).log_filter(
+            move |level| {
+                if let Err(err) = log_filter.reload(log_filter_for(level)) {
+                    tracing::error!(cause = %err, "cannot change the log filter");
+                }
+            },
+        );
+        let reloader = app.reloader();
+        tokio::spawn(async move {
+            let Ok(mut hangups) = hangups else {
+                return tracing::error!("cannot listen for SIGHUP; reloads are off");
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!(signal = "SIGHUP", "reload requested");
+                let reloader = reloader.clone();
+                // Reading files and looking up users block.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        });
+        // The in-place upgrade is not in this version; by default SIGUSR2
+        // would end the server and every session with it.
+        tokio::spawn(async move {
+            let Ok(mut upgrades) = upgrades else { return };
+            while upgrades.recv().await.is_some() {
+                tracing::error!(
+                    signal = "SIGUSR2",
+                    "an in-place upgrade is not available in this version; nothing changed (restart to upgrade)"
+                );
+            }
+        });
         app.run(shutdown_signal()).await;
         Ok::<_, ws_subprocess::app::StartError>(())
     });
@@ -102,15 +137,28 @@ async fn shutdown_signal() {
     }
 }
 
-/// Logs to stderr at the level of `RUST_LOG` (default `info`). The
+/// The handle that changes the log filter of a running server.
+type FilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter: `log_level` when set, else `RUST_LOG`, else `info`. The
 /// WebSocket crates trace every frame with its payload, so they never log
-/// below `warn`, whatever `RUST_LOG` says: session data stays out of the
+/// below `warn`, whatever the filter says: session data stays out of the
 /// log.
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+fn log_filter_for(level: Option<&str>) -> EnvFilter {
+    let filter = match level {
+        // Checked when the configuration was read.
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    filter
         .add_directive("tungstenite=warn".parse().expect("a valid directive"))
-        .add_directive("tokio_tungstenite=warn".parse().expect("a valid directive"));
+        .add_directive("tokio_tungstenite=warn".parse().expect("a valid directive"))
+}
+
+/// Logs to stderr through the filter of [`log_filter_for`]; returns the
+/// handle a reload changes it with.
+fn init_tracing(format: LogFormat, level: Option<&str>) -> FilterHandle {
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter_for(level));
     let ansi = std::io::stderr().is_terminal();
     let registry = tracing_subscriber::registry().with(filter);
     match format {
@@ -119,4 +167,5 @@ fn init_tracing(format: LogFormat) {
         }
         LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init(),
     }
+    handle
 }

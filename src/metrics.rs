@@ -91,6 +91,19 @@ pub enum Refusal {
     pending_per_ip,
 }
 
+/// How a reload (or, later, an upgrade) of the server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types, missing_docs)]
+pub enum Outcome {
+    ok,
+    error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    result: Outcome,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RoleLabels {
     role: &'static str,
@@ -145,6 +158,7 @@ struct Registered {
     attachments: Family<RoleLabels, Counter>,
     history_dropped: Counter,
     recordings: Counter,
+    reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Registered {
@@ -163,6 +177,7 @@ impl Default for Registered {
             attachments: Family::default(),
             history_dropped: Counter::default(),
             recordings: Counter::default(),
+            reloads: Family::default(),
         };
         registry.register("sessions_active", "Sessions running now", metrics.sessions_active.clone());
         registry.register("sessions", "Sessions started", metrics.sessions_total.clone());
@@ -187,6 +202,7 @@ impl Default for Registered {
             metrics.history_dropped.clone(),
         );
         registry.register("recordings", "Session recordings started", metrics.recordings.clone());
+        registry.register("reloads", "Configuration reloads (SIGHUP), by result", metrics.reloads.clone());
         Self { registry, ..metrics }
     }
 }
@@ -251,6 +267,11 @@ impl Metrics {
             crate::spec::Role::Observer => "observer",
         };
         self.0.attachments.get_or_create(&RoleLabels { role }).inc();
+    }
+
+    /// A reload ended so.
+    pub fn reloaded(&self, result: Outcome) {
+        self.0.reloads.get_or_create(&OutcomeLabels { result }).inc();
     }
 
     /// Output dropped from a history.

@@ -350,12 +350,7 @@ async fn prometheus_metrics_count_sessions_tokens_bytes_and_exits() {
         dir.path(),
     )
     .await;
-    assert!(eventually(Duration::from_secs(5), || server.log().contains("serving metrics")).await);
-    let metrics_addr: std::net::SocketAddr = {
-        let log = server.log();
-        let line = log.lines().find(|l| l.contains("serving metrics")).unwrap();
-        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
-    };
+    let metrics_addr = server.metrics_addr().await;
     for token in ["ok", "fail"] {
         let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url(token)).await.unwrap();
         ws.send(Message::Text("input".into())).await.unwrap();

@@ -3,58 +3,19 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
-
-/// A self-signed certificate for localhost and 127.0.0.1.
-fn certificate(dir: &tempfile::TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    (cert, key)
-}
-
-fn connector(cert: &std::path::Path) -> TlsConnector {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = ClientConfig::builder_with_provider(Arc::new(crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
 
 #[tokio::test]
 async fn wss_is_served_with_the_configured_certificate() {
     let dir = scratch();
-    let (cert, key) = certificate(&dir);
+    let (cert, key) = certificate(dir.path(), "cert");
     let controller = Controller::allowing("/bin/echo", &["over tls"]).await;
     let mut config = config_for(&controller);
     config.tls_cert_file = Some(cert.clone());
     config.tls_key_file = Some(key);
     let server = TestServer::start(config).await;
 
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let tls = connector(&cert).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let tls = tls_connect(server.addr, &cert).await.unwrap();
     let url = format!("wss://localhost:{}/ws?token=t", server.addr.port());
     let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
     let (output, close) = collect(&mut ws).await;
@@ -70,7 +31,7 @@ async fn wss_is_served_with_the_configured_certificate() {
 #[tokio::test]
 async fn bad_tls_files_stop_the_binary_at_start() {
     let dir = scratch();
-    let (cert, key) = certificate(&dir);
+    let (cert, key) = certificate(dir.path(), "cert");
     let bin = env!("CARGO_BIN_EXE_ws-subprocess");
     let run = |args: &[&std::ffi::OsStr]| {
         let output = std::process::Command::new(bin).arg("--listen").arg("127.0.0.1:0").args(args).output().unwrap();

@@ -23,10 +23,13 @@
 //! - `load`: the sources, and errors naming them;
 //! - `validate`: checks across values, and each piece's settings;
 //! - `show`: the effective configuration with each value's source, secrets
-//!   redacted ([`Config::show`]).
+//!   redacted ([`Config::show`]);
+//! - `reload`: what a reload may change ([`UPGRADE_ONLY`],
+//!   [`Config::for_reload`], [`Config::changes`]).
 
 mod load;
 mod redact;
+mod reload;
 mod settings;
 mod show;
 mod validate;
@@ -34,5 +37,6 @@ mod values;
 
 pub use load::{ConfigError, DEFAULT_CONFIG_FILE, ENV_PREFIX, FlagValues};
 pub use redact::REDACTED;
+pub use reload::UPGRADE_ONLY;
 pub use settings::{Config, SETTINGS, Setting};
 pub use values::{AuthBackend, JwtAlgorithm, KeyFamily, LogFormat, ReplayStoreAddr};

@@ -156,8 +156,10 @@ settings! {
     /// Serve Prometheus metrics at /metrics on this address.
     #[serde(with = "via_str::option")]
     metrics_listen: Option<ListenAddr> ["ADDR"] = None;
-    /// Log format: text or json; the level comes from RUST_LOG.
+    /// Log format: text or json.
     log_format: LogFormat ["FORMAT"] = LogFormat::Text;
+    /// Log filter in RUST_LOG syntax, e.g. info or info,ws_subprocess=debug (RUST_LOG, else info, when unset); a reload applies it.
+    log_level: Option<String> ["FILTER"] = None;
     /// From accept to a complete request head (TLS handshake and protocol detection included), and between requests; a connection that sends nothing is closed then.
     #[serde(with = "humantime_serde")]
     request_header_timeout: Duration ["DURATION"] = ServeSettings::DEFAULT_REQUEST_HEADER_TIMEOUT;

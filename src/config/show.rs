@@ -93,7 +93,7 @@ fn source(figment: &Figment, key: &str) -> String {
 }
 
 /// A JSON value written as TOML (the configuration has no nested tables).
-fn toml_value(value: &Value) -> String {
+pub(super) fn toml_value(value: &Value) -> String {
     match value {
         // JSON's string escapes are all valid in TOML basic strings.
         Value::String(_) | Value::Bool(_) | Value::Number(_) => value.to_string(),

@@ -104,6 +104,9 @@ impl Config {
         if let Err(InvalidSettings(serve)) = self.serve_settings(usize::MAX, Metrics::default()) {
             problems.extend(serve);
         }
+        if self.log_level.as_deref().is_some_and(|filter| tracing_subscriber::EnvFilter::try_new(filter).is_err()) {
+            problems.push(("log_level", "is not a filter such as `info` or `info,ws_subprocess=debug`"));
+        }
         if (self.record_all || self.record_input) && self.record_dir.is_none() {
             problems.push(("record_dir", "record_all and record_input need record_dir"));
         }

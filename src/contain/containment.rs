@@ -50,6 +50,12 @@ impl Containment {
         self.cgroups.as_ref()
     }
 
+    /// Who children run as unless their spec names a user (`None`: the
+    /// server's user).
+    pub fn run_as_identity(&self) -> Option<&Identity> {
+        self.run_as.as_ref()
+    }
+
     /// Who a process of `spec` runs as (`None`: the server's user); an error
     /// names a user that is not one of [`Containment::users`].
     pub fn identity_for(&self, spec: &CommandSpec) -> Result<Option<&Identity>, String> {

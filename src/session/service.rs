@@ -67,6 +67,14 @@ impl ServeSubprocess {
         &self.detached
     }
 
+    /// Runs its named sessions in `named`, shared with other services (the
+    /// one it replaces on a reload): an id started by one can be attached
+    /// through the other.
+    pub fn named_sessions(mut self, named: SharedSessions) -> Self {
+        self.detached = named;
+        self
+    }
+
     /// Contains sessions so: cgroups, limits, users.
     pub fn containment(mut self, containment: Containment) -> Self {
         self.containment = containment;

@@ -380,6 +380,65 @@ impl Binary {
     pub fn signal(&self, signal: rustix::process::Signal) {
         rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid()).unwrap(), signal).unwrap();
     }
+
+    /// The address of `metrics_listen`, from its "serving metrics" line.
+    pub async fn metrics_addr(&self) -> SocketAddr {
+        assert!(eventually(Duration::from_secs(5), || self.log().contains("serving metrics")).await);
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("serving metrics")).unwrap();
+        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// Waits until the log has `needle` `count` times; panics with the log
+    /// if it does not within five seconds.
+    pub async fn wait_for_log(&self, needle: &str, count: usize) {
+        let seen = eventually(Duration::from_secs(5), || self.log().matches(needle).count() >= count).await;
+        assert!(seen, "no {count} × {needle:?} in the log:\n{}", self.log());
+    }
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1, made by openssl
+/// as `NAME.pem` and `NAME.key` in `dir`.
+pub fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (cert, key)
+}
+
+/// A TLS client that trusts only the certificate in `cert`.
+pub fn tls_connector(cert: &Path) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A TLS connection to `localhost` at `addr`, trusting only `cert`.
+pub async fn tls_connect(addr: SocketAddr, cert: &Path) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let tcp = TcpStream::connect(addr).await?;
+    tls_connector(cert).connect(ServerName::try_from("localhost").unwrap(), tcp).await
 }
 
 /// Appends every line of `stream` to `log`, and sends the first value

@@ -51,8 +51,15 @@ impl<R: ReplayStore> JwtAuthorizer<R> {
     /// Loads the keys (files now, a key set URL on first use through
     /// `client`) and checks them against the allowlist.
     pub fn new(settings: JwtSettings, replay: R, client: reqwest::Client) -> Result<Self, KeyError> {
+        Self::sharing(settings, Arc::new(replay), client)
+    }
+
+    /// [`JwtAuthorizer::new`] with a replay store it shares, such as the
+    /// one of the authorizer it replaces on a reload: a token id used
+    /// before stays used.
+    pub fn sharing(settings: JwtSettings, replay: Arc<R>, client: reqwest::Client) -> Result<Self, KeyError> {
         let keys = KeyRing::load(&settings.algorithms, &settings.keys, client)?;
-        Ok(Self { keys, settings, replay: Arc::new(replay) })
+        Ok(Self { keys, settings, replay })
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {

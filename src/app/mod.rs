@@ -16,27 +16,20 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use http::request::Parts;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
 
-use crate::auth::{
-    AuthError, AuthLimit, AuthLimitLayer, Authorizer, ControllerAuthorizer, TokenAuth, TokenAuthLayer, backend_client,
-};
-use crate::config::{AuthBackend, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::contain::{CgroupLimits, CgroupRoot, Containment};
-use crate::forwarded::{ForwardedFacts, ForwardedLayer};
+use crate::live::{Live, LiveService};
 use crate::metrics::Metrics;
-use crate::origin::{OriginCheck, OriginLayer};
-use crate::routes::Routes;
 use crate::server::{self, ListenAddr, Listener, ServeSettings, TlsError};
-use crate::session::{ServeSubprocess, SessionLimit, SessionLimitLayer, SessionSettings, Sessions};
-use crate::spec::CommandSpec;
+use crate::session::{SessionSettings, Sessions};
 
-/// The stack, outermost first, in the order of `SPEC §3`: path, who the
-/// client is, origin, session limit, attempts and waiting requests per
-/// address, token and handshake, backend, process.
-pub type Stack = Routes<ForwardedFacts<OriginCheck<SessionLimit<AuthLimit<TokenAuth<ServeSubprocess, Backend>>>>>>;
+mod reload;
+mod stack;
+
+pub use reload::{LogFilter, ReloadError, Reloader, Source};
+pub use stack::{Backend, Stack, stack};
 
 /// How many sessions and connections the open-file limit holds, so that
 /// sessions always have descriptors left.
@@ -101,34 +94,6 @@ impl Capacity {
     }
 }
 
-/// The backend a configuration names.
-#[derive(Debug)]
-pub enum Backend {
-    /// `auth = "controller"`.
-    Controller(ControllerAuthorizer),
-    /// `auth = "jwt"`.
-    #[cfg(feature = "jwt")]
-    Jwt(Box<crate::auth::jwt::JwtAuthorizer<crate::auth::jwt::ConfiguredReplayStore>>),
-}
-
-impl Authorizer for Backend {
-    fn backend_name(&self) -> &'static str {
-        match self {
-            Self::Controller(controller) => controller.backend_name(),
-            #[cfg(feature = "jwt")]
-            Self::Jwt(jwt) => jwt.backend_name(),
-        }
-    }
-
-    async fn authorize(&self, token: &str, request: &Parts) -> Result<CommandSpec, AuthError> {
-        match self {
-            Self::Controller(controller) => controller.authorize(token, request).await,
-            #[cfg(feature = "jwt")]
-            Self::Jwt(jwt) => jwt.authorize(token, request).await,
-        }
-    }
-}
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -171,79 +136,24 @@ impl StartError {
     }
 }
 
-/// Bound on each call to Redis, connect included.
-#[cfg(feature = "jwt")]
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn backend(config: &Config) -> Result<Backend, StartError> {
-    let client = backend_client(config.controller_timeout).map_err(StartError::HttpClient)?;
-    match config.auth {
-        AuthBackend::Controller => {
-            Ok(Backend::Controller(ControllerAuthorizer::with_client(client, config.controller_settings())))
-        }
-        #[cfg(feature = "jwt")]
-        AuthBackend::Jwt => {
-            use crate::auth::jwt::{ConfiguredReplayStore, JwtAuthorizer, MemoryReplayStore, RedisReplayStore};
-            use crate::config::ReplayStoreAddr;
-            let replay = match &config.jwt_replay_store {
-                ReplayStoreAddr::Memory => ConfiguredReplayStore::Memory(MemoryReplayStore::default()),
-                ReplayStoreAddr::Redis(url) => {
-                    ConfiguredReplayStore::Redis(RedisReplayStore::new(url.as_str(), REDIS_TIMEOUT)?)
-                }
-            };
-            Ok(Backend::Jwt(Box::new(JwtAuthorizer::new(config.jwt_settings(), replay, client)?)))
-        }
-        #[cfg(not(feature = "jwt"))]
-        AuthBackend::Jwt => Err(StartError::JwtNotBuilt),
-    }
-}
-
-/// The binary's stack for `config`, holding at most `max_sessions`,
-/// contained by `containment`; its sessions are tracked in `sessions` and
-/// counted in `metrics`. Key files are read here, so a bad key is a startup
-/// error.
-pub fn stack(
-    config: &Config,
-    max_sessions: usize,
-    containment: Containment,
-    sessions: Sessions,
-    metrics: Metrics,
-) -> Result<Stack, StartError> {
-    config.validate()?;
-    let settings = config.session_settings().map_err(|e| ConfigError(vec![e.to_string()]))?;
-    let stack = ServiceBuilder::new()
-        .layer(ForwardedLayer::new(config.trusted()))
-        .layer(OriginLayer::new(config.allowed_origins.clone()))
-        .layer(SessionLimitLayer::new(max_sessions).metrics(metrics.clone()))
-        .layer(AuthLimitLayer::new(config.auth_limits(), metrics.clone()))
-        .layer(
-            TokenAuthLayer::new(backend(config)?)
-                .token_param(&config.token_param)
-                .policy(config.policy())
-                .metrics(metrics.clone()),
-        )
-        .service(ServeSubprocess::new(settings, sessions).metrics(metrics).containment(containment));
-    let routes = Routes::new(&config.path, stack);
-    Ok(match &config.static_dir {
-        Some(dir) => routes.static_dir(dir),
-        None => routes,
-    })
-}
-
 /// The whole server, bound and ready to run: the endpoint's listener (TLS
 /// when configured) with the stack, and the metrics listener when
 /// `metrics_listen` is set.
+///
+/// Its stack, connection settings and TLS certificate are live: a
+/// [`Reloader`] replaces them for the next handshake and request.
 #[derive(Debug)]
 pub struct App {
     listener: Listener,
     local_addr: ListenAddr,
     metrics_listener: Option<(Listener, ListenAddr)>,
-    stack: Stack,
+    stack: Live<Stack>,
     sessions: Sessions,
     metrics: Metrics,
     capacity: Capacity,
-    serve: ServeSettings,
+    serve: Live<ServeSettings>,
     cgroups: Option<CgroupRoot>,
+    reloader: Reloader,
 }
 
 impl App {
@@ -264,19 +174,20 @@ impl App {
         let cgroups = containment.cgroup_root().cloned();
         let metrics = Metrics::new();
         let sessions = Sessions::new();
-        let stack = stack(&config, capacity.sessions, containment, sessions.clone(), metrics.clone())?;
+        let lasting = stack::Lasting::new(sessions.clone(), metrics.clone(), &containment);
+        let built = stack::build(&config, capacity.sessions, &lasting, Some(containment))?;
         let serve = config
             .serve_settings(capacity.connections, metrics.clone())
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
         let tls = match (&config.tls_cert_file, &config.tls_key_file) {
-            (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(Live::new(server::tls_acceptor(cert, key)?)),
             _ => None,
         };
         let (listener, local_addr) = bind(&config.listen).await?;
         // A peer that vanished is noticed even while the server only sends.
         let mut listener = listener.with_tcp_user_timeout(config.pong_timeout);
-        if let Some(acceptor) = tls {
-            listener = listener.with_tls(acceptor);
+        if let Some(acceptor) = &tls {
+            listener = listener.with_live_tls(acceptor.clone());
         }
         tracing::info!(
             addr = %local_addr,
@@ -293,7 +204,48 @@ impl App {
             }
             None => None,
         };
-        Ok(Self { listener, local_addr, metrics_listener, stack, sessions, metrics, capacity, serve, cgroups })
+        let (stack, serve) = (Live::new(built.stack), Live::new(serve));
+        let reloader = Reloader::new(reload::Parts {
+            config,
+            lasting: built.lasting,
+            stack: stack.clone(),
+            serve: serve.clone(),
+            tls,
+            open_files,
+            threads,
+        });
+        Ok(Self {
+            listener,
+            local_addr,
+            metrics_listener,
+            stack,
+            sessions,
+            metrics,
+            capacity,
+            serve,
+            cgroups,
+            reloader,
+        })
+    }
+
+    /// Reloads read the configuration from `source` (the binary reads its
+    /// file, environment and flags again); without one, a reload keeps the
+    /// configuration and reads its key and certificate files again.
+    pub fn reload_from(self, source: impl Fn() -> Result<Config, ConfigError> + Send + Sync + 'static) -> Self {
+        self.reloader.set_source(Box::new(source));
+        self
+    }
+
+    /// A reload that changes `log_level` calls `filter` with the new one.
+    pub fn log_filter(self, filter: impl Fn(Option<&str>) + Send + Sync + 'static) -> Self {
+        self.reloader.set_log_filter(Box::new(filter));
+        self
+    }
+
+    /// What reloads this app's configuration (the binary calls it on
+    /// `SIGHUP`); usable while [`App::run`] serves.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The address the endpoint is served on (with the real port when 0
@@ -329,7 +281,8 @@ impl App {
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully (see
-    /// [`server::serve`]).
+    /// [`server::serve`]). Tells systemd `READY=1` as it starts and
+    /// `STOPPING=1` as it stops (see [`notify`](crate::notify)).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let metrics_stop = CancellationToken::new();
         if let Some((listener, _)) = self.metrics_listener {
@@ -338,14 +291,19 @@ impl App {
             // Its own connections, with the endpoint's timeouts and a small
             // cap, so a scraper gone wrong cannot take the endpoint's.
             let settings = ServeSettings::builder()
-                .request_header_timeout(self.serve.request_header_timeout())
+                .request_header_timeout(self.serve.get().request_header_timeout())
                 .max_connections(METRICS_CONNECTIONS)
                 .shutdown_timeout(Duration::from_secs(1))
                 .build()
                 .expect("valid metrics listener settings");
             tokio::spawn(server::serve(listener, service, settings, Sessions::new(), stop));
         }
-        server::serve(self.listener, self.stack, self.serve, self.sessions, shutdown).await;
+        crate::notify::ready();
+        let shutdown = async {
+            shutdown.await;
+            crate::notify::stopping();
+        };
+        server::serve_live(self.listener, LiveService::new(self.stack), self.serve, self.sessions, shutdown).await;
         metrics_stop.cancel();
     }
 }

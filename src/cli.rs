@@ -32,6 +32,16 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Check that this binary can take over a running server in an in-place upgrade: read the
+    /// configuration as a start would (exit 2 if it is bad) and print the hand-off versions this
+    /// binary reads
+    #[arg(long)]
+    pub check_upgrade: bool,
+
+    /// The hand-off left by the program this one replaces (set by an in-place upgrade)
+    #[arg(long = "upgrade-state", value_name = "FD", hide = true)]
+    pub upgrade_state: Option<i32>,
+
     /// The settings given as flags.
     #[command(flatten)]
     pub settings: FlagValues,

@@ -42,7 +42,8 @@
 //!   Redis replay stores and token minting. Without it, `auth = "jwt"` is a
 //!   startup error and the `jsonwebtoken` and `redis` crates are not built.
 
-// Unsafe code is allowed in one module only: `contain::exec`.
+// Unsafe code is allowed in two modules only: `contain::exec` (starting a
+// child) and `upgrade::inherit` (taking over descriptors across `execve`).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -64,6 +65,7 @@ pub mod routes;
 pub mod server;
 pub mod session;
 pub mod spec;
+pub mod upgrade;
 pub mod websocket;
 
 pub use app::App;

@@ -38,6 +38,10 @@ fn main() -> ExitCode {
         Ok(loaded) => loaded,
         Err(err) => return fail("configuration error", err.into(), 2),
     };
+    if cli.check_upgrade {
+        // Asked by a running server before it executes this binary.
+        return write_stdout("check-upgrade", |out| writeln!(out, "{}", ws_subprocess::upgrade::check_line()));
+    }
     if let Some(Subcommand::Config) = cli.command {
         return write_stdout("config", |out| out.write_all(config.show(&figment).as_bytes()));
     }
@@ -51,6 +55,15 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail("cannot start the runtime", err.into(), 1),
     };
+    // The hand-off of the program this one replaced, taken before anything
+    // opens descriptors of its own.
+    let handoff = cli.upgrade_state.and_then(|fd| match ws_subprocess::upgrade::Handoff::adopt(fd) {
+        Ok(handoff) => Some(handoff),
+        Err(err) => {
+            tracing::error!(cause = %err, "cannot read the hand-off of the program before; starting afresh");
+            None
+        }
+    });
     let result = runtime.block_on(async {
         // Before anything else: children must not reach the server's
         // secrets, nor outlive their sessions as orphans.
@@ -59,16 +72,22 @@ fn main() -> ExitCode {
         }
         // Before anything is served: a SIGHUP from then on reloads, never
         // kills.
-        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-        let upgrades = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2());
+        use tokio::signal::unix::{SignalKind, signal};
+        let hangups = signal(SignalKind::hangup());
+        let upgrades = signal(SignalKind::user_defined2());
+        let shutdown = shutdown_signal();
+        // A program before this one blocked these for its execve; they are
+        // handled now, and one that came meanwhile is delivered.
+        ws_subprocess::upgrade::unblock_handled_signals();
         let cli = std::sync::Arc::new(cli);
-        let app = App::bind(config).await?.reload_from(move || cli.load_config().map(|(config, _)| config)).log_filter(
-            move |level| {
+        let app = App::bind_carried(config, handoff)
+            .await?
+            .reload_from(move || cli.load_config().map(|(config, _)| config))
+            .log_filter(move |level| {
                 if let Err(err) = log_filter.reload(log_filter_for(level)) {
                     tracing::error!(cause = %err, "cannot change the log filter");
                 }
-            },
-        );
+            });
         let reloader = app.reloader();
         tokio::spawn(async move {
             let Ok(mut hangups) = hangups else {
@@ -81,18 +100,18 @@ fn main() -> ExitCode {
                 let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
             }
         });
-        // The in-place upgrade is not in this version; by default SIGUSR2
-        // would end the server and every session with it.
+        let upgrader = app.upgrader();
         tokio::spawn(async move {
-            let Ok(mut upgrades) = upgrades else { return };
+            let Ok(mut upgrades) = upgrades else {
+                return tracing::error!("cannot listen for SIGUSR2; in-place upgrades are off");
+            };
             while upgrades.recv().await.is_some() {
-                tracing::error!(
-                    signal = "SIGUSR2",
-                    "an in-place upgrade is not available in this version; nothing changed (restart to upgrade)"
-                );
+                tracing::info!(signal = "SIGUSR2", "upgrade requested");
+                // Returns only when the upgrade did not happen.
+                upgrader.upgrade().await;
             }
         });
-        app.run(shutdown_signal()).await;
+        app.run(shutdown).await;
         Ok::<_, ws_subprocess::app::StartError>(())
     });
     // Sessions are already over; idle blocking threads (DNS lookups of the
@@ -124,16 +143,19 @@ fn write_stdout(what: &str, write: impl FnOnce(&mut dyn Write) -> std::io::Resul
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT (listening from the call on).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot listen for signals; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            tracing::error!("cannot listen for signals; stop the server with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        }
     }
 }
 

@@ -159,6 +159,7 @@ struct Registered {
     history_dropped: Counter,
     recordings: Counter,
     reloads: Family<OutcomeLabels, Counter>,
+    upgrades: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Registered {
@@ -178,6 +179,7 @@ impl Default for Registered {
             history_dropped: Counter::default(),
             recordings: Counter::default(),
             reloads: Family::default(),
+            upgrades: Family::default(),
         };
         registry.register("sessions_active", "Sessions running now", metrics.sessions_active.clone());
         registry.register("sessions", "Sessions started", metrics.sessions_total.clone());
@@ -203,6 +205,11 @@ impl Default for Registered {
         );
         registry.register("recordings", "Session recordings started", metrics.recordings.clone());
         registry.register("reloads", "Configuration reloads (SIGHUP), by result", metrics.reloads.clone());
+        registry.register(
+            "upgrades",
+            "In-place upgrades (SIGUSR2) by result; ok counts the upgrades that led to this program",
+            metrics.upgrades.clone(),
+        );
         Self { registry, ..metrics }
     }
 }
@@ -272,6 +279,16 @@ impl Metrics {
     /// A reload ended so.
     pub fn reloaded(&self, result: Outcome) {
         self.0.reloads.get_or_create(&OutcomeLabels { result }).inc();
+    }
+
+    /// Upgrades that ended so (`n` of them).
+    pub fn upgraded(&self, result: Outcome, n: u64) {
+        self.0.upgrades.get_or_create(&OutcomeLabels { result }).inc_by(n);
+    }
+
+    /// Upgrades counted as `ok`: those that led to this program.
+    pub fn upgrades_ok(&self) -> u64 {
+        self.0.upgrades.get_or_create(&OutcomeLabels { result: Outcome::ok }).get()
     }
 
     /// Output dropped from a history.

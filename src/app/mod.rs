@@ -16,8 +16,6 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::config::{Config, ConfigError};
 use crate::contain::{CgroupLimits, CgroupRoot, Containment};
 use crate::live::{Live, LiveService};
@@ -27,9 +25,11 @@ use crate::session::{SessionSettings, Sessions};
 
 mod reload;
 mod stack;
+mod upgrade;
 
 pub use reload::{LogFilter, ReloadError, Reloader, Source};
 pub use stack::{Backend, Stack, stack};
+pub use upgrade::Upgrader;
 
 /// How many sessions and connections the open-file limit holds, so that
 /// sessions always have descriptors left.
@@ -154,6 +154,8 @@ pub struct App {
     serve: Live<ServeSettings>,
     cgroups: Option<CgroupRoot>,
     reloader: Reloader,
+    upgrader: Upgrader,
+    upgrades: tokio::sync::mpsc::Receiver<upgrade::Request>,
 }
 
 impl App {
@@ -161,6 +163,16 @@ impl App {
     /// sessions and connections ([`Capacity`]), builds the stack (reading
     /// key files), sets up TLS and binds the listeners.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        Self::bind_carried(config, None).await
+    }
+
+    /// [`App::bind`] for a program that took over from another in an
+    /// in-place upgrade: the listeners it carried are taken over (those
+    /// whose address the configuration still names; the others are closed
+    /// and bound anew), and so are the used token ids and the sessions'
+    /// cgroup root.
+    pub async fn bind_carried(config: Config, handoff: Option<crate::upgrade::Handoff>) -> Result<Self, StartError> {
+        let mut handoff = handoff;
         config.validate()?;
         let open_files = server::raise_open_file_limit().unwrap_or_else(|err| {
             tracing::warn!(cause = %err, "cannot raise the open-file limit");
@@ -170,11 +182,19 @@ impl App {
         let threads = tokio::runtime::Handle::try_current().map_or(1, |r| r.metrics().num_workers());
         let capacity = Capacity::of(&config, open_files, threads)?;
         capacity.log(&config, open_files, threads);
-        let containment = containment(&config)?;
+        let carried_cgroup = handoff.as_mut().and_then(|handoff| {
+            let what = handoff.descriptors.get("cgroup")?.what.clone();
+            Some((std::path::PathBuf::from(&what), handoff.take("cgroup", &what)?))
+        });
+        let containment = containment(&config, carried_cgroup)?;
         let cgroups = containment.cgroup_root().cloned();
         let metrics = Metrics::new();
         let sessions = Sessions::new();
-        let lasting = stack::Lasting::new(sessions.clone(), metrics.clone(), &containment);
+        let mut lasting = stack::Lasting::new(sessions.clone(), metrics.clone(), &containment);
+        if let Some(handoff) = &mut handoff {
+            lasting.remember_used_tokens(&config, std::mem::take(&mut handoff.used_token_ids));
+            metrics.upgraded(crate::metrics::Outcome::ok, handoff.upgrades);
+        }
         let built = stack::build(&config, capacity.sessions, &lasting, Some(containment))?;
         let serve = config
             .serve_settings(capacity.connections, metrics.clone())
@@ -183,7 +203,7 @@ impl App {
             (Some(cert), Some(key)) => Some(Live::new(server::tls_acceptor(cert, key)?)),
             _ => None,
         };
-        let (listener, local_addr) = bind(&config.listen).await?;
+        let (listener, local_addr) = bind(&config.listen, handoff.as_mut(), "listen").await?;
         // A peer that vanished is noticed even while the server only sends.
         let mut listener = listener.with_tcp_user_timeout(config.pong_timeout);
         if let Some(acceptor) = &tls {
@@ -198,12 +218,15 @@ impl App {
         );
         let metrics_listener = match &config.metrics_listen {
             Some(addr) => {
-                let (listener, addr) = bind(addr).await?;
+                let (listener, addr) = bind(addr, handoff.as_mut(), "metrics_listen").await?;
                 tracing::info!(addr = %addr, "serving metrics");
                 Some((listener, addr))
             }
             None => None,
         };
+        // What is left of a hand-off (a listener no longer configured) is
+        // closed here.
+        drop(handoff);
         let (stack, serve) = (Live::new(built.stack), Live::new(serve));
         let reloader = Reloader::new(reload::Parts {
             config,
@@ -214,6 +237,8 @@ impl App {
             open_files,
             threads,
         });
+        let (requests, upgrades) = tokio::sync::mpsc::channel(1);
+        let upgrader = Upgrader::new(requests, reloader.clone(), metrics.clone());
         Ok(Self {
             listener,
             local_addr,
@@ -225,7 +250,15 @@ impl App {
             serve,
             cgroups,
             reloader,
+            upgrader,
+            upgrades,
         })
+    }
+
+    /// What upgrades this app in place (the binary calls it on `SIGUSR2`);
+    /// usable while [`App::run`] serves.
+    pub fn upgrader(&self) -> Upgrader {
+        self.upgrader.clone()
     }
 
     /// Reloads read the configuration from `source` (the binary reads its
@@ -282,35 +315,134 @@ impl App {
 
     /// Serves until `shutdown` completes, then shuts down gracefully (see
     /// [`server::serve`]). Tells systemd `READY=1` as it starts and
-    /// `STOPPING=1` as it stops (see [`notify`](crate::notify)).
+    /// `STOPPING=1` as it stops (see [`notify`](crate::notify)). An
+    /// [`Upgrader`] may meanwhile replace the program: then this never
+    /// returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let metrics_stop = CancellationToken::new();
-        if let Some((listener, _)) = self.metrics_listener {
-            let stop = metrics_stop.clone().cancelled_owned();
-            let service = self.metrics.service();
-            // Its own connections, with the endpoint's timeouts and a small
-            // cap, so a scraper gone wrong cannot take the endpoint's.
-            let settings = ServeSettings::builder()
-                .request_header_timeout(self.serve.get().request_header_timeout())
+        let Self {
+            mut listener,
+            mut metrics_listener,
+            stack,
+            sessions,
+            metrics,
+            serve,
+            reloader,
+            mut upgrades,
+            cgroups,
+            ..
+        } = self;
+        // The metrics listener has its own connections, with the
+        // endpoint's timeouts and a small cap, so a scraper gone wrong
+        // cannot take the endpoint's.
+        let metrics_settings = Live::new(
+            ServeSettings::builder()
+                .request_header_timeout(serve.get().request_header_timeout())
                 .max_connections(METRICS_CONNECTIONS)
                 .shutdown_timeout(Duration::from_secs(1))
                 .build()
-                .expect("valid metrics listener settings");
-            tokio::spawn(server::serve(listener, service, settings, Sessions::new(), stop));
-        }
+                .expect("valid metrics listener settings"),
+        );
         crate::notify::ready();
-        let shutdown = async {
-            shutdown.await;
-            crate::notify::stopping();
-        };
-        server::serve_live(self.listener, LiveService::new(self.stack), self.serve, self.sessions, shutdown).await;
-        metrics_stop.cancel();
+        tokio::pin!(shutdown);
+        loop {
+            let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<server::Stop>();
+            let metrics_served = metrics_listener.take().map(|(listener, addr)| {
+                let stop = async { metrics_stopped.await.unwrap_or(server::Stop::Shutdown) };
+                let serving =
+                    server::serve_until(listener, metrics.service(), metrics_settings.clone(), Sessions::new(), stop);
+                (tokio::spawn(serving), addr)
+            });
+            let mut successor = None;
+            let stop = async {
+                tokio::select! {
+                    _ = &mut shutdown => server::Stop::Shutdown,
+                    Some(request) = upgrades.recv() => {
+                        successor = Some(request);
+                        server::Stop::Handover
+                    }
+                }
+            };
+            let stop = async {
+                let why = stop.await;
+                if why == server::Stop::Shutdown {
+                    crate::notify::stopping();
+                }
+                why
+            };
+            let served =
+                server::serve_until(listener, LiveService::new(stack.clone()), serve.clone(), sessions.clone(), stop)
+                    .await;
+            let handover = matches!(served, server::Served::HandedOver(_));
+            let _ = metrics_stop.send(if handover { server::Stop::Handover } else { server::Stop::Shutdown });
+            let metrics_back = match metrics_served {
+                Some((task, addr)) => match task.await {
+                    Ok(server::Served::HandedOver(listener)) => Some((listener, addr)),
+                    _ => None,
+                },
+                None => None,
+            };
+            let (server::Served::HandedOver(endpoint), Some((next, answer))) = (served, successor) else { return };
+            let err = hand_over(
+                &endpoint,
+                metrics_back.as_ref().map(|(l, _)| l),
+                cgroups.as_ref(),
+                &sessions,
+                &reloader,
+                &metrics,
+                &next,
+            );
+            let _ = answer.send(err);
+            (listener, metrics_listener) = (endpoint, metrics_back);
+        }
     }
+}
+
+/// Executes the successor with the listeners and the token memory, unless
+/// sessions run (this version cannot carry them yet). Returns only on
+/// failure.
+fn hand_over(
+    endpoint: &Listener,
+    metrics_listener: Option<&Listener>,
+    cgroups: Option<&CgroupRoot>,
+    sessions: &Sessions,
+    reloader: &Reloader,
+    metrics: &Metrics,
+    successor: &upgrade::Successor,
+) -> crate::upgrade::UpgradeError {
+    use crate::upgrade::{Handoff, UpgradeError};
+    let running = sessions.active();
+    if running > 0 {
+        return UpgradeError::Refused(format!(
+            "{running} sessions run, and this version cannot carry sessions into the new program yet"
+        ));
+    }
+    let config = reloader.config();
+    let mut handoff = Handoff::new();
+    let carried = (|| {
+        handoff.carry("listen", endpoint.as_fd(), &config.listen.to_string())?;
+        if let (Some(listener), Some(addr)) = (metrics_listener, &config.metrics_listen) {
+            handoff.carry("metrics_listen", listener.as_fd(), &addr.to_string())?;
+        }
+        if let Some((dir, lock)) = cgroups.and_then(CgroupRoot::carried) {
+            handoff.carry("cgroup", lock, &dir.display().to_string())?;
+        }
+        Ok::<_, io::Error>(())
+    })();
+    if let Err(err) = carried {
+        return UpgradeError::Handoff(err.to_string());
+    }
+    handoff.used_token_ids = reloader.used_tokens();
+    handoff.upgrades = metrics.upgrades_ok() + 1;
+    tracing::info!(binary = %successor.binary.display(), "executing the new binary");
+    crate::upgrade::exec(&successor.binary, &successor.args, &handoff)
 }
 
 /// How `config` contains sessions: cgroups where they can be used (the
 /// fallback and its reason logged once), users resolved now.
-fn containment(config: &Config) -> Result<Containment, StartError> {
+fn containment(
+    config: &Config,
+    carried_cgroup: Option<(std::path::PathBuf, std::os::fd::OwnedFd)>,
+) -> Result<Containment, StartError> {
     let (run_as, users) = config.identities()?;
     let mut containment = Containment::new().users(users);
     match &run_as {
@@ -323,7 +455,7 @@ fn containment(config: &Config) -> Result<Containment, StartError> {
         }
         None => {}
     }
-    match CgroupRoot::setup(&config.cgroup) {
+    match CgroupRoot::setup_carried(&config.cgroup, carried_cgroup) {
         Ok(Some(root)) => {
             tracing::info!(dir = %root.dir().display(), controllers = ?root.controllers(), "one cgroup per session");
             let limits = config.cgroup_limits();
@@ -352,9 +484,18 @@ fn containment(config: &Config) -> Result<Containment, StartError> {
 /// Open connections on the metrics listener.
 const METRICS_CONNECTIONS: usize = 16;
 
-async fn bind(addr: &ListenAddr) -> Result<(Listener, ListenAddr), StartError> {
+/// A listener on `addr`: the one `handoff` carries as `name` when it was
+/// bound for the same address, else a new one.
+async fn bind(
+    addr: &ListenAddr,
+    handoff: Option<&mut crate::upgrade::Handoff>,
+    name: &str,
+) -> Result<(Listener, ListenAddr), StartError> {
     let failed = |source| StartError::Listen { addr: addr.clone(), source };
-    let listener = Listener::bind(addr).await.map_err(failed)?;
+    let listener = match handoff.and_then(|handoff| handoff.take(name, &addr.to_string())) {
+        Some(fd) => Listener::adopt(addr, fd).map_err(failed)?,
+        None => Listener::bind(addr).await.map_err(failed)?,
+    };
     let local = listener.local_addr().map_err(failed)?;
     Ok((listener, local))
 }

@@ -106,6 +106,11 @@ impl Reloader {
         self.state().config.clone()
     }
 
+    /// The used token ids held in memory, for an upgrade's hand-off.
+    pub(super) fn used_tokens(&self) -> Vec<(String, u64)> {
+        self.state().lasting.used_tokens()
+    }
+
     /// Reads the configuration from the source again (without one, takes
     /// the configuration in force, so key and certificate files are read
     /// again) and builds everything it names: the stack (keys, backend,

@@ -89,6 +89,31 @@ impl Lasting {
             run_as: containment.run_as_identity().cloned(),
         }
     }
+
+    /// Starts the in-memory token memory with `used` (an upgrade's hand-off),
+    /// for a configuration whose JWT replay store is `memory`.
+    pub(super) fn remember_used_tokens(&mut self, config: &Config, used: Vec<(String, u64)>) {
+        #[cfg(feature = "jwt")]
+        if config.auth == AuthBackend::Jwt && config.jwt_replay_store == crate::config::ReplayStoreAddr::Memory {
+            use crate::auth::jwt::{ConfiguredReplayStore, MemoryReplayStore};
+            let store = ConfiguredReplayStore::Memory(MemoryReplayStore::with_entries(used));
+            self.replay = Some((crate::config::ReplayStoreAddr::Memory, Arc::new(store)));
+        }
+        #[cfg(not(feature = "jwt"))]
+        let _ = (config, used);
+    }
+
+    /// The token ids the in-memory token memory holds, for an upgrade's
+    /// hand-off (none with Redis, which holds them itself).
+    pub(super) fn used_tokens(&self) -> Vec<(String, u64)> {
+        #[cfg(feature = "jwt")]
+        if let Some((_, store)) = &self.replay
+            && let crate::auth::jwt::ConfiguredReplayStore::Memory(memory) = &**store
+        {
+            return memory.entries();
+        }
+        Vec::new()
+    }
 }
 
 /// A stack, and the [`Lasting`] its successor shares.

@@ -216,4 +216,6 @@ settings! {
     record_all: bool ["BOOL"] = false;
     /// Record input too ("i" events), which may include passwords typed.
     record_input: bool ["BOOL"] = false;
+    /// The binary an in-place upgrade (SIGUSR2) executes; the one the server was started from (resolved at start) when unset.
+    upgrade_binary: Option<PathBuf> ["PATH"] = None;
 }

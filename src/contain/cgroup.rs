@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,8 +107,19 @@ impl CgroupRoot {
     /// an error says why `auto` (or a directory) cannot be used, for the
     /// one log line that explains the fallback.
     pub fn setup(setting: &CgroupSetting) -> Result<Option<Self>, String> {
+        Self::setup_carried(setting, None)
+    }
+
+    /// [`CgroupRoot::setup`] for a server that took over from the program
+    /// before it (an in-place upgrade): with `auto`, the directory that
+    /// program made and the lock that marks it alive ([`CgroupRoot::carried`]).
+    pub fn setup_carried(setting: &CgroupSetting, carried: Option<(PathBuf, OwnedFd)>) -> Result<Option<Self>, String> {
         let (dir, owned) = match setting {
             CgroupSetting::Off => return Ok(None),
+            CgroupSetting::Auto if carried.as_ref().is_some_and(|(dir, _)| dir.join("cgroup.procs").exists()) => {
+                let (dir, lock) = carried.expect("checked");
+                (dir, Some(lock))
+            }
             CgroupSetting::Dir(dir) => {
                 if !dir.join("cgroup.procs").exists() {
                     return Err(format!("`{}` is not a cgroup v2 directory", dir.display()));
@@ -131,6 +142,12 @@ impl CgroupRoot {
     /// The directory session cgroups are made in.
     pub fn dir(&self) -> &Path {
         &self.0.dir
+    }
+
+    /// The directory, and the lock that marks it alive, when this server
+    /// made it (`auto`): what an in-place upgrade carries to the successor.
+    pub fn carried(&self) -> Option<(&Path, BorrowedFd<'_>)> {
+        self.0.owned.as_ref().map(|lock| (self.0.dir.as_path(), lock.as_fd()))
     }
 
     /// The controllers (of `memory`, `pids`, `cpu`) sessions get.

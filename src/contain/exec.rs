@@ -243,6 +243,13 @@ struct Slots {
 
 static SLOTS: std::sync::OnceLock<Slots> = std::sync::OnceLock::new();
 
+/// Holds back every [`spawn`] until the guard is dropped: while a
+/// descriptor is made inheritable for an `execve` of the server itself, no
+/// child may be started and inherit it.
+pub fn hold_spawns() -> Option<std::sync::MutexGuard<'static, ()>> {
+    slots().ok().map(|slots| slots.lock.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
 /// The slots, reserved on first use. Call early, while the lowest
 /// descriptors are free, so a child's table stays small (the server does,
 /// in [`harden_process`](super::harden_process)).

@@ -19,7 +19,7 @@ mod reaper;
 
 pub use cgroup::{CgroupLimits, CgroupRoot, CgroupSetting, SessionCgroup};
 pub use containment::Containment;
-pub use exec::{Spawn, Spawned, close_inherited_descriptors, reserve_spawn_slots, spawn};
+pub use exec::{Spawn, Spawned, close_inherited_descriptors, hold_spawns, reserve_spawn_slots, spawn};
 pub use identity::{Identity, IdentityError, resolve_group};
 pub use reaper::start_reaping_orphans;
 pub(crate) use reaper::{FORK_GUARD, register, unregister};

@@ -92,6 +92,34 @@ impl Listener {
         Ok(Self { socket, user_timeout: None, tls: None })
     }
 
+    /// Takes over `fd`, a socket listening on `addr` (one the program before
+    /// this one bound and handed over in an upgrade). A Unix socket's file
+    /// is `addr`'s path, removed when the listener is dropped.
+    pub fn adopt(addr: &ListenAddr, fd: std::os::fd::OwnedFd) -> io::Result<Self> {
+        let socket = match addr {
+            ListenAddr::Tcp(_) => {
+                let listener = std::net::TcpListener::from(fd);
+                listener.set_nonblocking(true)?;
+                Socket::Tcp(TcpListener::from_std(listener)?)
+            }
+            ListenAddr::Unix(path) => {
+                let listener = std::os::unix::net::UnixListener::from(fd);
+                listener.set_nonblocking(true)?;
+                Socket::Unix(UnixListener::from_std(listener)?, path.clone())
+            }
+        };
+        Ok(Self { socket, user_timeout: None, tls: None })
+    }
+
+    /// The listening socket, to hand over in an upgrade.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match &self.socket {
+            Socket::Tcp(listener) => listener.as_fd(),
+            Socket::Unix(listener, _) => listener.as_fd(),
+        }
+    }
+
     /// Serves TLS (`wss://`) on this socket.
     pub fn with_tls(self, acceptor: TlsAcceptor) -> Self {
         self.with_live_tls(Live::new(acceptor))

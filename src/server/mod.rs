@@ -31,6 +31,6 @@ mod settings;
 mod tls;
 
 pub use listener::{ListenAddr, Listener};
-pub use serve::{raise_open_file_limit, serve, serve_live};
+pub use serve::{Served, Stop, raise_open_file_limit, serve, serve_live, serve_until};
 pub use settings::{ServeSettings, ServeSettingsBuilder};
 pub use tls::{TlsError, tls_acceptor};

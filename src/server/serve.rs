@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -76,6 +77,51 @@ pub async fn serve_live<S, B>(
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let stop = async {
+        shutdown.await;
+        Stop::Shutdown
+    };
+    serve_until(listener, app, settings, sessions, stop).await;
+}
+
+/// What ends [`serve_until`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Shut down as [`serve`] does.
+    Shutdown,
+    /// Hand the listener over (an in-place upgrade): stop accepting, let
+    /// each connection finish the request it has begun (or, if it has
+    /// begun none, its first), then close it; leave sessions running.
+    Handover,
+}
+
+/// How [`serve_until`] ended.
+#[derive(Debug)]
+pub enum Served {
+    /// Shut down; every session is over.
+    ShutDown,
+    /// The listener, handed back after a [`Stop::Handover`]: connection
+    /// attempts wait in its backlog. Every HTTP connection is closed (or
+    /// was still busy after `shutdown_timeout`, and is left to the caller's
+    /// `execve`); sessions run on.
+    HandedOver(Listener),
+}
+
+/// [`serve_live`] until `stop` says how to stop.
+pub async fn serve_until<S, B>(
+    listener: Listener,
+    app: S,
+    settings: Live<ServeSettings>,
+    sessions: Sessions,
+    stop: impl Future<Output = Stop>,
+) -> Served
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let shutdown = stop;
     let mut current = settings.get();
     let http2 = current.http2;
     let mut http = Http::new(&current, http2);
@@ -85,13 +131,14 @@ pub async fn serve_live<S, B>(
     // connection with upgrades).
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
+    let handover = Arc::new(AtomicBool::new(false));
     let mut backoff = AcceptBackoff::default();
     let mut refusals = RefusalLog::default();
     tokio::pin!(shutdown);
-    loop {
+    let why = loop {
         let (io, peer) = tokio::select! {
             biased;
-            _ = &mut shutdown => break,
+            why = &mut shutdown => break why,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
                     backoff.reset();
@@ -133,7 +180,7 @@ pub async fn serve_live<S, B>(
             activity.track(AddExtension::new(AddExtension::new(app.clone(), Secure(listener.tls.is_some())), peer));
         let service = TowerToHyperService::new(service);
         let tls = listener.tls.as_ref().map(Live::get);
-        let (http, stop, metrics) = (http.clone(), stop.clone(), current.metrics.clone());
+        let (http, stop, metrics, handover) = (http.clone(), stop.clone(), current.metrics.clone(), handover.clone());
         let idle_timeout = current.request_header_timeout;
         let span = tracing::debug_span!("connection", peer = %peer);
         connections.spawn(
@@ -160,6 +207,7 @@ pub async fn serve_live<S, B>(
                             activity,
                             idle_timeout,
                             stop,
+                            handover,
                             metrics
                         )
                     }
@@ -169,6 +217,7 @@ pub async fn serve_live<S, B>(
                             activity,
                             idle_timeout,
                             stop,
+                            handover,
                             metrics
                         )
                     }
@@ -179,6 +228,16 @@ pub async fn serve_live<S, B>(
             }
             .instrument(span),
         );
+    };
+    if why == Stop::Handover {
+        tracing::info!(sessions = sessions.active(), "handing the listener over");
+        handover.store(true, Ordering::Release);
+        stop.cancel();
+        connections.close();
+        if tokio::time::timeout(settings.get().shutdown_timeout, connections.wait()).await.is_err() {
+            tracing::warn!("connections still busy after shutdown_timeout are left behind");
+        }
+        return Served::HandedOver(listener);
     }
     drop(listener);
     tracing::info!(sessions = sessions.active(), "shutting down");
@@ -198,6 +257,7 @@ pub async fn serve_live<S, B>(
         let _ = tokio::time::timeout(Duration::from_millis(200), sessions.wait()).await;
     }
     tracing::info!("stopped");
+    Served::ShutDown
 }
 
 /// The HTTP side of connections: HTTP/1.1 alone (hyper-util's automatic
@@ -246,21 +306,28 @@ impl Http {
 /// protocol detection nor HTTP/2); closes it gracefully once it has been
 /// idle or stalled (see [`Activity`]) for `$timeout`, and drops it if it is
 /// so for `$timeout` again after that; shuts it down gracefully once `$stop` is
-/// cancelled. `None` when it was closed for a deadline. (A macro, since the
+/// cancelled (on a `$handover`, a connection that has begun no request yet
+/// is shut down only once it has: its first request is served). `None`
+/// when it was closed for a deadline. (A macro, since the
 /// connection types share these methods but no trait.)
 macro_rules! drive {
-    ($connection:expr, $activity:expr, $timeout:expr, $stop:expr, $metrics:expr) => {{
+    ($connection:expr, $activity:expr, $timeout:expr, $stop:expr, $handover:expr, $metrics:expr) => {{
         let connection = $connection;
         tokio::pin!(connection);
         let activity = $activity;
-        let (mut closing, mut stopping) = (false, false);
+        let (mut closing, mut stopping, mut after_first) = (false, false, false);
         loop {
             let until = activity.deadline($timeout);
             tokio::select! {
                 result = connection.as_mut() => {
                     break Some(result.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into));
                 }
-                _ = activity.changed() => {}
+                _ = activity.changed() => {
+                    if after_first && activity.any_request() {
+                        after_first = false;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
                 _ = sleep_until_some(until) => {
                     if !activity.any_request() {
                         $metrics.refused(Refusal::header_timeout);
@@ -281,7 +348,9 @@ macro_rules! drive {
                 }
                 _ = $stop.cancelled(), if !stopping => {
                     stopping = true;
-                    if !closing {
+                    if $handover.load(Ordering::Acquire) && !activity.any_request() {
+                        after_first = true;
+                    } else if !closing {
                         connection.as_mut().graceful_shutdown();
                     }
                 }

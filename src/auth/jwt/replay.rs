@@ -63,6 +63,28 @@ impl MemoryReplayStore {
         Self { capacity, inner: Mutex::default() }
     }
 
+    /// The token ids held, and the UNIX time each is held until: what an
+    /// in-place upgrade hands over.
+    pub fn entries(&self) -> Vec<(String, u64)> {
+        let seen = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.until.iter().map(|(key, until)| (key.clone(), *until)).collect()
+    }
+
+    /// A default store holding `entries` (see [`MemoryReplayStore::entries`]);
+    /// those already expired are left out.
+    pub fn with_entries(entries: impl IntoIterator<Item = (String, u64)>) -> Self {
+        let store = Self::default();
+        let now = unix_now();
+        {
+            let mut seen = store.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (key, until) in entries.into_iter().filter(|(_, until)| *until >= now) {
+                seen.by_expiry.push(Reverse((until, key.clone())));
+                seen.until.insert(key, until);
+            }
+        }
+        store
+    }
+
     fn check(&self, key: &str, until: u64, now: u64) -> Result<bool, ReplayError> {
         let mut seen = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         while let Some(Reverse((expiry, _))) = seen.by_expiry.peek()
@@ -194,6 +216,16 @@ mod tests {
         assert!(!store.check("a", 100, 100).unwrap());
         // Forgotten once expired.
         assert!(store.check("a", 300, 101).unwrap());
+    }
+
+    #[test]
+    fn memory_store_entries_carry_into_a_new_store() {
+        let store = MemoryReplayStore::default();
+        let later = unix_now() + 60;
+        assert!(store.check("a", later, unix_now()).unwrap());
+        let carried = MemoryReplayStore::with_entries(store.entries().into_iter().chain([("old".into(), 1)]));
+        assert!(!carried.check("a", later, unix_now()).unwrap());
+        assert!(carried.check("old", later, unix_now()).unwrap(), "an expired entry was carried");
     }
 
     #[test]

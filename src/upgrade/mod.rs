@@ -1,0 +1,312 @@
+//! In-place upgrade (`SPEC §10`): the server executes its successor in its
+//! own process (same PID, so systemd's main PID and every child stay its
+//! own) and hands it what it carries in a versioned [`Handoff`].
+//!
+//! The steps, each a function here, which [`App`](crate::App) puts together
+//! (a library user composing their own stack can do the same):
+//!
+//! 1. [`preflight`]: run the successor with `--check-upgrade`; it reads the
+//!    configuration and prints the hand-off versions it reads
+//!    ([`CHECK_LINE`]). Unless that lists [`VERSION`] within
+//!    [`PREFLIGHT_TIMEOUT`], nothing else happens.
+//! 2. Stop accepting and let requests in progress finish
+//!    ([`serve_until`](crate::server::serve_until) returns the listeners).
+//! 3. [`Handoff::write`]: the state, as JSON, in a memory file.
+//! 4. [`exec`]: the carried descriptors lose close-on-exec (while no child
+//!    can be spawned), the signals the server handles are blocked (the mask
+//!    survives `execve`; the successor unblocks them once it handles them
+//!    again, so none kills it in between), and the successor runs with the
+//!    same arguments plus `--upgrade-state FD`. If `execve` fails, all of it
+//!    is undone and the old program serves on.
+//! 5. The successor: [`Handoff::adopt`], then it takes over each carried
+//!    descriptor ([`Handoff::take`]).
+//!
+//! What is carried: the listening sockets (connection attempts wait in the
+//! backlog, none is refused) and the single-use token memory. An upgrade
+//! while sessions run is refused in this version: carrying sessions is the
+//! next step.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), ws_subprocess::upgrade::UpgradeError> {
+//! use std::path::Path;
+//! use ws_subprocess::upgrade::{self, Handoff};
+//!
+//! let successor = Path::new("/usr/bin/ws-subprocess");
+//! let args = vec!["--config".into(), "/etc/ws-subprocess/ws-subprocess.toml".into()];
+//! upgrade::preflight(successor, &args).await?;
+//! let handoff = Handoff::new();
+//! // … carry listeners with `handoff.carry(…)`, then:
+//! let err = upgrade::exec(successor, &args, &handoff);
+//! eprintln!("the successor did not start: {err}");
+//! # Ok(()) }
+//! ```
+
+mod inherit;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The version of the hand-off this program writes.
+pub const VERSION: u32 = 1;
+/// The versions of the hand-off this program reads.
+pub const READS: &[u32] = &[1];
+/// How `--check-upgrade` names the versions it reads: this, then the
+/// versions separated by commas.
+pub const CHECK_LINE: &str = "ws-subprocess hand-off versions: ";
+/// How long a successor may take to answer `--check-upgrade`.
+pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The flag that tells a successor where its hand-off is.
+pub const STATE_FLAG: &str = "--upgrade-state";
+
+/// Why an upgrade did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// The successor could not be run, or failed its check.
+    #[error("the new binary `{binary}` failed its check: {why}")]
+    Preflight {
+        /// The binary.
+        binary: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The hand-off could not be written, read or used.
+    #[error("hand-off: {0}")]
+    Handoff(String),
+    /// An upgrade cannot be carried out now.
+    #[error("{0}")]
+    Refused(String),
+    /// `execve` failed; the old program serves on.
+    #[error("cannot execute the new binary")]
+    Exec(#[source] io::Error),
+}
+
+fn handoff_error(err: impl std::fmt::Display) -> UpgradeError {
+    UpgradeError::Handoff(err.to_string())
+}
+
+/// The line `--check-upgrade` prints.
+pub fn check_line() -> String {
+    let versions: Vec<String> = READS.iter().map(u32::to_string).collect();
+    format!("{CHECK_LINE}{}", versions.join(","))
+}
+
+/// Runs `binary` with `args` and `--check-upgrade` (stdin closed, stderr
+/// passed on) and checks that it reads this program's [`VERSION`]: an exit
+/// of 0 and a [`CHECK_LINE`] that lists it, within [`PREFLIGHT_TIMEOUT`].
+pub async fn preflight(binary: &Path, args: &[OsString]) -> Result<(), UpgradeError> {
+    let failed = |why: String| UpgradeError::Preflight { binary: binary.display().to_string(), why };
+    let run = tokio::process::Command::new(binary)
+        .args(args)
+        .arg("--check-upgrade")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(PREFLIGHT_TIMEOUT, run).await {
+        Err(_) => return Err(failed(format!("no answer within {}s", PREFLIGHT_TIMEOUT.as_secs()))),
+        Ok(Err(err)) => return Err(failed(err.to_string())),
+        Ok(Ok(output)) => output,
+    };
+    if !output.status.success() {
+        return Err(failed(format!("it exited with {}", output.status)));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reads = stdout.lines().find_map(|line| line.strip_prefix(CHECK_LINE));
+    let Some(reads) = reads else { return Err(failed("it does not say which hand-off versions it reads".into())) };
+    if !reads.split(',').any(|v| v.trim() == VERSION.to_string()) {
+        return Err(failed(format!("it reads hand-off versions {reads}, not {VERSION}")));
+    }
+    Ok(())
+}
+
+/// What one program hands its successor. Descriptors are named by number
+/// and kept open across `execve`; everything else is plain data.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The version of this hand-off ([`VERSION`] when written here).
+    pub version: u32,
+    /// Carried descriptors by name (e.g. `listen`, `metrics_listen`) and
+    /// what each was for (e.g. the address it was bound for).
+    pub descriptors: BTreeMap<String, Carried>,
+    /// Used JWT ids and the UNIX time each stays used until.
+    pub used_token_ids: Vec<(String, u64)>,
+    /// In-place upgrades that led to the program reading this, this one
+    /// included.
+    pub upgrades: u64,
+    #[serde(skip)]
+    held: Vec<OwnedFd>,
+}
+
+/// One carried descriptor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Carried {
+    /// Its number in the successor (the same as in the program before).
+    pub fd: RawFd,
+    /// What it is, for the successor to check, e.g. `tcp 127.0.0.1:8866`.
+    pub what: String,
+}
+
+impl Handoff {
+    /// An empty hand-off of this program's [`VERSION`].
+    pub fn new() -> Self {
+        Self { version: VERSION, ..Self::default() }
+    }
+
+    /// Carries `fd` under `name`, described by `what`; the hand-off keeps a
+    /// duplicate open until it is executed or dropped.
+    pub fn carry(&mut self, name: &str, fd: BorrowedFd<'_>, what: &str) -> io::Result<()> {
+        let held = fd.try_clone_to_owned()?;
+        self.descriptors.insert(name.into(), Carried { fd: held.as_raw_fd(), what: what.into() });
+        self.held.push(held);
+        Ok(())
+    }
+
+    /// Writes this hand-off into a memory file (close-on-exec until
+    /// [`exec`] carries it), ready to be read from the start.
+    pub fn write(&self) -> Result<OwnedFd, UpgradeError> {
+        let fd = rustix::fs::memfd_create("ws-subprocess-handoff", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| handoff_error(io::Error::from(e)))?;
+        let mut file = std::fs::File::from(fd);
+        serde_json::to_writer(&mut file, self).map_err(handoff_error)?;
+        file.flush().map_err(handoff_error)?;
+        file.rewind().map_err(handoff_error)?;
+        Ok(file.into())
+    }
+
+    /// Reads the hand-off the program before this one left at descriptor
+    /// `fd` and takes every descriptor it names. Refuses a version this
+    /// program does not read.
+    pub fn adopt(fd: RawFd) -> Result<Self, UpgradeError> {
+        let mut file = std::fs::File::from(inherit::adopt(fd).map_err(handoff_error)?);
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(handoff_error)?;
+        let mut handoff: Handoff = serde_json::from_str(&text).map_err(handoff_error)?;
+        if !READS.contains(&handoff.version) {
+            return Err(handoff_error(format!("version {} is not one this program reads", handoff.version)));
+        }
+        for carried in handoff.descriptors.values() {
+            handoff.held.push(inherit::adopt(carried.fd).map_err(handoff_error)?);
+        }
+        Ok(handoff)
+    }
+
+    /// Takes the descriptor carried as `name`, if there is one and it is
+    /// what `what` says.
+    pub fn take(&mut self, name: &str, what: &str) -> Option<OwnedFd> {
+        let carried = self.descriptors.get(name).filter(|carried| carried.what == what)?.clone();
+        self.descriptors.remove(name);
+        let at = self.held.iter().position(|fd| fd.as_raw_fd() == carried.fd)?;
+        Some(self.held.swap_remove(at))
+    }
+}
+
+/// Executes `binary` in place of this program with `args` and
+/// [`STATE_FLAG`], carrying `handoff` (see the module docs). Returns only
+/// if that failed, with everything undone.
+pub fn exec(binary: &Path, args: &[OsString], handoff: &Handoff) -> UpgradeError {
+    use std::os::unix::process::CommandExt;
+    let state = match handoff.write() {
+        Ok(state) => state,
+        Err(err) => return err,
+    };
+    let mut carried: Vec<BorrowedFd<'_>> = handoff.held.iter().map(AsFd::as_fd).collect();
+    carried.push(state.as_fd());
+    // No child may be spawned while the carried descriptors are open to one.
+    let _no_spawns = crate::contain::hold_spawns();
+    let blocked = block_handled_signals();
+    let set = |carry: bool| carried.iter().try_for_each(|fd| inherit::carry_across_exec(*fd, carry));
+    let err = match set(true) {
+        Ok(()) => {
+            std::process::Command::new(binary).args(args).arg(STATE_FLAG).arg(state.as_raw_fd().to_string()).exec()
+        }
+        Err(err) => err,
+    };
+    let _ = set(false);
+    restore_signals(blocked);
+    UpgradeError::Exec(err)
+}
+
+/// The signals the server handles, whose default action would end it.
+const HANDLED: [nix::sys::signal::Signal; 4] = [
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGUSR2,
+];
+
+fn handled() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for signal in HANDLED {
+        set.add(signal);
+    }
+    set
+}
+
+/// Blocks [`HANDLED`] in this thread; returns the mask before.
+fn block_handled_signals() -> Option<nix::sys::signal::SigSet> {
+    let mut old = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&handled()), Some(&mut old))
+        .ok()
+        .map(|()| old)
+}
+
+fn restore_signals(old: Option<nix::sys::signal::SigSet>) {
+    if let Some(old) = old {
+        let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+}
+
+/// Unblocks the signals a program before this one blocked for the
+/// `execve`; call once this program handles them (a signal that came in
+/// between is delivered now).
+pub fn unblock_handled_signals() {
+    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK, Some(&handled()), None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handoff_reads_back_with_its_descriptors() {
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut handoff = Handoff::new();
+        handoff.carry("socket", writer.as_fd(), "a pair").unwrap();
+        handoff.used_token_ids.push(("jti".into(), 42));
+        let state = handoff.write().unwrap();
+        // As the successor would see them: open at the same numbers.
+        let numbers: Vec<RawFd> = handoff.held.iter().map(|fd| fd.as_raw_fd()).collect();
+        let held = std::mem::take(&mut handoff.held);
+        std::mem::forget(held);
+        let fd = state.as_raw_fd();
+        std::mem::forget(state);
+        let mut adopted = Handoff::adopt(fd).unwrap();
+        assert_eq!(adopted.used_token_ids, [("jti".to_string(), 42)]);
+        assert!(adopted.take("socket", "something else").is_none());
+        let taken = adopted.take("socket", "a pair").unwrap();
+        assert_eq!(taken.as_raw_fd(), numbers[0]);
+        let flags = rustix::io::fcntl_getfd(&taken).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "an adopted descriptor must not reach children");
+        let mut peer = std::os::unix::net::UnixStream::from(taken);
+        peer.write_all(b"x").unwrap();
+        let mut buf = [0; 1];
+        (&reader).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"x");
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused() {
+        let handoff = Handoff { version: 999, ..Handoff::new() };
+        let state = handoff.write().unwrap();
+        let fd = state.as_raw_fd();
+        std::mem::forget(state);
+        assert!(matches!(Handoff::adopt(fd), Err(UpgradeError::Handoff(why)) if why.contains("999")));
+    }
+}

@@ -101,15 +101,31 @@ pub fn check_line() -> String {
 /// of 0 and a [`CHECK_LINE`] that lists it, within [`PREFLIGHT_TIMEOUT`].
 pub async fn preflight(binary: &Path, args: &[OsString]) -> Result<(), UpgradeError> {
     let failed = |why: String| UpgradeError::Preflight { binary: binary.display().to_string(), why };
-    let run = tokio::process::Command::new(binary)
+    let mut command = tokio::process::Command::new(binary);
+    command
         .args(args)
         .arg("--check-upgrade")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(PREFLIGHT_TIMEOUT, run).await {
+        .kill_on_drop(true);
+    // The server's orphan reaper must leave this child to its own wait
+    // (else the wait fails with ECHILD): it is registered as a leader from
+    // its spawn to its end.
+    let child = {
+        let _spawning = crate::contain::FORK_GUARD.read().unwrap_or_else(|p| p.into_inner());
+        let child = command.spawn().map_err(|err| failed(err.to_string()))?;
+        if let Some(pid) = child.id() {
+            crate::contain::register(pid as i32);
+        }
+        child
+    };
+    let pid = child.id();
+    let waited = tokio::time::timeout(PREFLIGHT_TIMEOUT, child.wait_with_output()).await;
+    if let Some(pid) = pid {
+        crate::contain::unregister(pid as i32);
+    }
+    let output = match waited {
         Err(_) => return Err(failed(format!("no answer within {}s", PREFLIGHT_TIMEOUT.as_secs()))),
         Ok(Err(err)) => return Err(failed(err.to_string())),
         Ok(Ok(output)) => output,

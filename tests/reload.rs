@@ -10,11 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use rustix::process::Signal;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Writes the TOML configuration `body` (with the controller's URL and
@@ -45,28 +43,6 @@ async fn reload(server: &Binary, n: usize) {
     assert!(done, "reload {n} did not finish:\n{}", server.log());
 }
 
-async fn metrics(addr: SocketAddr) -> String {
-    let (status, _, body) = http_request(addr, "GET /metrics HTTP/1.1").await;
-    assert_eq!(status, 200);
-    body
-}
-
-/// A WebSocket session of `/bin/cat` echoes what it is sent.
-async fn echoes<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, text: &str)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    ws.send(Message::Text(text.into())).await.unwrap();
-    let mut seen = Vec::new();
-    while !seen.ends_with(text.as_bytes()) {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(data)))) => seen.extend_from_slice(&data),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("no echo of {text:?}: {other:?} after {seen:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_renewed_certificate_serves_new_handshakes_while_an_old_connection_keeps_working() {
     let dir = scratch();
@@ -94,7 +70,7 @@ async fn a_renewed_certificate_serves_new_handshakes_while_an_old_connection_kee
     echoes(&mut new, "after").await;
     // …and the connection made before the reload goes on.
     echoes(&mut old, "still here").await;
-    let text = metrics(server.metrics_addr().await).await;
+    let text = server.metrics_text().await;
     assert!(text.contains(r#"ws_subprocess_reloads_total{result="ok"} 1"#), "{text}");
 }
 
@@ -132,7 +108,7 @@ async fn an_invalid_reload_changes_nothing_and_says_why() {
         echoes(&mut ws, "still served").await;
     }
     echoes(&mut ws, "untouched").await;
-    let text = metrics(server.metrics_addr().await).await;
+    let text = server.metrics_text().await;
     assert!(text.contains(r#"ws_subprocess_reloads_total{result="error"} 3"#), "{text}");
     assert!(!text.contains(r#"result="ok""#), "{text}");
 

@@ -8,17 +8,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use rustix::process::Signal;
-use tokio_tungstenite::tungstenite::Message;
 
 fn write_config(dir: &Path, body: &str) {
     let text = format!("listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n{body}\n");
@@ -45,12 +42,6 @@ async fn refused_upgrade(server: &Binary, n: usize) -> String {
     server.log().lines().filter(|l| l.contains("upgrade abandoned")).nth(n - 1).unwrap().to_string()
 }
 
-async fn metrics(addr: SocketAddr) -> String {
-    let (status, _, body) = http_request(addr, "GET /metrics HTTP/1.1").await;
-    assert_eq!(status, 200);
-    body
-}
-
 #[tokio::test]
 async fn an_upgrade_keeps_the_pid_and_listeners_and_refuses_no_connection() {
     let dir = scratch();
@@ -59,7 +50,7 @@ async fn an_upgrade_keeps_the_pid_and_listeners_and_refuses_no_connection() {
     let controller = Controller::allowing("/bin/echo", &["hi"]).await;
     write_config(dir.path(), &format!("controller_url = \"{}\"", controller.url()));
     let server = start(dir.path(), &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]).await;
-    let (pid, addr, metrics_addr) = (server.pid(), server.tcp(), server.metrics_addr().await);
+    let (pid, addr) = (server.pid(), server.tcp());
     let next = || async {
         let mut buf = vec![0; 512];
         let n = tokio::time::timeout(Duration::from_secs(5), notify.recv(&mut buf)).await.expect("no message").unwrap();
@@ -101,7 +92,7 @@ async fn an_upgrade_keeps_the_pid_and_listeners_and_refuses_no_connection() {
     // The same addresses, the same process, a session as before.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=t")).await.unwrap();
     assert_eq!(collect(&mut ws).await.0, b"hi\n");
-    let text = metrics(metrics_addr).await;
+    let text = server.metrics_text().await;
     assert!(text.contains(r#"ws_subprocess_upgrades_total{result="ok"} 3"#), "{text}");
     let log = server.log();
     assert_eq!(log.lines().filter(|l| l.contains("listening") && l.contains(&addr.to_string())).count(), 4, "{log}");
@@ -136,15 +127,23 @@ async fn a_new_binary_that_fails_its_check_is_refused_and_the_old_program_serves
         ("echo 'ws-subprocess hand-off versions: 99'", "not 1"),
         ("echo hello", "does not say"),
     ];
+    // Written before the server starts, and chosen through a symlink: a
+    // script executed right after it was written can meet ETXTBSY while
+    // another test's child, forked meanwhile, still holds it open.
+    for (n, (body, _)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("broken-{n}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let script = dir.path().join("broken");
     write_config(
         dir.path(),
         &format!("controller_url = \"{}\"\nupgrade_binary = \"{}\"", controller.url(), script.display()),
     );
     let server = start(dir.path(), &[]).await;
-    for (n, (body, why)) in cases.iter().enumerate() {
-        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for (n, (_, why)) in cases.iter().enumerate() {
+        let _ = std::fs::remove_file(&script);
+        std::os::unix::fs::symlink(dir.path().join(format!("broken-{n}")), &script).unwrap();
         let line = refused_upgrade(&server, n + 1).await;
         assert!(line.contains(why), "{line}");
         let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("t")).await.unwrap();
@@ -154,7 +153,7 @@ async fn a_new_binary_that_fails_its_check_is_refused_and_the_old_program_serves
     std::fs::remove_file(&script).unwrap();
     refused_upgrade(&server, 4).await;
     assert!(!server.log().contains("executing the new binary"));
-    let text = metrics(server.metrics_addr().await).await;
+    let text = server.metrics_text().await;
     assert!(text.contains(r#"ws_subprocess_upgrades_total{result="error"} 4"#), "{text}");
 }
 
@@ -165,15 +164,12 @@ async fn an_upgrade_while_sessions_run_is_refused_and_ends_none() {
     write_config(dir.path(), &format!("controller_url = \"{}\"", controller.url()));
     let server = start(dir.path(), &[]).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("t")).await.unwrap();
-    ws.send(Message::Text("before".into())).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap().into_data(), "before".as_bytes());
+    echoes(&mut ws, "before").await;
     let line = refused_upgrade(&server, 1).await;
     assert!(line.contains("1 sessions run"), "{line}");
-    ws.send(Message::Text("after".into())).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap().into_data(), "after".as_bytes());
+    echoes(&mut ws, "after").await;
     let (mut second, _) = tokio_tungstenite::connect_async(server.ws_url("t")).await.unwrap();
-    second.send(Message::Text("new".into())).await.unwrap();
-    assert_eq!(second.next().await.unwrap().unwrap().into_data(), "new".as_bytes());
+    echoes(&mut second, "new").await;
 }
 
 #[cfg(feature = "jwt")]

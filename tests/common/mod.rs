@@ -389,11 +389,35 @@ impl Binary {
         line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
     }
 
+    /// What `/metrics` on `metrics_listen` says now.
+    pub async fn metrics_text(&self) -> String {
+        let (status, _, body) = http_request(self.metrics_addr().await, "GET /metrics HTTP/1.1").await;
+        assert_eq!(status, 200);
+        body
+    }
+
     /// Waits until the log has `needle` `count` times; panics with the log
     /// if it does not within five seconds.
     pub async fn wait_for_log(&self, needle: &str, count: usize) {
         let seen = eventually(Duration::from_secs(5), || self.log().matches(needle).count() >= count).await;
         assert!(seen, "no {count} × {needle:?} in the log:\n{}", self.log());
+    }
+}
+
+/// Sends `text` to a session of `/bin/cat` and waits (five seconds at most)
+/// for its echo.
+pub async fn echoes<S>(ws: &mut WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::Text(text.into())).await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.ends_with(text.as_bytes()) {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) => seen.extend_from_slice(&data),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no echo of {text:?}: {other:?} after {seen:?}"),
+        }
     }
 }
 

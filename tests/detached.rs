@@ -640,3 +640,40 @@ async fn a_stalled_writer_holds_the_session_only_until_it_is_dropped_at_pong_tim
     stalled.read_for(Duration::from_secs(2)).await;
     assert!(stalled.output.len() < 4194304, "the stalled writer was not dropped");
 }
+
+#[tokio::test]
+async fn idle_timeout_and_the_time_limit_end_named_sessions_too() {
+    // One engine for every session: the limits of a plain session hold for
+    // a named one, and every attached client hears why it ended.
+    let spec = json!({"command": "/bin/cat", "session": {"id": "idle", "keep": "30s"}});
+    let watch = json!({"attach": "idle", "role": "observer"});
+    let controller = controller(&[("start", spec), ("watch", watch)]).await;
+    let mut config = config_for(&controller);
+    config.idle_timeout = Some(Duration::from_millis(800));
+    let server = TestServer::start(config).await;
+    let mut writer = Client::connect(server.addr, "start", "", false).await.unwrap();
+    let mut observer = Client::connect(server.addr, "watch", "", false).await.unwrap();
+    // Activity keeps it: input echoed, within the window.
+    for n in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        writer.type_in(&format!("tick {n}\n")).await;
+        writer.read_until(&format!("tick {n}")).await;
+    }
+    writer.read_to_end().await;
+    observer.read_to_end().await;
+    for client in [&writer, &observer] {
+        let close = client.close.as_ref().expect("a Close frame");
+        assert_eq!((u16::from(close.code), close.reason.as_str()), (1008, "idle timeout"));
+    }
+    until_no_such_session(&server, "watch").await;
+
+    let spec = json!({"command": "/bin/cat", "session": {"id": "limited"}});
+    let controller = self::controller(&[("start", spec)]).await;
+    let mut config = config_for(&controller);
+    config.max_session_duration = Some(Duration::from_millis(600));
+    let server = TestServer::start(config).await;
+    let mut writer = Client::connect(server.addr, "start", "", false).await.unwrap();
+    writer.read_to_end().await;
+    assert_eq!(writer.close_code(), 1008);
+    assert_eq!(writer.close.as_ref().unwrap().reason.as_str(), "session time limit");
+}

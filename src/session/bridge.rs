@@ -1,48 +1,35 @@
-//! The bridge between a WebSocket and a process, in either protocol.
+//! The bridge between a WebSocket and a process, in either protocol: a
+//! plain session, on the one session engine.
 //!
-//! A plain session goes through three phases:
-//!
-//! 1. **Start** ([`Running::start`]): three loops run at once: output
-//!    (each output of the process → socket, through a small bounded queue),
-//!    input (socket → stdin, resizes) and the writer, which owns the
-//!    socket's sending half and also sends keepalive pings. Each blocks when
-//!    the other side is slow, so a slow client slows the process and memory
-//!    stays flat.
-//! 2. **Running** ([`Running::until_end`]), until one side ends: the
-//!    process exited and all its output is queued, the client left or broke
-//!    the protocol, a limit was reached, or the server shuts down. The
-//!    [`Ending`] says which.
-//! 3. **Ending** ([`Running::end`]): the other side is ended, both at once:
-//!    the client gets the exit status or a Close frame saying why, and a
-//!    process whose client is gone is [stopped](super::lifecycle::stop).
-//!    Then nothing of the process is left, and the [`Outcome`] says what
-//!    happened.
+//! The process side ([`Shared::run`]) reads each output into the session's
+//! history (for a plain session, at most one read ahead of the client) and
+//! feeds the input; the socket side ([`attach`]) follows the history to the
+//! client through a small bounded queue, reads the client's input, and
+//! sends keepalive pings. Each blocks when the other side is slow, so a
+//! slow client slows the process and memory stays flat. When one side ends
+//! (the process exited and all its output is sent, the client left or broke
+//! the protocol, a limit was reached, the server shuts down) the other is
+//! ended: the client gets the exit status or a Close frame saying why, and a
+//! process whose client is gone is [stopped](super::lifecycle::stop). Then
+//! nothing of the process is left, and the [`Outcome`] says what happened.
 //!
 //! The bridge is written against `Sink`/`Stream`, not a socket type, so it
 //! runs on in-memory channels (see the tests below) as on a socket.
 
 use std::process::ExitStatus;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use futures_util::future::{BoxFuture, Fuse};
-use futures_util::{FutureExt, Sink, Stream};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use futures_util::{Sink, Stream};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
+use super::SessionContext;
+use super::attachment::{Joining, attach};
 use super::detached::record::Recorder;
-use super::lifecycle::{ChunkSize, OutputTail, stop};
-use super::process::{Feed, Process, ProcessOutput};
-use super::socket::{
-    Ending, OUTGOING_QUEUE, Progress, WriterStop, close_socket, farewell, next_input, sleep_until_some, write_loop,
-};
-use super::{SessionContext, SessionSettings};
-use crate::metrics::Direction;
-use crate::websocket::{Input, Protocol};
+use super::process::Process;
+use super::shared::{Kind, Shared};
+use super::socket::Ending;
+use crate::spec::{Role, TerminalSize};
+use crate::websocket::Protocol;
 
 /// What a finished session did.
 #[derive(Debug, Clone)]
@@ -78,327 +65,15 @@ where
     Tx: Sink<Message, Error = WsError> + Unpin + Send + 'static,
     Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send,
 {
-    let mut running = Running::start(process, protocol, tx, rx, context, recorder);
-    let ending = running.until_end(context).await;
-    running.end(ending, &context.settings).await
-}
-
-/// A session whose loops run.
-struct Running<'a> {
-    process: Process,
-    protocol: Protocol,
-    /// The writer task, which owns the socket's sending half.
-    writer: AbortOnDropHandle<WriterStop>,
-    /// What the writer sends, in order.
-    queue: mpsc::Sender<Message>,
-    /// Tells the writer how to stop; taken at the end.
-    finish: Option<oneshot::Sender<Option<Message>>>,
-    /// The output loops, which return the outputs, still open.
-    output: AbortOnDropHandle<Vec<ProcessOutput>>,
-    /// The input loop: how the client went, when it did.
-    input: Fuse<BoxFuture<'a, Ending>>,
-    /// Cancelled once the leader has exited: from then on, the output
-    /// loops wait for leftovers only within bounds (see [`OutputTail`]).
-    exited: CancellationToken,
-    /// Cancelled once output has nowhere to go: it is read and dropped.
-    discard: CancellationToken,
-    /// Any input or output, for `idle_timeout`.
-    activity: Progress,
-    bytes_in: Arc<AtomicU64>,
-    bytes_out: Arc<AtomicU64>,
-    recorder: Option<Arc<Recorder>>,
-    /// The leader's status, once it exited.
-    status: Option<ExitStatus>,
-    /// Outputs at their end, kept open until the process is reaped: the
-    /// last close of a terminal's master side hangs the terminal up, which
-    /// would send SIGHUP to a process that is still on its way out. `None`
-    /// while the output loops run.
-    drained: Option<Vec<ProcessOutput>>,
-}
-
-impl<'a> Running<'a> {
-    /// Starts the writer, the output loops and the input loop.
-    fn start<Tx, Rx>(
-        mut process: Process,
-        protocol: Protocol,
-        tx: Tx,
-        rx: Rx,
-        context: &SessionContext,
-        recorder: Option<Arc<Recorder>>,
-    ) -> Self
-    where
-        Tx: Sink<Message, Error = WsError> + Unpin + Send + 'static,
-        Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send + 'a,
-    {
-        let (settings, metrics) = (&*context.settings, &context.metrics);
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let bytes_out = Arc::new(AtomicU64::new(0));
-        let exited = CancellationToken::new();
-        let discard = CancellationToken::new();
-        let (queue, queued) = mpsc::channel(OUTGOING_QUEUE);
-        let (finish, finished) = oneshot::channel();
-        let progress = Progress::default();
-        let activity = Progress::default();
-        activity.mark();
-        let writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
-            tx,
-            queued,
-            finished,
-            (settings.ping_interval, settings.pong_timeout),
-            progress.clone(),
-        )));
-        let group = process.group();
-        let pumps: Vec<_> = process
-            .outputs
-            .drain(..)
-            .map(|output| {
-                let out = Outgoing { protocol, queue: queue.clone(), discard: discard.clone() };
-                let tail = OutputTail::new(exited.clone(), group.clone(), settings.kill_grace);
-                let meter =
-                    Meter::new(&bytes_out, &activity, metrics.bytes(Direction::out), recorder.clone(), Direction::out);
-                pump_output(output, tail, out, meter)
-            })
-            .collect();
-        let output = AbortOnDropHandle::new(tokio::spawn(futures_util::future::join_all(pumps)));
-        let input_meter =
-            Meter::new(&bytes_in, &activity, metrics.bytes(Direction::r#in), recorder.clone(), Direction::r#in);
-        let input =
-            pump_input(rx, protocol, Feed::new(process.stdin.take()), settings.pong_timeout, progress, input_meter)
-                .boxed()
-                .fuse();
-        Self {
-            process,
-            protocol,
-            writer,
-            queue,
-            finish: Some(finish),
-            output,
-            input,
-            exited,
-            discard,
-            activity,
-            bytes_in,
-            bytes_out,
-            recorder,
-            status: None,
-            drained: None,
-        }
-    }
-
-    /// Runs until one side ends, and says how.
-    async fn until_end(&mut self, context: &SessionContext) -> Ending {
-        let settings = &*context.settings;
-        let time_limit = settings.max_session_duration.map(|limit| Instant::now() + limit);
-        let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
-        loop {
-            tokio::select! {
-                result = self.process.exited(), if self.status.is_none() => match result {
-                    Ok(status) => {
-                        self.status = Some(status);
-                        self.exited.cancel();
-                    }
-                    Err(err) => return Ending::Internal(err.to_string()),
-                },
-                outputs = &mut self.output, if self.drained.is_none() => {
-                    self.drained = Some(outputs.unwrap_or_default());
-                }
-                ending = &mut self.input => return ending,
-                // The writer only stops early when the socket failed or the
-                // client took nothing for pong_timeout, which the input side
-                // may not see (it waits on a full stdin, or pings keep coming).
-                stopped = &mut self.writer => return Ending::ClientGone(match stopped {
-                    Ok(WriterStop::Stalled) => "client took no data for pong_timeout".into(),
-                    _ => "sending failed".into(),
-                }),
-                _ = context.shutdown.cancelled() => return Ending::Shutdown,
-                // Once the process has exited, its output is drained (bounded
-                // by kill_grace) and the exit reported; limits no longer apply.
-                _ = sleep_until_some(time_limit), if self.status.is_none() => return Ending::TimeLimit,
-                _ = sleep_until_some(idle_check), if self.status.is_none() => {
-                    let idle = settings.idle_timeout.expect("checks only with a timeout");
-                    match self.activity.idle_since() {
-                        Some(last) if last + idle > Instant::now() => idle_check = Some(last + idle),
-                        _ => return Ending::Idle,
-                    }
-                }
-            }
-            if let (Some(status), Some(_)) = (self.status, &self.drained) {
-                return Ending::Exited(status);
-            }
-        }
-    }
-
-    /// Ends the side that is still there: the client gets the exit status
-    /// (behind all the output) or a Close frame saying why the session
-    /// ended; a process whose client is gone is stopped. Then whatever is
-    /// left of the process is killed and reaped.
-    ///
-    /// It borrows the session rather than taking it: a session's task holds
-    /// its future for the whole session, and a moved copy of every field
-    /// would make it larger by as much.
-    async fn end(&mut self, ending: Ending, settings: &SessionSettings) -> Outcome {
-        let Self {
-            process,
-            protocol,
-            writer,
-            queue,
-            finish,
-            input,
-            discard,
-            bytes_in,
-            bytes_out,
-            recorder,
-            status,
-            drained,
-            ..
-        } = self;
-        let protocol = *protocol;
-        // A process the kernel killed for memory is said to be (SPEC §8).
-        let oom = matches!(ending, Ending::Exited(status) if process.oom_killed(status));
-        if let (Some(recorder), Ending::Exited(status)) = (&recorder, &ending) {
-            recorder.exited(*status, oom);
-        }
-        let goodbye = match &ending {
-            Ending::Exited(status) => protocol.exit(*status, oom),
-            other => farewell(other),
-        };
-        if !matches!(ending, Ending::Exited(_)) {
-            // Keep draining the pipe while the process is stopped, so it
-            // meets `kill_signal` rather than a write error.
-            discard.cancel();
-        }
-        let stop_process = async {
-            if status.is_none() {
-                *status = stop(process, settings).await;
-            }
-        };
-        let closing = async {
-            if matches!(ending, Ending::ClientGone(_)) || writer.is_finished() {
-                return;
-            }
-            let (exited, finish) = (matches!(ending, Ending::Exited(_)), finish.take().expect("ends once"));
-            close_socket(exited, goodbye, queue, finish, writer, input).await;
-        };
-        tokio::join!(stop_process, closing);
-        // Whatever the leader left behind in its group (or, on a terminal,
-        // its session) does not outlive the session.
-        process.finish().await;
-        drop(drained.take());
-        Outcome {
-            ending,
-            status: *status,
-            bytes_in: bytes_in.load(Ordering::Relaxed),
-            bytes_out: bytes_out.load(Ordering::Relaxed),
-            oom,
-        }
-    }
-}
-
-/// Where an output loop sends what it reads.
-#[derive(Clone)]
-struct Outgoing {
-    protocol: Protocol,
-    queue: mpsc::Sender<Message>,
-    /// Set when the output has nowhere to go any more.
-    discard: CancellationToken,
-}
-
-/// Copies an output to the queue, one message per read, until its end (see
-/// [`OutputTail`]); once the output has nowhere to go, it is read and
-/// dropped. Returns the output, still open, for the caller to close when
-/// the process is gone.
-async fn pump_output(mut pipe: ProcessOutput, mut tail: OutputTail, out: Outgoing, meter: Meter) -> ProcessOutput {
-    while let Some(data) = tail.next(&mut pipe, ChunkSize::Sent).await {
-        if out.discard.is_cancelled() {
-            continue;
-        }
-        tokio::select! {
-            sent = out.queue.send(out.protocol.output(pipe.stream, data.clone())) => match sent {
-                Ok(()) => meter.add(&data),
-                Err(_) => out.discard.cancel(),
-            },
-            _ = out.discard.cancelled() => {}
-        }
-    }
-    pipe
-}
-
-/// Carries client messages to the process (see [`next_input`]) until the
-/// client closes, breaks the protocol, or goes silent.
-async fn pump_input<Rx>(
-    mut rx: Rx,
-    protocol: Protocol,
-    mut feed: Feed,
-    pong_timeout: Duration,
-    progress: Progress,
-    meter: Meter,
-) -> Ending
-where
-    Rx: Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    loop {
-        match next_input(&mut rx, protocol, pong_timeout, &progress).await {
-            Err(ending) => return ending,
-            Ok(Input::Stdin(data)) => {
-                if feed.write(&data).await {
-                    meter.add(&data);
-                }
-            }
-            Ok(Input::EndStdin) => feed.end().await,
-            Ok(Input::Resize(size)) => {
-                if feed.resize(size) {
-                    meter.resized(size);
-                } else {
-                    tracing::debug!("resize ignored: not a terminal session");
-                }
-            }
-            Ok(Input::Close | Input::Ignored(_)) => {}
-        }
-    }
-}
-
-/// Counts the bytes of one direction, marks the session active, and
-/// records them when the session is recorded.
-#[derive(Debug, Clone)]
-struct Meter {
-    bytes: Arc<AtomicU64>,
-    activity: Progress,
-    metric: prometheus_client::metrics::counter::Counter,
-    recorder: Option<Arc<Recorder>>,
-    direction: Direction,
-}
-
-impl Meter {
-    fn new(
-        bytes: &Arc<AtomicU64>,
-        activity: &Progress,
-        metric: prometheus_client::metrics::counter::Counter,
-        recorder: Option<Arc<Recorder>>,
-        direction: Direction,
-    ) -> Self {
-        Self { bytes: bytes.clone(), activity: activity.clone(), metric, recorder, direction }
-    }
-
-    /// Counts `data` here and in the metrics, as it flows.
-    fn add(&self, data: &[u8]) {
-        let n = data.len() as u64;
-        self.bytes.fetch_add(n, Ordering::Relaxed);
-        self.activity.mark();
-        self.metric.inc_by(n);
-        if let Some(recorder) = &self.recorder {
-            match self.direction {
-                Direction::out => recorder.output(data),
-                Direction::r#in => recorder.input(data),
-            }
-        }
-    }
-
-    /// The terminal was resized.
-    fn resized(&self, size: crate::spec::TerminalSize) {
-        if let Some(recorder) = &self.recorder {
-            recorder.resize(size);
-        }
-    }
+    let metrics = context.metrics.clone();
+    let (shared, controls) = Shared::new(None, Kind::Plain, &process, TerminalSize::default(), 0, recorder, metrics);
+    // The client is the writer before any output is read, so it loses none.
+    let writer = shared.writer();
+    let joining = Joining { role: Role::Writer, since: Some(0), wants_info: false };
+    let run = shared.clone().run(process, controls, context.settings.clone(), context.shutdown.clone());
+    let attached = attach(shared, tx, rx, protocol, joining, Some(writer), context);
+    let (outcome, _) = tokio::join!(run, attached);
+    outcome
 }
 
 /// The bridge on in-memory channels instead of a socket, with real
@@ -528,7 +203,8 @@ mod tests {
         // What was queued: the channel's message, the writer's, the
         // outgoing queue's and the one an output loop holds, each at most
         // one read (64 KiB).
-        let bound = (1 + 1 + super::OUTGOING_QUEUE as u64 + 1) * crate::session::MAX_OUTPUT_CHUNK as u64;
+        let bound =
+            (1 + 1 + crate::session::socket::OUTGOING_QUEUE as u64 + 1) * crate::session::MAX_OUTPUT_CHUNK as u64;
         assert!(outcome.bytes_out <= bound, "{} bytes queued for a client that read none", outcome.bytes_out);
         assert!(gone(pid));
         drop(client);

@@ -16,10 +16,16 @@
 //! - `process`: starting, signalling and reaping a [`Process`];
 //! - `lifecycle`: how a session's processes end: stopped when their
 //!   client is gone, their output read to its end, leftovers killed;
-//! - `bridge`: the [`bridge`] between a process and a socket;
+//! - `shared`: the one session engine, the process side of every session:
+//!   its history, its timers, its end;
+//! - `attachment`: the socket side: one connection to a session;
+//! - `bridge`: the [`bridge`] between a process and one socket, a plain
+//!   session;
 //! - `socket`: one client's socket: its writer, its input, its Close;
-//! - `detached`: sessions that outlive their connection.
+//! - `detached`: what named sessions add: their history for replay, their
+//!   registry, recordings.
 
+mod attachment;
 mod bridge;
 mod detached;
 mod lifecycle;
@@ -28,6 +34,7 @@ mod process;
 mod service;
 mod sessions;
 mod settings;
+mod shared;
 mod socket;
 
 pub use bridge::{Outcome, bridge};

@@ -1,7 +1,6 @@
 //! [`ServeSubprocess`]: the innermost service.
 
 use std::convert::Infallible;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -13,11 +12,11 @@ use http::{Request, Response, StatusCode};
 use tower::Service;
 use tracing::Instrument;
 
-use super::detached::attachment::{Joining, attach};
+use super::attachment::{Joining, attach};
 use super::detached::record::Recorder;
-use super::detached::shared::{Shared, WriterGuard};
+use super::shared::{Kind, Shared, WriterGuard};
 use super::{
-    DEFAULT_TERM, Ending, Process, SessionContext, SessionPermit, SessionSettings, Sessions, SharedSessions,
+    DEFAULT_TERM, Outcome, Process, SessionContext, SessionPermit, SessionSettings, Sessions, SharedSessions,
     SpawnOptions, bridge,
 };
 use crate::connection::PeerAddr;
@@ -191,7 +190,9 @@ impl ServeSubprocess {
                     .min(self.settings.max_history);
                 let size = spec.size.unwrap_or_default();
                 let id = session.id.clone();
-                let (shared, controls) = Shared::new(id, &process, size, history, recorder, context.metrics.clone());
+                let kind = Kind::Named { keep };
+                let (shared, controls) =
+                    Shared::new(id, kind, &process, size, history, recorder, context.metrics.clone());
                 // The client that started it is its first writer before any
                 // output is read, so it loses none.
                 let first_writer = shared.writer();
@@ -212,11 +213,10 @@ impl ServeSubprocess {
                             "named session started"
                         );
                         let _active = driver.metrics.session_started();
-                        let (ending, ended) = running
-                            .run(process, controls, keep, driver.settings.clone(), driver.shutdown.clone())
-                            .await;
-                        driver.metrics.process_exited(ended.status, ended.oom);
-                        log_end(&ending, ended.status, ended.oom, started, None);
+                        let outcome =
+                            running.run(process, controls, driver.settings.clone(), driver.shutdown.clone()).await;
+                        driver.metrics.process_exited(outcome.status, outcome.oom);
+                        log_end(&outcome, started);
                     }
                     .instrument(span.clone()),
                 );
@@ -315,7 +315,7 @@ async fn run_plain(
     let (tx, rx) = socket.split();
     let outcome = bridge(process, protocol, tx, rx, &context, recorder).await;
     context.metrics.process_exited(outcome.status, outcome.oom);
-    log_end(&outcome.ending, outcome.status, outcome.oom, started, Some((outcome.bytes_in, outcome.bytes_out)));
+    log_end(&outcome, started);
 }
 
 /// One connection to a named session.
@@ -339,15 +339,14 @@ async fn run_attachment(
 }
 
 /// The one line a session logs when it ends.
-fn log_end(ending: &Ending, status: Option<ExitStatus>, oom: bool, started: Instant, bytes: Option<(u64, u64)>) {
-    let (bytes_in, bytes_out) = bytes.unwrap_or_default();
+fn log_end(outcome: &Outcome, started: Instant) {
     tracing::info!(
-        ending = ?ending,
-        oom,
-        status = %status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
+        ending = ?outcome.ending,
+        oom = outcome.oom,
+        status = %outcome.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
         duration_ms = started.elapsed().as_millis() as u64,
-        bytes_in,
-        bytes_out,
+        bytes_in = outcome.bytes_in,
+        bytes_out = outcome.bytes_out,
         "session ended"
     );
 }

@@ -35,6 +35,20 @@ impl History {
         Self { chunks: VecDeque::new(), start: 0, end: 0, cap: cap.max(1), kept: 0 }
     }
 
+    /// Drops the chunks wholly before `offset` (taken by every client of a
+    /// session nobody replays).
+    pub(crate) fn forget_before(&mut self, offset: u64) {
+        while let Some((start, _, front)) = self.chunks.front() {
+            let end = start + front.len() as u64;
+            if end > offset {
+                break;
+            }
+            self.kept -= front.len();
+            self.start = end;
+            self.chunks.pop_front();
+        }
+    }
+
     /// How many bytes it keeps at most.
     pub(crate) fn cap(&self) -> usize {
         self.cap
@@ -128,5 +142,18 @@ mod tests {
         assert_eq!(history.push(OUT, Bytes::from_static(b"0123456789ABCDEF")), 16);
         assert_eq!((history.start(), history.end()), (19, 29));
         assert_eq!(chunk(&history, 19), b"6789ABCDEF");
+    }
+
+    #[test]
+    fn what_was_taken_can_be_forgotten_whole_chunks_only() {
+        let mut history = History::new(100);
+        history.push(OUT, Bytes::from_static(b"abc"));
+        history.push(OUT, Bytes::from_static(b"defg"));
+        history.forget_before(5);
+        assert_eq!((history.start(), history.end(), history.kept), (3, 7, 4));
+        assert_eq!(chunk(&history, 5), b"fg");
+        history.forget_before(7);
+        assert_eq!((history.start(), history.end(), history.kept), (7, 7, 0));
+        assert_eq!(history.read(7), Read::AtEnd);
     }
 }

@@ -3,16 +3,12 @@
 //! model of its screen) while clients attach and leave, as writers or
 //! observers, resuming where they were (`since=N`); it may be recorded.
 //!
-//! - `shared`: [`Shared`](shared::Shared), the session and its lifecycle;
-//! - `attachment`: one connection to it;
 //! - `history`: the output kept for replay;
 //! - `registry`: [`SharedSessions`], the named sessions by id;
 //! - `record`: the asciicast v2 recording.
 
-pub(crate) mod attachment;
 pub(crate) mod history;
 pub mod record;
 mod registry;
-pub(crate) mod shared;
 
 pub use registry::SharedSessions;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::shared::Shared;
+use crate::session::shared::Shared;
 
 /// The named sessions of a server, by id. Clones share the same set.
 #[derive(Debug, Clone, Default)]

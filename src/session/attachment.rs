@@ -1,4 +1,5 @@
-//! [`attach`]: one connection to a shared session, as writer or observer.
+//! [`attach`]: one connection to a session, as writer or observer: the
+//! socket side of the engine (see [`Shared`]).
 
 use std::sync::Arc;
 
@@ -7,10 +8,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::history::Read;
-use super::shared::{Control, Ended, Shared, WriterGuard};
-use crate::session::SessionContext;
-use crate::session::socket::{Ending, OUTGOING_QUEUE, Progress, close_socket, farewell, next_input, write_loop};
+use super::SessionContext;
+use super::detached::history::Read;
+use super::shared::{Control, Ended, Kind, Shared, WriterGuard};
+use super::socket::{Ending, OUTGOING_QUEUE, Progress, close_socket, farewell, next_input, write_loop};
 use crate::spec::Role;
 use crate::websocket::{Input, OutputStream, Protocol};
 
@@ -50,7 +51,9 @@ where
     let (settings, metrics, shutdown) = (&*context.settings, &context.metrics, &context.shutdown);
     let writer_guard = guard.or_else(|| (joining.role == Role::Writer).then(|| shared.writer()));
     let writer_id = writer_guard.as_ref().map(WriterGuard::id);
-    metrics.attached(joining.role);
+    if shared.kind() != Kind::Plain {
+        metrics.attached(joining.role);
+    }
     let progress = Progress::default();
     let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
     let (finish, finished) = oneshot::channel();
@@ -78,8 +81,10 @@ where
     let follow = follow(shared.clone(), start.offset, intro, out_tx.clone(), protocol, writer_id).fuse();
     tokio::pin!(follow);
     let is_writer = writer_guard.is_some();
+    let to_process = shared.clone();
     let mut input = Box::pin(
         async move {
+            let shared = to_process;
             let mut rx = rx;
             loop {
                 match next_input(&mut rx, protocol, settings.pong_timeout, &progress).await {
@@ -103,6 +108,10 @@ where
                 (ending, goodbye)
             }
             Followed::TooSlow => (Ending::TooSlow, farewell(&Ending::TooSlow)),
+            Followed::Stopped(reason) => {
+                let goodbye = farewell(&reason);
+                (reason, goodbye)
+            }
             Followed::Gone => (Ending::ClientGone("sending failed".into()), Vec::new()),
         },
         ending = &mut input => {
@@ -112,6 +121,9 @@ where
         _ = &mut writer => (Ending::ClientGone("sending failed".into()), Vec::new()),
         _ = shutdown.cancelled() => (Ending::Shutdown, farewell(&Ending::Shutdown)),
     };
+    if writer_guard.is_some() {
+        shared.departed(&ending);
+    }
     drop(writer_guard);
     if matches!(ending, Ending::ClientGone(_)) || writer.is_finished() {
         return ending;
@@ -127,6 +139,9 @@ enum Followed {
     Ended(Ended),
     /// The connection fell further behind than the history reaches.
     TooSlow,
+    /// The session is being stopped for this reason (a limit, the server
+    /// shutting down), which the client hears at once.
+    Stopped(Ending),
     /// The connection's writer is gone.
     Gone,
 }
@@ -154,7 +169,10 @@ async fn follow(
     }
     loop {
         changed.mark_unchanged();
-        let (read, ended) = shared.read(offset);
+        let (read, ended, stopping) = shared.read(offset);
+        if let Some(reason @ (Ending::Idle | Ending::TimeLimit | Ending::Shutdown)) = stopping {
+            return Followed::Stopped(reason);
+        }
         match read {
             Read::Chunk(stream, data) => {
                 offset += data.len() as u64;

@@ -1,5 +1,13 @@
-//! [`Shared`]: a session that stands on its own: its process, its output
-//! history, its screen, its lifecycle; connections come and go.
+//! [`Shared`]: the one session engine. A session stands on its own: its
+//! process, its output history (and, for a named session on a terminal, its
+//! screen), its timers and its lifecycle; connections
+//! ([attachments](super::attachment)) come and go.
+//!
+//! A plain session is the same engine with one writer, no replay and no
+//! keep: its history holds only what its client has not taken yet (at most
+//! one read), and the session ends as soon as its client leaves, for the
+//! reason the client left. A named session keeps a bounded history for
+//! replay and outlives its clients for `keep`.
 
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,13 +20,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::history::{History, Read};
-use super::record::Recorder;
+use super::bridge::Outcome;
+use super::detached::history::{History, Read};
+use super::detached::record::Recorder;
+use super::lifecycle::{ChunkSize, OutputTail, stop};
+use super::process::{Feed, Process, ProcessOutput};
+use super::socket::{Ending, Progress, sleep_until_some};
 use crate::metrics::{Direction, Metrics};
 use crate::session::SessionSettings;
-use crate::session::lifecycle::{ChunkSize, OutputTail, stop};
-use crate::session::process::{Feed, Process, ProcessOutput};
-use crate::session::socket::{Ending, sleep_until_some};
 use crate::spec::TerminalSize;
 use crate::websocket::OutputStream;
 
@@ -29,6 +38,29 @@ pub(crate) struct Ended {
     pub(crate) status: Option<ExitStatus>,
     /// Whether the out-of-memory killer ended it.
     pub(crate) oom: bool,
+}
+
+/// What kind of session it is: what it keeps for clients to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// One client, for the life of the session: nothing is replayed, and
+    /// the session ends when the client leaves.
+    Plain,
+    /// A session clients attach to and leave: its history is kept for
+    /// replay, and it outlives its last writer for `keep`.
+    Named {
+        /// How long it runs on with no writer attached.
+        keep: Duration,
+    },
+}
+
+impl Kind {
+    fn keep(self) -> Duration {
+        match self {
+            Kind::Plain => Duration::ZERO,
+            Kind::Named { keep } => keep,
+        }
+    }
 }
 
 /// What a writer asks of the process.
@@ -52,6 +84,7 @@ const CONTROL_QUEUE: usize = 64;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) id: Option<String>,
+    kind: Kind,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
     controls: mpsc::Sender<Control>,
@@ -61,12 +94,24 @@ pub(crate) struct Shared {
     room: Notify,
     recorder: Option<Arc<Recorder>>,
     metrics: Metrics,
+    /// Any input or output, for `idle_timeout`.
+    activity: Progress,
+    /// Bytes written to the process's input.
+    bytes_in: AtomicU64,
+    /// Bytes of output the writers took (the most any one took).
+    bytes_out: AtomicU64,
 }
 
 struct State {
     history: History,
     screen: Option<vt100::Parser>,
     ended: Option<Ended>,
+    /// Why the session is being stopped, once it is (a limit, the keep
+    /// passed, the server shuts down): attachments tell their clients at
+    /// once rather than after the process is gone.
+    stopping: Option<Ending>,
+    /// How the last writer left, which is why a plain session ends.
+    departure: Option<Ending>,
     /// How far each attached writer (by id) has taken the output; writers
     /// are few.
     taken: Vec<(u64, u64)>,
@@ -90,20 +135,40 @@ pub(crate) struct StartPoint {
 
 impl Shared {
     /// A session of `process` (not yet running: see [`Shared::run`]),
-    /// keeping `history` bytes of output.
+    /// keeping `history` bytes of output (a plain session: as much as one
+    /// read, until its client takes it).
     pub(crate) fn new(
         id: Option<String>,
+        kind: Kind,
         process: &Process,
         size: TerminalSize,
         history: usize,
         recorder: Option<Arc<Recorder>>,
         metrics: Metrics,
     ) -> (Arc<Self>, mpsc::Receiver<Control>) {
-        let screen = process.is_tty().then(|| vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK));
+        // Only a session that is replayed needs a model of its screen.
+        let screen = (process.is_tty() && kind != Kind::Plain)
+            .then(|| vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK));
+        let history = match kind {
+            // Bounds how far output is read ahead of the client; what the
+            // client took is forgotten at once (see `Shared::took`).
+            Kind::Plain => History::new(crate::session::MAX_OUTPUT_CHUNK),
+            Kind::Named { .. } => History::new(history),
+        };
         let (controls, received) = mpsc::channel(CONTROL_QUEUE);
+        let activity = Progress::default();
+        activity.mark();
         let shared = Self {
             id,
-            state: Mutex::new(State { history: History::new(history), screen, ended: None, taken: Vec::new() }),
+            kind,
+            state: Mutex::new(State {
+                history,
+                screen,
+                ended: None,
+                stopping: None,
+                departure: None,
+                taken: Vec::new(),
+            }),
             changed: watch::Sender::new(0),
             controls,
             writers: watch::Sender::new(0),
@@ -111,6 +176,9 @@ impl Shared {
             room: Notify::new(),
             recorder,
             metrics,
+            activity,
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
         };
         (Arc::new(shared), received)
     }
@@ -139,9 +207,10 @@ impl Shared {
             }
             room.await;
         };
-        if dropped > 0 {
+        if dropped > 0 && self.kind != Kind::Plain {
             self.metrics.history_dropped(dropped);
         }
+        self.activity.mark();
         self.changed.send_modify(|version| *version += 1);
     }
 
@@ -177,10 +246,21 @@ impl Shared {
         }
     }
 
-    /// The output at `offset`, and how the session ended if it did.
-    pub(crate) fn read(&self, offset: u64) -> (Read, Option<Ended>) {
+    /// The output at `offset`, and how the session ended if it did, or
+    /// why it is being stopped.
+    pub(crate) fn read(&self, offset: u64) -> (Read, Option<Ended>, Option<Ending>) {
         let state = self.lock();
-        (state.history.read(offset), state.ended)
+        (state.history.read(offset), state.ended, state.stopping.clone())
+    }
+
+    /// What kind of session it is.
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// A writer left, so: for a plain session, that is why it ends.
+    pub(crate) fn departed(&self, ending: &Ending) {
+        self.lock().departure = Some(ending.clone());
     }
 
     /// Output and endings are announced here.
@@ -212,9 +292,18 @@ impl Shared {
 
     /// Writer `id` has taken the output up to `offset`.
     pub(crate) fn took(&self, id: u64, offset: u64) {
-        if let Some((_, taken)) = self.lock().taken.iter_mut().find(|(writer, _)| *writer == id) {
-            *taken = offset;
+        {
+            let mut state = self.lock();
+            if let Some((_, taken)) = state.taken.iter_mut().find(|(writer, _)| *writer == id) {
+                *taken = offset;
+            }
+            // Nobody replays a plain session: what its writers took goes.
+            if self.kind == Kind::Plain {
+                let oldest = state.taken.iter().map(|&(_, taken)| taken).min().unwrap_or(offset);
+                state.history.forget_before(oldest);
+            }
         }
+        self.bytes_out.fetch_max(offset, Ordering::Relaxed);
         self.room.notify_waiters();
     }
 
@@ -224,21 +313,25 @@ impl Shared {
         if let (Control::Stdin(data), Some(recorder)) = (&control, &self.recorder) {
             recorder.input(data);
         }
+        if matches!(control, Control::Stdin(_)) {
+            self.activity.mark();
+        }
         let _ = self.controls.send(control).await;
     }
 
     /// Runs the session until its process has exited and its output is in
-    /// the history (or until `keep` passed with no writer attached, the
-    /// server shuts down, or a limit is reached: then the process is stopped
-    /// as if its client had left). Returns how it ended.
+    /// the history, or until it is stopped (the process gets `kill_signal`
+    /// as if its client had left): `keep` passed with no writer attached
+    /// (at once, for a plain session), nothing went either way for
+    /// `idle_timeout`, `max_session_duration` passed, or the server shuts
+    /// down. Returns how it ended.
     pub(crate) async fn run(
         self: Arc<Self>,
         mut process: Process,
         controls: mpsc::Receiver<Control>,
-        keep: Duration,
         settings: Arc<SessionSettings>,
         shutdown: CancellationToken,
-    ) -> (Ending, Ended) {
+    ) -> Outcome {
         let group = process.group();
         let input_meter = self.metrics.bytes(Direction::r#in);
         let input = AbortOnDropHandle::new(tokio::spawn(feed(
@@ -259,11 +352,16 @@ impl Shared {
                 AbortOnDropHandle::new(tokio::spawn(read(output, tail, self.clone(), output_meter.clone())))
             })
             .collect();
+        let keep = self.kind.keep();
+        let counts_detached = self.kind != Kind::Plain;
         let mut writers = self.writers.subscribe();
         let no_writer = |writers: &watch::Receiver<usize>| (*writers.borrow() == 0).then(|| Instant::now() + keep);
         let mut keep_until = no_writer(&writers);
-        self.metrics.detached(keep_until.is_some());
+        if counts_detached {
+            self.metrics.detached(keep_until.is_some());
+        }
         let time_limit = settings.max_session_duration.map(|limit| Instant::now() + limit);
+        let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
         let mut status = None;
         let ending = loop {
             tokio::select! {
@@ -274,19 +372,31 @@ impl Shared {
                 Ok(()) = writers.changed() => {
                     let was = keep_until.is_some();
                     keep_until = no_writer(&writers);
-                    if was != keep_until.is_some() {
+                    if counts_detached && was != keep_until.is_some() {
                         self.metrics.detached(keep_until.is_some());
                     }
                 }
-                _ = sleep_until_some(keep_until) => break Some(Ending::ClientGone("keep passed with no writer".into())),
+                _ = sleep_until_some(keep_until) => break Some(match self.kind {
+                    Kind::Plain => self.lock().departure.clone().unwrap_or(Ending::ClientGone("client left".into())),
+                    Kind::Named { .. } => Ending::ClientGone("keep passed with no writer".into()),
+                }),
                 _ = shutdown.cancelled() => break Some(Ending::Shutdown),
                 _ = sleep_until_some(time_limit) => break Some(Ending::TimeLimit),
+                _ = sleep_until_some(idle_check) => {
+                    let idle = settings.idle_timeout.expect("checks only with a timeout");
+                    match self.activity.idle_since() {
+                        Some(last) if last + idle > Instant::now() => idle_check = Some(last + idle),
+                        _ => break Some(Ending::Idle),
+                    }
+                }
             }
         };
-        if keep_until.is_some() {
+        if counts_detached && keep_until.is_some() {
             self.metrics.detached(false);
         }
-        if ending.is_some() {
+        if let Some(ending) = &ending {
+            self.lock().stopping = Some(ending.clone());
+            self.changed.send_modify(|version| *version += 1);
             status = stop(&mut process, &settings).await;
         }
         // Output written before the exit is still read, as fast as writers
@@ -311,7 +421,13 @@ impl Shared {
             (None, Some(status)) => Ending::Exited(status),
             (None, None) => Ending::Internal("waiting for the process failed".into()),
         };
-        (ending, ended)
+        Outcome {
+            ending,
+            status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            oom,
+        }
     }
 }
 
@@ -348,8 +464,12 @@ async fn read(
     meter: prometheus_client::metrics::counter::Counter,
 ) -> ProcessOutput {
     // No read larger than the history, so a writer that took everything
-    // always has room for the next one.
-    let size = ChunkSize::Kept(shared.lock().history.cap().min(crate::session::MAX_OUTPUT_CHUNK));
+    // always has room for the next one. A plain session's chunks are sent
+    // and dropped; a named session's are kept.
+    let size = match shared.kind {
+        Kind::Plain => ChunkSize::Sent,
+        Kind::Named { .. } => ChunkSize::Kept(shared.lock().history.cap().min(crate::session::MAX_OUTPUT_CHUNK)),
+    };
     while let Some(data) = tail.next(&mut output, size).await {
         meter.inc_by(data.len() as u64);
         shared.push(output.stream, data).await;
@@ -369,6 +489,7 @@ async fn feed(
             Control::Stdin(data) => {
                 if feed.write(&data).await {
                     meter.inc_by(data.len() as u64);
+                    shared.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
             Control::EndStdin => feed.end().await,

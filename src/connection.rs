@@ -13,6 +13,9 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The client's address (`None` on a Unix socket).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,6 +33,61 @@ impl fmt::Display for PeerAddr {
 /// Whether the client's connection is TLS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Secure(pub bool);
+
+/// A connection's byte stream, whatever carries it (TCP, a Unix socket,
+/// TLS over either, or another server's upgraded connection): what a
+/// WebSocket session runs over.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// Whether [`Io::into_socket`] would give the socket: a plain TCP or
+    /// Unix socket can be handed to another program; a TLS stream cannot
+    /// (its keys and sequence numbers live in this one).
+    fn carryable(&self) -> bool {
+        false
+    }
+
+    /// The socket itself, to hand to another program (an in-place
+    /// upgrade); an error when it cannot be (then the stream is gone).
+    fn into_socket(self: Box<Self>) -> std::io::Result<OwnedSocket> {
+        Err(std::io::Error::other("this connection cannot be handed over"))
+    }
+}
+
+/// A connected socket taken out of this program's hands.
+#[derive(Debug)]
+pub enum OwnedSocket {
+    /// A TCP connection.
+    Tcp(std::net::TcpStream),
+    /// A Unix socket connection.
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl OwnedSocket {
+    /// What kind of socket it is, and its descriptor.
+    pub fn into_parts(self) -> (Transport, OwnedFd) {
+        match self {
+            Self::Tcp(stream) => (Transport::Tcp, stream.into()),
+            Self::Unix(stream) => (Transport::Unix, stream.into()),
+        }
+    }
+
+    /// The socket of `fd`, a connected socket of `transport`.
+    pub fn from_parts(transport: Transport, fd: OwnedFd) -> Self {
+        match transport {
+            Transport::Tcp => Self::Tcp(fd.into()),
+            Transport::Unix => Self::Unix(fd.into()),
+        }
+    }
+}
+
+/// What carries a connection that can be handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// A Unix socket.
+    Unix,
+}
 
 /// The bucket per-address limits count a client in: an IPv4 address, or the
 /// /64 prefix of an IPv6 address (one subscriber's usual allocation, so a

@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::either::Either;
 
-use crate::connection::{IpKey, PeerAddr};
+use crate::connection::{Io, IpKey, OwnedSocket, PeerAddr};
 use crate::forwarded::TrustedProxies;
 use crate::metrics::Refusal;
 
@@ -93,6 +95,24 @@ pub(super) struct Counted<T> {
     pub(super) io: T,
     pub(super) _place: Place,
 }
+
+/// A plain connection can be handed to another program; its place here is
+/// freed (the program that takes it counts it anew).
+impl Io for Counted<Either<TcpStream, UnixStream>> {
+    fn carryable(&self) -> bool {
+        true
+    }
+
+    fn into_socket(self: Box<Self>) -> io::Result<OwnedSocket> {
+        match self.io {
+            Either::Left(tcp) => tcp.into_std().map(OwnedSocket::Tcp),
+            Either::Right(unix) => unix.into_std().map(OwnedSocket::Unix),
+        }
+    }
+}
+
+/// Terminated TLS cannot be handed over: its state lives in this program.
+impl Io for tokio_rustls::server::TlsStream<Counted<Either<TcpStream, UnixStream>>> {}
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {

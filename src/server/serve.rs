@@ -22,14 +22,10 @@ use tracing::Instrument;
 use super::activity::Activity;
 use super::limits::{Caps, ConnectionLimits, Counted};
 use super::{Listener, ServeSettings};
-use crate::connection::{PeerAddr, Secure};
+use crate::connection::{Io, PeerAddr, Secure};
 use crate::live::Live;
 use crate::metrics::Refusal;
 use crate::session::Sessions;
-
-/// A connection's byte stream, whatever carries it.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// Serves `app` on `listener` until `shutdown` completes. Every request
 /// carries the connection's [`PeerAddr`] and [`Secure`] in its extensions.

@@ -7,8 +7,10 @@
 //! backend) and the session service (which answers `101`) use this module;
 //! it uses neither.
 
+mod conn;
 pub mod protocol;
 mod upgrade;
 
+pub use conn::{Conn, Taken};
 pub use protocol::{BEARER_PROTOCOL_PREFIX, Input, OutputMode, OutputStream, Protocol};
 pub use upgrade::{HandshakeRejection, PendingSocket, Socket, WebSocketUpgrade, offered_protocols};

@@ -21,7 +21,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::Protocol;
+use super::conn::Conn;
 use super::protocol::BEARER_PROTOCOL_PREFIX;
+use crate::connection::Io;
 use crate::reply;
 
 /// A request that is a valid WebSocket upgrade; see the module docs.
@@ -36,7 +38,7 @@ pub struct WebSocketUpgrade {
 }
 
 /// The upgraded connection, as a WebSocket.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<Conn>;
 
 impl WebSocketUpgrade {
     /// Checks the request and takes its upgrade handle out of `parts`.
@@ -109,11 +111,22 @@ pub struct PendingSocket {
 
 impl PendingSocket {
     /// Waits for the upgrade; fails when the client left first.
+    ///
+    /// On a connection of this crate's server, the socket is taken back
+    /// from hyper, so that the session can hand it over whole (see
+    /// [`Conn`]); on another server's, it stays in hyper's hands.
     pub async fn ready(self) -> hyper::Result<Socket> {
         let upgraded = self.on_upgrade.await?;
-        Ok(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(self.config)).await)
+        let conn = match upgraded.downcast::<TokioIo<Box<dyn Io>>>() {
+            Ok(parts) => Conn::new(parts.io.into_inner(), parts.read_buf),
+            Err(upgraded) => Conn::new(Box::new(TokioIo::new(upgraded)), Bytes::new()),
+        };
+        Ok(WebSocketStream::from_raw_socket(conn, Role::Server, Some(self.config)).await)
     }
 }
+
+/// Another server's upgraded connection: it stays where it is.
+impl Io for TokioIo<Upgraded> {}
 
 /// The subprotocols a client offers, in its order of preference.
 pub fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {

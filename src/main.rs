@@ -64,6 +64,11 @@ fn main() -> ExitCode {
             None
         }
     });
+    if let Some(handoff) = &handoff {
+        // Its sessions' processes are this program's before any orphan is
+        // reaped.
+        ws_subprocess::session::CarriedSessions::claim_leaders(handoff);
+    }
     let result = runtime.block_on(async {
         // Before anything else: children must not reach the server's
         // secrets, nor outlive their sessions as orphans.

@@ -226,6 +226,14 @@ impl Metrics {
         self.0.auth_latency.get_or_create(&BackendLabels { backend }).observe(latency.as_secs_f64());
     }
 
+    /// A session carried from the program before this one runs here now
+    /// (it was counted as started there); it counts as active until the
+    /// guard is dropped.
+    pub fn session_carried(&self) -> ActiveSession {
+        self.0.sessions_active.inc();
+        ActiveSession(self.0.sessions_active.clone())
+    }
+
     /// A session began; it counts as active until the guard is dropped,
     /// however the session ends.
     pub fn session_started(&self) -> ActiveSession {

@@ -124,7 +124,7 @@ async fn a_new_binary_that_fails_its_check_is_refused_and_the_old_program_serves
     let controller = Controller::allowing("/bin/echo", &["still here"]).await;
     let cases = [
         ("exit 1", "exited with"),
-        ("echo 'ws-subprocess hand-off versions: 99'", "not 1"),
+        ("echo 'ws-subprocess hand-off versions: 99'", "reads hand-off versions 99"),
         ("echo hello", "does not say"),
     ];
     // Written before the server starts, and chosen through a symlink: a
@@ -158,18 +158,21 @@ async fn a_new_binary_that_fails_its_check_is_refused_and_the_old_program_serves
 }
 
 #[tokio::test]
-async fn an_upgrade_while_sessions_run_is_refused_and_ends_none() {
+async fn an_upgrade_carries_a_plain_session_with_its_process_and_connection() {
     let dir = scratch();
     let controller = Controller::allowing("/bin/cat", &[]).await;
     write_config(dir.path(), &format!("controller_url = \"{}\"", controller.url()));
     let server = start(dir.path(), &[]).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("t")).await.unwrap();
     echoes(&mut ws, "before").await;
-    let line = refused_upgrade(&server, 1).await;
-    assert!(line.contains("1 sessions run"), "{line}");
+    let cat = children_of(server.pid());
+    assert_eq!(cat.len(), 1, "{cat:?}");
+    upgrade(&server, 1).await;
+    assert_eq!(children_of(server.pid()), cat, "the session's process changed: {}", server.log());
     echoes(&mut ws, "after").await;
     let (mut second, _) = tokio_tungstenite::connect_async(server.ws_url("t")).await.unwrap();
     echoes(&mut second, "new").await;
+    echoes(&mut ws, "still").await;
 }
 
 #[cfg(feature = "jwt")]

@@ -224,6 +224,10 @@ impl App {
             }
             None => None,
         };
+        // The sessions the program before this one carried run on.
+        if let Some(handoff) = &mut handoff {
+            resume(handoff, &built.service, &built.lasting, &listener).await;
+        }
         // What is left of a hand-off (a listener no longer configured) is
         // closed here.
         drop(handoff);
@@ -231,6 +235,7 @@ impl App {
         let reloader = Reloader::new(reload::Parts {
             config,
             lasting: built.lasting,
+            service: built.service,
             stack: stack.clone(),
             serve: serve.clone(),
             tls,
@@ -390,17 +395,21 @@ impl App {
                 &reloader,
                 &metrics,
                 &next,
-            );
+            )
+            .await;
             let _ = answer.send(err);
             (listener, metrics_listener) = (endpoint, metrics_back);
         }
     }
 }
 
-/// Executes the successor with the listeners and the token memory, unless
-/// sessions run (this version cannot carry them yet). Returns only on
-/// failure.
-fn hand_over(
+/// How long sessions get to stop where they can be carried on.
+const FREEZE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Executes the successor with the listeners, the sessions (their
+/// processes, connections and state) and the token memory. Returns only on
+/// failure, and then every session runs on here.
+async fn hand_over(
     endpoint: &Listener,
     metrics_listener: Option<&Listener>,
     cgroups: Option<&CgroupRoot>,
@@ -410,12 +419,6 @@ fn hand_over(
     successor: &upgrade::Successor,
 ) -> crate::upgrade::UpgradeError {
     use crate::upgrade::{Handoff, UpgradeError};
-    let running = sessions.active();
-    if running > 0 {
-        return UpgradeError::Refused(format!(
-            "{running} sessions run, and this version cannot carry sessions into the new program yet"
-        ));
-    }
     let config = reloader.config();
     let mut handoff = Handoff::new();
     let carried = (|| {
@@ -433,8 +436,61 @@ fn hand_over(
     }
     handoff.used_token_ids = reloader.used_tokens();
     handoff.upgrades = metrics.upgrades_ok() + 1;
-    tracing::info!(binary = %successor.binary.display(), "executing the new binary");
-    crate::upgrade::exec(&successor.binary, &successor.args, &handoff)
+    // Every session stops where it can go on.
+    let started = std::time::Instant::now();
+    let (frozen, all) = match sessions.freeze(FREEZE_LIMIT).await {
+        Ok(frozen) => (frozen, true),
+        Err(frozen) => (frozen, false),
+    };
+    let count = frozen.len();
+    let carried = crate::session::carry(frozen, &mut handoff, crate::session::next_session_number()).await;
+    let sessions_carried = carried.sessions.len();
+    handoff.sessions = match serde_json::to_value(&carried) {
+        Ok(value) => value,
+        Err(err) => {
+            // Cannot happen with this data; the sessions are lost.
+            tracing::error!(cause = %err, "cannot write the sessions down");
+            serde_json::Value::Null
+        }
+    };
+    let err = if !all {
+        UpgradeError::Refused(format!("sessions did not stop within {}s", FREEZE_LIMIT.as_secs()))
+    } else {
+        tracing::info!(
+            binary = %successor.binary.display(),
+            sessions = sessions_carried,
+            parts = count,
+            descriptors = handoff.descriptor_count(),
+            freeze_ms = started.elapsed().as_millis() as u64,
+            "executing the new binary"
+        );
+        crate::upgrade::exec(&successor.binary, &successor.args, &handoff)
+    };
+    // Still here: the sessions run on in this program.
+    let (service, lasting) = reloader.service();
+    resume(&mut handoff, &service, &lasting, endpoint).await;
+    err
+}
+
+/// Runs on the sessions `handoff` carries, with `service` and its places
+/// among the sessions, their connections as `listener`'s.
+async fn resume(
+    handoff: &mut crate::upgrade::Handoff,
+    service: &crate::session::ServeSubprocess,
+    lasting: &stack::Lasting,
+    listener: &Listener,
+) {
+    let carried = match crate::session::CarriedSessions::from_handoff(handoff) {
+        Ok(carried) => carried,
+        Err(err) => return tracing::error!(cause = %err, "cannot read the carried sessions; they are lost"),
+    };
+    let count = carried.sessions.len();
+    if count == 0 {
+        return;
+    }
+    let resumed =
+        service.resume(carried, handoff, &|socket| listener.carried(socket), &|| lasting.carried_permit()).await;
+    tracing::info!(sessions = resumed, lost = count - resumed, "carried sessions run on");
 }
 
 /// How `config` contains sessions: cgroups where they can be used (the

@@ -60,6 +60,8 @@ struct Inner {
 struct State {
     config: Config,
     lasting: Lasting,
+    /// The innermost service of the stack in force.
+    service: crate::session::ServeSubprocess,
     source: Option<Source>,
     log_filter: Option<LogFilter>,
 }
@@ -68,6 +70,7 @@ struct State {
 pub(super) struct Parts {
     pub(super) config: Config,
     pub(super) lasting: Lasting,
+    pub(super) service: crate::session::ServeSubprocess,
     pub(super) stack: Live<Stack>,
     pub(super) serve: Live<ServeSettings>,
     pub(super) tls: Option<Live<TlsAcceptor>>,
@@ -79,7 +82,13 @@ impl Reloader {
     pub(super) fn new(parts: Parts) -> Self {
         let metrics = parts.lasting.metrics.clone();
         Self(Arc::new(Inner {
-            state: Mutex::new(State { config: parts.config, lasting: parts.lasting, source: None, log_filter: None }),
+            state: Mutex::new(State {
+                config: parts.config,
+                lasting: parts.lasting,
+                service: parts.service,
+                source: None,
+                log_filter: None,
+            }),
             stack: parts.stack,
             serve: parts.serve,
             tls: parts.tls,
@@ -104,6 +113,13 @@ impl Reloader {
     /// The configuration in force.
     pub fn config(&self) -> Config {
         self.state().config.clone()
+    }
+
+    /// The innermost service of the stack in force, and what carried
+    /// sessions take their places from.
+    pub(super) fn service(&self) -> (crate::session::ServeSubprocess, Lasting) {
+        let state = self.state();
+        (state.service.clone(), state.lasting.clone())
     }
 
     /// The used token ids held in memory, for an upgrade's hand-off.
@@ -183,6 +199,7 @@ impl Reloader {
         }
         let changes = state.config.changes(&config);
         state.lasting = built.lasting;
+        state.service = built.service;
         state.config = config;
         Ok(changes)
     }

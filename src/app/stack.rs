@@ -103,6 +103,12 @@ impl Lasting {
         let _ = (config, used);
     }
 
+    /// A place among the sessions for one carried from the program before
+    /// this one.
+    pub(super) fn carried_permit(&self) -> crate::session::SessionPermit {
+        self.session_limit.take_carried()
+    }
+
     /// The token ids the in-memory token memory holds, for an upgrade's
     /// hand-off (none with Redis, which holds them itself).
     pub(super) fn used_tokens(&self) -> Vec<(String, u64)> {
@@ -120,6 +126,8 @@ impl Lasting {
 pub(super) struct Built {
     pub(super) stack: Stack,
     pub(super) lasting: Lasting,
+    /// Its innermost service, which also runs sessions carried on.
+    pub(super) service: ServeSubprocess,
 }
 
 /// Bound on each call to Redis, connect included.
@@ -206,6 +214,10 @@ pub(super) fn build(
         Some(layer) => layer.reconfigured(config.auth_limits()),
         None => AuthLimitLayer::new(config.auth_limits(), metrics.clone()),
     };
+    let service = ServeSubprocess::new(settings, lasting.sessions.clone())
+        .named_sessions(lasting.named.clone())
+        .metrics(metrics.clone())
+        .containment(containment);
     let stack = ServiceBuilder::new()
         .layer(ForwardedLayer::new(config.trusted()))
         .layer(OriginLayer::new(config.allowed_origins.clone()))
@@ -217,17 +229,12 @@ pub(super) fn build(
                 .policy(config.policy())
                 .metrics(metrics.clone()),
         )
-        .service(
-            ServeSubprocess::new(settings, lasting.sessions.clone())
-                .named_sessions(lasting.named.clone())
-                .metrics(metrics.clone())
-                .containment(containment),
-        );
+        .service(service.clone());
     let routes = Routes::new(&config.path, stack);
     let stack = match &config.static_dir {
         Some(dir) => routes.static_dir(dir),
         None => routes,
     };
     let lasting = Lasting { session_limit, auth_limit: Some(auth_limit), replay, ..lasting.clone() };
-    Ok(Built { stack, lasting })
+    Ok(Built { stack, lasting, service })
 }

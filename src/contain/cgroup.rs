@@ -155,6 +155,20 @@ impl CgroupRoot {
         &self.0.controllers
     }
 
+    /// The cgroup `dir` of a session carried from the program before this
+    /// one (an in-place upgrade), which made it in this root.
+    pub fn adopt(&self, dir: &Path) -> io::Result<SessionCgroup> {
+        if dir.parent() != Some(self.dir()) || !dir.join("cgroup.procs").exists() {
+            return Err(io::Error::other(format!("`{}` is not a session cgroup of this root", dir.display())));
+        }
+        // Sessions made from now on get numbers after it.
+        let n = dir.file_name().and_then(|n| n.to_str()?.strip_prefix("session-")?.parse::<u64>().ok());
+        if let Some(n) = n {
+            self.0.next.fetch_max(n + 1, Ordering::Relaxed);
+        }
+        SessionCgroup::open(dir.to_path_buf(), self.clone())
+    }
+
     /// A new, empty cgroup for one session, with `limits` where the
     /// controllers allow (limits for missing controllers are logged and
     /// skipped).
@@ -293,12 +307,15 @@ pub struct SessionCgroup {
     watch: i32,
     changed: Arc<Notify>,
     root: CgroupRoot,
+    /// Set when another program takes the cgroup over: dropping it then
+    /// leaves it as it is.
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl SessionCgroup {
     fn open(dir: PathBuf, root: CgroupRoot) -> io::Result<Self> {
         match root.0.events.watch(&dir.join("cgroup.events")) {
-            Ok((watch, changed)) => Ok(Self { dir, watch, changed, root }),
+            Ok((watch, changed)) => Ok(Self { dir, watch, changed, root, released: Default::default() }),
             Err(err) => {
                 let _ = std::fs::remove_dir(&dir);
                 Err(err)
@@ -337,6 +354,14 @@ impl SessionCgroup {
     /// The directory of this cgroup.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Leaves the cgroup to another program (an in-place upgrade): once
+    /// this is dropped, nothing in it is killed and it is not removed.
+    /// Returns its directory.
+    pub fn release(&self) -> PathBuf {
+        self.released.store(true, Ordering::Release);
+        self.dir.clone()
     }
 
     /// Opens `cgroup.procs` for writing: a process that writes `0` to it
@@ -392,6 +417,9 @@ impl SessionCgroup {
 impl Drop for SessionCgroup {
     fn drop(&mut self) {
         self.root.0.events.unwatch(self.watch);
+        if self.released.load(Ordering::Acquire) {
+            return;
+        }
         if !self.is_empty() {
             self.kill();
         }

@@ -60,6 +60,17 @@ impl ConnectionLimits {
         Ok(Place { limits: self.clone(), key })
     }
 
+    /// A place for a connection that is open already (carried from the
+    /// program before this one): counted, whatever the caps.
+    pub(super) fn admit_carried(self: &Arc<Self>, peer: PeerAddr) -> Place {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        let key = peer.0.map(|addr| IpKey::of(addr.ip()));
+        if let Some(key) = key {
+            *self.per_ip.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(0) += 1;
+        }
+        Place { limits: self.clone(), key }
+    }
+
     /// Connections open now.
     pub(super) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)

@@ -8,11 +8,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 
-use crate::connection::PeerAddr;
+use super::limits::{ConnectionLimits, Counted};
+use crate::connection::{Io, OwnedSocket, PeerAddr};
 use crate::live::Live;
 
 /// Where a server listens.
@@ -55,11 +58,14 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// A bound socket: TCP or Unix, optionally with TLS.
+/// A bound socket: TCP or Unix, optionally with TLS; and its open
+/// connections, which its caps count (also across the serving runs of an
+/// in-place upgrade, and those carried into it).
 pub struct Listener {
     socket: Socket,
     user_timeout: Option<Duration>,
     pub(super) tls: Option<Live<TlsAcceptor>>,
+    pub(super) limits: Arc<ConnectionLimits>,
 }
 
 impl fmt::Debug for Listener {
@@ -89,7 +95,7 @@ impl Listener {
                 Socket::Unix(UnixListener::bind(path)?, path.clone())
             }
         };
-        Ok(Self { socket, user_timeout: None, tls: None })
+        Ok(Self { socket, user_timeout: None, tls: None, limits: ConnectionLimits::new() })
     }
 
     /// Takes over `fd`, a socket listening on `addr` (one the program before
@@ -108,7 +114,7 @@ impl Listener {
                 Socket::Unix(UnixListener::from_std(listener)?, path.clone())
             }
         };
-        Ok(Self { socket, user_timeout: None, tls: None })
+        Ok(Self { socket, user_timeout: None, tls: None, limits: ConnectionLimits::new() })
     }
 
     /// The listening socket, to hand over in an upgrade.
@@ -118,6 +124,27 @@ impl Listener {
             Socket::Tcp(listener) => listener.as_fd(),
             Socket::Unix(listener, _) => listener.as_fd(),
         }
+    }
+
+    /// A connection carried from the program before this one (an in-place
+    /// upgrade), as one of this listener's: it counts among its open
+    /// connections (beyond its caps if need be: it is open already).
+    pub fn carried(&self, socket: OwnedSocket) -> io::Result<Box<dyn Io>> {
+        let peer = match &socket {
+            OwnedSocket::Tcp(stream) => PeerAddr(stream.peer_addr().ok()),
+            OwnedSocket::Unix(_) => PeerAddr(None),
+        };
+        let io = match socket {
+            OwnedSocket::Tcp(stream) => {
+                stream.set_nonblocking(true)?;
+                Either::Left(TcpStream::from_std(stream)?)
+            }
+            OwnedSocket::Unix(stream) => {
+                stream.set_nonblocking(true)?;
+                Either::Right(UnixStream::from_std(stream)?)
+            }
+        };
+        Ok(Box::new(Counted { io, _place: self.limits.admit_carried(peer) }))
     }
 
     /// Serves TLS (`wss://`) on this socket.

@@ -20,7 +20,7 @@ use tower_http::add_extension::AddExtension;
 use tracing::Instrument;
 
 use super::activity::Activity;
-use super::limits::{Caps, ConnectionLimits, Counted};
+use super::limits::{Caps, Counted};
 use super::{Listener, ServeSettings};
 use crate::connection::{Io, PeerAddr, Secure};
 use crate::live::Live;
@@ -121,7 +121,7 @@ where
     let mut current = settings.get();
     let http2 = current.http2;
     let mut http = Http::new(&current, http2);
-    let limits = ConnectionLimits::new();
+    let limits = listener.limits.clone();
     // Connection tasks, and the signal that asks them to finish gracefully
     // (hyper-util's `GracefulShutdown` cannot watch an HTTP/1-only
     // connection with upgrades).

@@ -23,10 +23,13 @@ use futures_util::{Sink, Stream};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::SessionContext;
-use super::attachment::{Joining, attach};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::attachment::{Joining, Start, attach};
 use super::detached::record::Recorder;
 use super::process::Process;
-use super::shared::{Kind, Shared};
+use super::shared::{About, Engine, Kind, Run, Shared};
 use super::socket::Ending;
 use crate::spec::{Role, TerminalSize};
 use crate::websocket::Protocol;
@@ -65,15 +68,21 @@ where
     Tx: Sink<Message, Error = WsError> + Unpin + Send + 'static,
     Rx: Stream<Item = Result<Message, WsError>> + Unpin + Send,
 {
+    // A bridge runs to its end: its halves could not be handed over.
+    let context = SessionContext { handover: CancellationToken::new(), ..context.clone() };
     let metrics = context.metrics.clone();
-    let (shared, controls) = Shared::new(None, Kind::Plain, &process, TerminalSize::default(), 0, recorder, metrics);
+    let about = About { number: 0, command: String::new(), peer: String::new(), started: Instant::now() };
+    let shared = Shared::new(None, about, Kind::Plain, &process, TerminalSize::default(), recorder, metrics);
     // The client is the writer before any output is read, so it loses none.
     let writer = shared.writer();
-    let joining = Joining { role: Role::Writer, since: Some(0), wants_info: false };
-    let run = shared.clone().run(process, controls, context.settings.clone(), context.shutdown.clone());
-    let attached = attach(shared, tx, rx, protocol, joining, Some(writer), context);
-    let (outcome, _) = tokio::join!(run, attached);
-    outcome
+    let joining = Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: false };
+    let engine = Engine::start(process, &context.settings);
+    let run = shared.clone().run(engine, context.settings.clone(), context.shutdown.clone(), context.handover.clone());
+    let attached = attach(shared, tx, rx, protocol, joining, Some(writer), &context);
+    match tokio::join!(run, attached).0 {
+        Run::Ended(outcome) => outcome,
+        Run::Frozen(_) => unreachable!("a bridge's hand-over token is never cancelled"),
+    }
 }
 
 /// The bridge on in-memory channels instead of a socket, with real
@@ -122,7 +131,12 @@ mod tests {
     }
 
     fn context(settings: SessionSettings) -> SessionContext {
-        SessionContext { settings: settings.into(), metrics: Metrics::new(), shutdown: CancellationToken::new() }
+        SessionContext {
+            settings: settings.into(),
+            metrics: Metrics::new(),
+            shutdown: CancellationToken::new(),
+            handover: CancellationToken::new(),
+        }
     }
 
     fn settings() -> SessionSettings {

@@ -17,16 +17,23 @@ use tokio_util::sync::CancellationToken;
 use super::SessionSettings;
 use super::process::{Process, ProcessGroup, ProcessOutput};
 
-/// Ends a process whose client is gone: `kill_signal` to the group (for a
-/// terminal, `SIGHUP`: the terminal hung up), then, once `kill_grace` has
-/// passed, `SIGKILL` to whatever of the session is left (its whole cgroup,
-/// when it has one). Returns as soon as nothing of the session is left, so
-/// its place is free at once. Returns the leader's status.
-pub(crate) async fn stop(process: &mut Process, settings: &SessionSettings) -> Option<ExitStatus> {
+/// Ends a process whose client is gone, first step: `kill_signal` to the
+/// group (for a terminal, `SIGHUP`: the terminal hung up). Returns when
+/// the `SIGKILL` is due ([`stop_by`]).
+pub(crate) fn signal_stop(process: &Process, settings: &SessionSettings) -> Instant {
+    process.group().signal(if process.is_tty() { Signal::HUP } else { settings.kill_signal.signal() });
+    Instant::now() + settings.kill_grace
+}
+
+/// Ends a process whose client is gone, once the signal went out
+/// ([`signal_stop`]): waits for the leader and the rest of the session
+/// until `kill_at`, then `SIGKILL`s whatever of the session is left (its
+/// whole cgroup, when it has one). Returns as soon as nothing of the
+/// session is left, so its place is free at once. Returns the leader's
+/// status.
+pub(crate) async fn stop_by(process: &mut Process, kill_at: Instant) -> Option<ExitStatus> {
     let group = process.group();
-    group.signal(if process.is_tty() { Signal::HUP } else { settings.kill_signal.signal() });
-    let deadline = Instant::now() + settings.kill_grace;
-    let status = match timeout_at(deadline, process.exited()).await {
+    let status = match timeout_at(kill_at, process.exited()).await {
         Ok(result) => result.ok(),
         Err(_) => {
             group.kill();
@@ -35,7 +42,7 @@ pub(crate) async fn stop(process: &mut Process, settings: &SessionSettings) -> O
     };
     // The leader is gone; the rest of the session gets the rest of the
     // grace.
-    if timeout_at(deadline, group.emptied()).await.is_err() {
+    if timeout_at(kill_at, group.emptied()).await.is_err() {
         group.kill();
     }
     status

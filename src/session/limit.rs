@@ -65,6 +65,14 @@ impl SessionLimitLayer {
         self
     }
 
+    /// A place for a session that runs already (carried from the program
+    /// before this one): taken whatever the limit, which it counts against
+    /// from now on.
+    pub fn take_carried(&self) -> SessionPermit {
+        self.taken.fetch_add(1, Ordering::AcqRel);
+        SessionPermit(Arc::new(Place(self.taken.clone())))
+    }
+
     /// Places taken now.
     pub fn taken(&self) -> usize {
         self.taken.load(Ordering::Acquire)

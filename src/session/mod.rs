@@ -22,11 +22,13 @@
 //! - `bridge`: the [`bridge`] between a process and one socket, a plain
 //!   session;
 //! - `socket`: one client's socket: its writer, its input, its Close;
+//! - `carry`: sessions carried into the program that replaces this one;
 //! - `detached`: what named sessions add: their history for replay, their
 //!   registry, recordings.
 
 mod attachment;
 mod bridge;
+mod carry;
 mod detached;
 mod lifecycle;
 mod limit;
@@ -38,11 +40,14 @@ mod shared;
 mod socket;
 
 pub use bridge::{Outcome, bridge};
+pub(crate) use carry::carry;
+pub use carry::{CarriedSession, CarriedSessions, CarryError};
 pub use detached::SharedSessions;
 pub use detached::record::Recorder;
 pub use limit::{SessionLimit, SessionLimitLayer, SessionPermit};
 pub use process::{DEFAULT_TERM, MAX_OUTPUT_CHUNK, Process, ProcessGroup, ProcessInput, ProcessOutput, SpawnOptions};
 pub use service::ServeSubprocess;
+pub(crate) use service::next_session_number;
 pub use sessions::Sessions;
 pub use settings::{
     EnvPolicy, InvalidSettings, KillSignal, Recording, SERVER_ENV_PREFIX, SessionContext, SessionSettings,

@@ -241,6 +241,96 @@ impl Process {
     }
 }
 
+/// A process taken apart to be handed to another program (or put back
+/// together after a hand-over that failed): its input and outputs travel on
+/// their own, and nothing here signals, waits for or reaps it any more.
+#[derive(Debug)]
+pub(crate) struct ProcessParts {
+    pub(crate) pid: i32,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) tty: bool,
+    /// Its session's cgroup, left as it is.
+    pub(crate) cgroup: Option<std::path::PathBuf>,
+}
+
+impl Process {
+    /// Takes the process apart; its input and outputs were taken already.
+    /// `None` once it was reaped.
+    pub(crate) fn into_parts(mut self) -> Option<ProcessParts> {
+        let pidfd = self.pidfd.take()?.into_inner();
+        let cgroup = self.group.cgroup.as_ref().map(|cgroup| cgroup.release());
+        Some(ProcessParts { pid: self.id(), pidfd, tty: self.tty, cgroup })
+    }
+
+    /// The process of `parts`, in its session's `cgroup`, with its input
+    /// and outputs. Its pid is registered as a session leader here (the
+    /// orphan reaper leaves it alone).
+    pub(crate) fn from_parts(
+        parts: ProcessParts,
+        cgroup: Option<SessionCgroup>,
+        stdin: Option<ProcessInput>,
+        outputs: Vec<ProcessOutput>,
+    ) -> io::Result<Self> {
+        let pid = Pid::from_raw(parts.pid).ok_or_else(|| io::Error::other("no such process id"))?;
+        contain::register(parts.pid);
+        #[allow(deprecated)] // See `Process::new`.
+        let pidfd = AsyncFd::with_interest(parts.pidfd, tokio::io::Interest::READABLE)?;
+        Ok(Self {
+            pid,
+            group: ProcessGroup { leader: pid, tty: parts.tty, cgroup: cgroup.map(Arc::new) },
+            tty: parts.tty,
+            pidfd: Some(pidfd),
+            status: None,
+            stdin,
+            outputs,
+        })
+    }
+}
+
+impl ProcessInput {
+    /// The pipe's write end, taken out of the runtime (a terminal's input
+    /// is carried with its output: see [`ProcessOutput::into_fd`]).
+    pub(crate) fn into_pipe_fd(self) -> Option<OwnedFd> {
+        match self {
+            Self::Pipe(pipe) => pipe.into_nonblocking_fd().ok(),
+            Self::Pty(_) => None,
+        }
+    }
+}
+
+impl ProcessOutput {
+    /// The output's descriptor, taken out of the runtime: a pipe's read
+    /// end, or, on a terminal, its master side, whole again with `input`
+    /// (the terminal's write half) when there is one.
+    pub(crate) fn into_fd(self, input: Option<ProcessInput>) -> io::Result<OwnedFd> {
+        match (self.reader, input) {
+            (OutputReader::Pipe(pipe), _) => pipe.into_nonblocking_fd(),
+            (OutputReader::Pty(reader), Some(ProcessInput::Pty(writer))) => {
+                reader.unsplit(writer).map(OwnedFd::from).map_err(pty_error)
+            }
+            (OutputReader::Pty(_), _) => Err(io::Error::other("a terminal's halves were parted")),
+        }
+    }
+
+    /// The output of the pipe `fd`.
+    pub(crate) fn from_pipe(stream: OutputStream, fd: OwnedFd) -> io::Result<Self> {
+        Ok(Self { stream, reader: OutputReader::Pipe(pipe::Receiver::from_owned_fd(fd)?) })
+    }
+
+    /// The output, and the input, of the terminal `pty`.
+    pub(crate) fn from_pty(pty: pty_process::Pty) -> (Self, ProcessInput) {
+        let (reader, writer) = pty.into_split();
+        (Self { stream: OutputStream::Stdout, reader: OutputReader::Pty(reader) }, ProcessInput::Pty(writer))
+    }
+}
+
+impl ProcessInput {
+    /// The input of the pipe `fd`.
+    pub(crate) fn from_pipe(fd: OwnedFd) -> io::Result<Self> {
+        pipe::Sender::from_owned_fd(fd).map(Self::Pipe)
+    }
+}
+
 /// Waits until the process of `pidfd` has exited; reaps it unless `options`
 /// has `NOWAIT`.
 async fn wait_for_exit(pidfd: &AsyncFd<OwnedFd>, options: WaitIdOptions) -> io::Result<ExitStatus> {
@@ -361,6 +451,15 @@ impl ProcessInput {
         }
     }
 
+    /// Writes some of `data` (one write): how many bytes. Stopping it
+    /// before it is done writes nothing.
+    pub async fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Pipe(pipe) => pipe.write(data).await,
+            Self::Pty(pty) => pty.write(data).await,
+        }
+    }
+
     /// Resizes the terminal; `false` when there is none.
     pub fn resize(&self, size: TerminalSize) -> bool {
         match self {
@@ -386,25 +485,95 @@ impl ProcessInput {
 /// A process's input as its session feeds it: what clients send, until a
 /// client ends it or the process stops reading for good (then further input
 /// is dropped); resizes as long as it is a terminal.
+///
+/// A chunk is written in as many writes as the process takes; the writing
+/// may stop between two of them (a hand-over) and go on later, or in the
+/// program after this one, with [`Feed::unwritten`].
 #[derive(Debug)]
 pub(crate) struct Feed {
     input: Option<ProcessInput>,
     open: bool,
+    /// The process stopped reading for good (a terminal's input is kept
+    /// anyway: its master side is one with the output).
+    dead: bool,
+    /// The chunk being written, and how much of it is.
+    writing: Option<(bytes::Bytes, usize)>,
 }
 
 impl Feed {
     pub(crate) fn new(input: Option<ProcessInput>) -> Self {
-        Self { input, open: true }
+        Self { input, open: true, dead: false, writing: None }
     }
 
-    /// Writes all of `data`; whether it reached the process.
-    pub(crate) async fn write(&mut self, data: &[u8]) -> bool {
-        let Some(input) = self.input.as_mut().filter(|_| self.open) else { return false };
-        if input.write_all(data).await.is_err() {
+    /// The process no longer reads its input: a pipe is closed.
+    fn stopped_reading(&mut self) {
+        self.dead = true;
+        if matches!(self.input, Some(ProcessInput::Pipe(_))) {
             self.input = None;
-            return false;
         }
-        true
+    }
+
+    /// A feed as the program before this one left it: `open` unless the
+    /// input was ended, with `unwritten` still to write.
+    pub(crate) fn resumed(input: Option<ProcessInput>, open: bool, unwritten: Option<bytes::Bytes>) -> Self {
+        Self { input, open, dead: false, writing: unwritten.map(|data| (data, 0)) }
+    }
+
+    /// Starts writing `data`, after the chunk being written (see
+    /// [`Feed::write_on`]).
+    pub(crate) fn start(&mut self, data: bytes::Bytes) {
+        self.writing = Some(match self.writing.take() {
+            Some((before, done)) => ([&before[done..], &data[..]].concat().into(), 0),
+            None => (data, 0),
+        });
+    }
+
+    /// Writes the rest of the chunk being written: its length once it is
+    /// all written, `None` when the input is gone (the rest is dropped).
+    /// Stopped in between, it loses nothing: the rest stays
+    /// ([`Feed::unwritten`]).
+    pub(crate) async fn write_on(&mut self) -> Option<usize> {
+        loop {
+            let (data, done) = self.writing.as_mut()?;
+            if *done == data.len() {
+                let len = data.len();
+                self.writing = None;
+                return Some(len);
+            }
+            let Some(input) = self.input.as_mut().filter(|_| self.open && !self.dead) else {
+                self.writing = None;
+                return None;
+            };
+            match input.write(&data[*done..]).await {
+                Ok(n) if n > 0 => *done += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                _ => {
+                    self.stopped_reading();
+                    self.writing = None;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Whether a chunk is being written.
+    pub(crate) fn is_writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// What is left of the chunk being written.
+    pub(crate) fn unwritten(&self) -> Option<bytes::Bytes> {
+        self.writing.as_ref().map(|(data, done)| data.slice(*done..))
+    }
+
+    /// Whether the input was not ended.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// The input, taken out (to be carried).
+    pub(crate) fn take_input(&mut self) -> Option<ProcessInput> {
+        self.input.take()
     }
 
     /// No more input: a pipe closes; a terminal gets ^D and stays, for

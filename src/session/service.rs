@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use futures_util::StreamExt;
 use futures_util::future::{Ready, ready};
@@ -12,23 +11,35 @@ use http::{Request, Response, StatusCode};
 use tower::Service;
 use tracing::Instrument;
 
-use super::attachment::{Joining, attach};
+use futures_util::stream::{SplitSink, SplitStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::attachment::{AttachEnd, Joining, Start, attach};
+use super::carry::{CarriedSessions, FrozenPart, RestoredSession};
+use super::detached::Reservation;
 use super::detached::record::Recorder;
-use super::shared::{Kind, Shared, WriterGuard};
+use super::shared::{About, Engine, Kind, Run, Shared, WriterGuard};
 use super::{
     DEFAULT_TERM, Outcome, Process, SessionContext, SessionPermit, SessionSettings, Sessions, SharedSessions,
-    SpawnOptions, bridge,
+    SpawnOptions,
 };
-use crate::connection::PeerAddr;
+use crate::connection::{Io, OwnedSocket, PeerAddr};
 use crate::contain::Containment;
 use crate::metrics::Metrics;
 use crate::query::SessionQuery;
 use crate::reply::{self, Body};
 use crate::spec::CommandSpec;
 use crate::spec::Role;
-use crate::websocket::{PendingSocket, Protocol, WebSocketUpgrade};
+use crate::upgrade::Handoff;
+use crate::websocket::{Conn, PendingSocket, Protocol, Socket, WebSocketUpgrade};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The number the next session gets (a hand-over carries it on).
+pub(crate) fn next_session_number() -> u64 {
+    NEXT_SESSION_ID.load(Ordering::Relaxed)
+}
 
 /// Starts the command of an authorized request, answers `101`, and bridges
 /// the upgraded connection to the process.
@@ -181,6 +192,14 @@ impl ServeSubprocess {
         let recorder = span.in_scope(|| self.recorder(&spec, number));
         let (response, socket) = upgrade.accept(self.settings.websocket_config());
         let context = self.context();
+        let about = About {
+            number,
+            command: spec.command.display().to_string(),
+            peer: peer.to_string(),
+            started: tokio::time::Instant::now(),
+        };
+        let size = spec.size.unwrap_or_default();
+        let metrics = context.metrics.clone();
         match (&spec.session, reservation) {
             (Some(session), reservation) => {
                 let keep = session.keep.unwrap_or(self.settings.max_keep).min(self.settings.max_keep);
@@ -188,11 +207,8 @@ impl ServeSubprocess {
                     .history
                     .map_or(self.settings.max_history, |h| usize::try_from(h.as_u64()).unwrap_or(usize::MAX))
                     .min(self.settings.max_history);
-                let size = spec.size.unwrap_or_default();
                 let id = session.id.clone();
-                let kind = Kind::Named { keep };
-                let (shared, controls) =
-                    Shared::new(id, kind, &process, size, history, recorder, context.metrics.clone());
+                let shared = Shared::new(id, about, Kind::Named { keep, history }, &process, size, recorder, metrics);
                 // The client that started it is its first writer before any
                 // output is read, so it loses none.
                 let first_writer = shared.writer();
@@ -200,33 +216,34 @@ impl ServeSubprocess {
                 if let Some(reservation) = reservation.as_mut() {
                     reservation.run(shared.clone());
                 }
-                let driver = context.clone();
-                let running = shared.clone();
-                self.sessions.spawn(
-                    async move {
-                        let _place = (permit, reservation);
-                        let started = Instant::now();
-                        tracing::info!(
-                            args = spec.args.len(),
-                            keep_s = keep.as_secs(),
-                            history,
-                            "named session started"
-                        );
-                        let _active = driver.metrics.session_started();
-                        let outcome =
-                            running.run(process, controls, driver.settings.clone(), driver.shutdown.clone()).await;
-                        driver.metrics.process_exited(outcome.status, outcome.oom);
-                        log_end(&outcome, started);
-                    }
-                    .instrument(span.clone()),
-                );
+                span.in_scope(|| {
+                    tracing::info!(args = spec.args.len(), keep_s = keep.as_secs(), history, "named session started")
+                });
+                let engine = Engine::start(process, &self.settings);
+                let place = (permit, reservation);
+                let driver = run_engine(shared.clone(), engine, place, true, context.clone(), self.sessions.clone());
+                self.sessions.spawn(driver.instrument(span.clone()));
                 // The client that started it gets everything from the start.
-                let joining = Joining { role: Role::Writer, since: Some(0), wants_info: query.session.is_some() };
-                let attachment = run_attachment(shared, socket, protocol, joining, Some(first_writer), context);
+                let joining =
+                    Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: query.session.is_some() };
+                let connection = Connection { protocol, peer };
+                let attachment = run_attachment(
+                    shared,
+                    socket,
+                    connection,
+                    joining,
+                    Some(first_writer),
+                    context,
+                    self.sessions.clone(),
+                );
                 self.sessions.spawn(attachment.instrument(span));
             }
             (None, _) => {
-                self.sessions.spawn(run_plain(process, socket, protocol, permit, recorder, context).instrument(span));
+                let shared = Shared::new(None, about, Kind::Plain, &process, size, recorder, metrics);
+                let engine = Engine::start(process, &self.settings);
+                let connection = Connection { protocol, peer };
+                let plain = run_plain(shared, engine, socket, connection, permit, context, self.sessions.clone());
+                self.sessions.spawn(plain.instrument(span));
             }
         }
         response
@@ -238,6 +255,7 @@ impl ServeSubprocess {
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.sessions.shutdown_token(),
+            handover: self.sessions.handover_token(),
         }
     }
 
@@ -254,13 +272,122 @@ impl ServeSubprocess {
             tracing::info!(status = 404, "attach to no running session");
             return reply::plain(StatusCode::NOT_FOUND, "no such session");
         };
-        let protocol = upgrade.protocol();
-        let joining = Joining { role: spec.role, since: query.since, wants_info: query.session.is_some() };
+        let connection = Connection { protocol: upgrade.protocol(), peer };
+        let joining =
+            Joining { role: spec.role, start: Start::Since(query.since), wants_info: query.session.is_some() };
         let span = tracing::info_span!("attachment", session = id, peer = %peer, role = ?spec.role);
         let (response, socket) = upgrade.accept(self.settings.websocket_config());
         let context = self.context();
-        self.sessions.spawn(run_attachment(shared, socket, protocol, joining, None, context).instrument(span));
+        let attachment = run_attachment(shared, socket, connection, joining, None, context, self.sessions.clone());
+        self.sessions.spawn(attachment.instrument(span));
         response
+    }
+
+    /// Runs the sessions a program before this one handed over (or this
+    /// one, when its hand-over failed) on from where they stopped, taking
+    /// their descriptors from `handoff`. `connection` makes a carried
+    /// socket a connection of this server's (counted like the others);
+    /// `permit` takes a place among the sessions for each (a carried
+    /// session always gets one). Returns how many sessions run on.
+    pub(crate) async fn resume(
+        &self,
+        carried: CarriedSessions,
+        handoff: &mut Handoff,
+        connection: &(dyn Fn(OwnedSocket) -> std::io::Result<Box<dyn Io>> + Sync),
+        permit: &(dyn Fn() -> SessionPermit + Sync),
+    ) -> usize {
+        NEXT_SESSION_ID.fetch_max(carried.next_number, Ordering::Relaxed);
+        let cgroups = self.containment.cgroup_root();
+        let mut resumed = 0;
+        for session in carried.sessions {
+            let number = session.number();
+            let restored = match session.restore(handoff, &self.settings, cgroups, self.metrics.clone()) {
+                Ok(restored) => restored,
+                Err(err) => {
+                    tracing::error!(session = number, cause = %err, "a carried session cannot run on");
+                    continue;
+                }
+            };
+            let RestoredSession { shared, engine, settings, attachments } = restored;
+            let about = &shared.about;
+            let span = tracing::info_span!("session", id = number, peer = %about.peer, command = %about.command, pid = engine.process.id());
+            let context = SessionContext { settings, ..self.context() };
+            let reservation = match &shared.id {
+                Some(id) => match self.detached.reserve(id) {
+                    Some(mut reservation) => {
+                        reservation.run(shared.clone());
+                        Some(reservation)
+                    }
+                    None => {
+                        span.in_scope(|| tracing::error!("a carried session's id runs already; it ends"));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            // Writers count before the engine runs: its keep clock must not
+            // start for a session whose writer comes along.
+            let mut connections = Vec::new();
+            for attachment in attachments {
+                let guard = (attachment.role == Role::Writer && attachment.closing.is_none())
+                    .then(|| shared.writer_at(attachment.offset));
+                let io = match connection(attachment.socket) {
+                    Ok(io) => io,
+                    Err(err) => {
+                        span.in_scope(|| tracing::warn!(cause = %err, "a carried connection is lost"));
+                        continue;
+                    }
+                };
+                let mut conn = Conn::resumed(io, attachment.unread, attachment.unsent);
+                conn.hold_on(context.handover.clone());
+                let connection = Connection { protocol: attachment.protocol, peer: attachment.peer };
+                if let Some(until) = attachment.closing {
+                    self.sessions.spawn(finish_closing(conn, until).instrument(span.clone()));
+                    continue;
+                }
+                let socket = WebSocketStream::from_raw_socket(
+                    conn,
+                    tungstenite::protocol::Role::Server,
+                    Some(context.settings.websocket_config()),
+                )
+                .await;
+                let joining = Joining {
+                    role: attachment.role,
+                    start: Start::Resume { offset: attachment.offset },
+                    wants_info: false,
+                };
+                connections.push((socket, connection, joining, guard));
+            }
+            resumed += 1;
+            let place = (Some(permit()), reservation);
+            match shared.kind() {
+                Kind::Named { .. } => {
+                    let driver =
+                        run_engine(shared.clone(), engine, place, false, context.clone(), self.sessions.clone());
+                    self.sessions.spawn(driver.instrument(span.clone()));
+                    for (socket, connection, joining, guard) in connections {
+                        let attachment = attach_socket(
+                            shared.clone(),
+                            socket,
+                            connection,
+                            joining,
+                            guard,
+                            context.clone(),
+                            self.sessions.clone(),
+                        );
+                        self.sessions.spawn(attachment.instrument(span.clone()));
+                    }
+                }
+                Kind::Plain => {
+                    let mut connections = connections.into_iter();
+                    let plain = resume_plain(shared, engine, connections.next(), place, context, self.sessions.clone());
+                    self.sessions.spawn(plain.instrument(span));
+                    // A plain session has one connection.
+                    drop(connections);
+                }
+            }
+        }
+        resumed
     }
 
     /// A recording of a session of `spec`, when this one is recorded.
@@ -291,55 +418,189 @@ impl ServeSubprocess {
     }
 }
 
-/// A plain session: the process bridged to one connection.
-async fn run_plain(
-    mut process: Process,
-    socket: PendingSocket,
+/// A connection's facts that its session keeps.
+#[derive(Debug, Clone, Copy)]
+struct Connection {
     protocol: Protocol,
+    peer: PeerAddr,
+}
+
+/// A place among the sessions, and a named session's id.
+type Place = (Option<SessionPermit>, Option<Reservation>);
+
+/// A plain session: the process bridged to one connection, in one task.
+async fn run_plain(
+    shared: Arc<Shared>,
+    mut engine: Engine,
+    socket: PendingSocket,
+    connection: Connection,
     permit: Option<SessionPermit>,
-    recorder: Option<Arc<Recorder>>,
     context: SessionContext,
+    sessions: Sessions,
 ) {
-    let _permit = permit;
-    let started = Instant::now();
     let socket = match socket.ready().await {
         Ok(socket) => socket,
         Err(err) => {
             tracing::info!(cause = %err, "client left before the upgrade completed");
-            process.finish().await;
+            engine.process.finish().await;
             return;
         }
     };
     tracing::info!("session started");
-    let _active = context.metrics.session_started();
-    let (tx, rx) = socket.split();
-    let outcome = bridge(process, protocol, tx, rx, &context, recorder).await;
-    context.metrics.process_exited(outcome.status, outcome.oom);
-    log_end(&outcome, started);
+    // The client is the writer before any output is read, so it loses none.
+    let writer = shared.writer();
+    let joining = Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: false };
+    let socket = Some((socket, connection, joining, Some(writer)));
+    plain(shared, engine, socket, (permit, None), true, context, sessions).await;
 }
 
-/// One connection to a named session.
+/// A plain session carried from the program before this one.
+async fn resume_plain(
+    shared: Arc<Shared>,
+    engine: Engine,
+    socket: Option<(Socket, Connection, Joining, Option<WriterGuard>)>,
+    place: Place,
+    context: SessionContext,
+    sessions: Sessions,
+) {
+    plain(shared, engine, socket, place, false, context, sessions).await;
+}
+
+async fn plain(
+    shared: Arc<Shared>,
+    engine: Engine,
+    socket: Option<(Socket, Connection, Joining, Option<WriterGuard>)>,
+    place: Place,
+    fresh: bool,
+    context: SessionContext,
+    sessions: Sessions,
+) {
+    let _place = place;
+    let _active = if fresh { context.metrics.session_started() } else { context.metrics.session_carried() };
+    let (settings, shutdown, handover) = (context.settings.clone(), context.shutdown.clone(), context.handover.clone());
+    let run = shared.clone().run(engine, settings.clone(), shutdown, handover);
+    let attached = async {
+        if let Some((mut socket, connection, joining, guard)) = socket {
+            socket.get_mut().hold_on(context.handover.clone());
+            let (tx, rx) = socket.split();
+            let end = attach(shared.clone(), tx, rx, connection.protocol, joining, guard, &context).await;
+            after_attach(end, &shared, connection, &sessions);
+        }
+    };
+    let (run, ()) = tokio::join!(run, attached);
+    after_run(run, &shared, settings, &context, &sessions);
+}
+
+/// A named session's engine, in a task of its own; its connections come
+/// and go in theirs.
+async fn run_engine(
+    shared: Arc<Shared>,
+    engine: Engine,
+    place: Place,
+    fresh: bool,
+    context: SessionContext,
+    sessions: Sessions,
+) {
+    let _place = place;
+    let _active = if fresh { context.metrics.session_started() } else { context.metrics.session_carried() };
+    let settings = context.settings.clone();
+    let run = shared.clone().run(engine, settings.clone(), context.shutdown.clone(), context.handover.clone()).await;
+    after_run(run, &shared, settings, &context, &sessions);
+}
+
+/// The end of an engine's run: the session's last line, or, frozen, its
+/// engine left for the hand-over.
+fn after_run(
+    run: Run,
+    shared: &Arc<Shared>,
+    settings: Arc<SessionSettings>,
+    context: &SessionContext,
+    sessions: &Sessions,
+) {
+    match run {
+        Run::Ended(outcome) => {
+            context.metrics.process_exited(outcome.status, outcome.oom);
+            log_end(&outcome, shared.about.started.into_std());
+        }
+        Run::Frozen(engine) => {
+            sessions.deposit(FrozenPart::Engine { shared: shared.clone(), engine, settings });
+        }
+    }
+}
+
+/// The end of a connection: frozen, it is left for the hand-over.
+fn after_attach(
+    end: AttachEnd<SplitSink<Socket, Message>, SplitStream<Socket>>,
+    shared: &Arc<Shared>,
+    connection: Connection,
+    sessions: &Sessions,
+) {
+    match end {
+        AttachEnd::Ended(ending) => {
+            if shared.kind() != Kind::Plain {
+                tracing::info!(ending = ?ending, "detached");
+            }
+        }
+        AttachEnd::Frozen(attachment) => sessions.deposit(FrozenPart::Attachment {
+            shared: shared.clone(),
+            attachment: Box::new(attachment),
+            protocol: connection.protocol,
+            peer: connection.peer,
+        }),
+    }
+}
+
+/// One new connection to a named session.
 async fn run_attachment(
     shared: Arc<Shared>,
     socket: PendingSocket,
-    protocol: Protocol,
+    connection: Connection,
     joining: Joining,
     guard: Option<WriterGuard>,
     context: SessionContext,
+    sessions: Sessions,
 ) {
     let socket = match socket.ready().await {
         Ok(socket) => socket,
         Err(err) => return tracing::info!(cause = %err, "client left before the upgrade completed"),
     };
-    let role = joining.role;
-    tracing::info!(role = ?role, since = ?joining.since, "attached");
+    tracing::info!(role = ?joining.role, start = ?joining.start, "attached");
+    attach_socket(shared, socket, connection, joining, guard, context, sessions).await;
+}
+
+/// A connection to a named session, on its socket.
+async fn attach_socket(
+    shared: Arc<Shared>,
+    mut socket: Socket,
+    connection: Connection,
+    joining: Joining,
+    guard: Option<WriterGuard>,
+    context: SessionContext,
+    sessions: Sessions,
+) {
+    socket.get_mut().hold_on(context.handover.clone());
     let (tx, rx) = socket.split();
-    let ending = attach(shared, tx, rx, protocol, joining, guard, &context).await;
-    tracing::info!(ending = ?ending, "detached");
+    let end = attach(shared.clone(), tx, rx, connection.protocol, joining, guard, &context).await;
+    after_attach(end, &shared, connection, &sessions);
+}
+
+/// A connection carried while its session was saying goodbye to it: the
+/// client gets the rest (the status and the Close), and until `until` to
+/// answer; then the connection is closed.
+async fn finish_closing(mut conn: Conn, until: tokio::time::Instant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout_at(until, async {
+        if conn.flush().await.is_err() {
+            return;
+        }
+        let mut buf = [0; 1024];
+        while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The one line a session logs when it ends.
-fn log_end(outcome: &Outcome, started: Instant) {
+fn log_end(outcome: &Outcome, started: std::time::Instant) {
     tracing::info!(
         ending = ?outcome.ending,
         oom = outcome.oom,

@@ -1,11 +1,17 @@
-//! [`Sessions`]: the live sessions of a server, for shutting them down.
+//! [`Sessions`]: the live sessions of a server, for shutting them down or
+//! handing them over.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The live sessions of a server, for shutting them down.
+use super::carry::FrozenPart;
+
+/// The live sessions of a server, for shutting them down, or for handing
+/// them to the program that replaces this one (an in-place upgrade).
 ///
 /// Clones share the same set.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +19,15 @@ pub struct Sessions {
     graceful: CancellationToken,
     hard: CancellationToken,
     tracker: TaskTracker,
+    handover: Arc<Mutex<Handover>>,
+}
+
+/// The hand-over in progress, if any: its token, and what the sessions'
+/// tasks left as they stopped.
+#[derive(Debug, Default)]
+struct Handover {
+    token: CancellationToken,
+    frozen: Vec<FrozenPart>,
 }
 
 impl Sessions {
@@ -36,6 +51,39 @@ impl Sessions {
     /// The token a session watches to end itself gracefully.
     pub(crate) fn shutdown_token(&self) -> CancellationToken {
         self.graceful.clone()
+    }
+
+    /// The token a session watches to stop where it can be carried on
+    /// ([`Sessions::freeze`]).
+    pub(crate) fn handover_token(&self) -> CancellationToken {
+        self.lock().token.clone()
+    }
+
+    /// What a session task leaves when it stops for a hand-over.
+    pub(crate) fn deposit(&self, part: FrozenPart) {
+        self.lock().frozen.push(part);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Handover> {
+        self.handover.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops every session where it can be carried on, and gives what
+    /// their tasks left; then the set is open again, for sessions resumed
+    /// here or started anew. Fails if a session does not stop within
+    /// `limit`: then what stopped is given anyway, and the rest run on.
+    pub(crate) async fn freeze(&self, limit: Duration) -> Result<Vec<FrozenPart>, Vec<FrozenPart>> {
+        let token = self.handover_token();
+        token.cancel();
+        self.tracker.close();
+        let stopped = tokio::time::timeout(limit, self.tracker.wait()).await.is_ok();
+        self.tracker.reopen();
+        let frozen = {
+            let mut handover = self.lock();
+            handover.token = CancellationToken::new();
+            std::mem::take(&mut handover.frozen)
+        };
+        if stopped { Ok(frozen) } else { Err(frozen) }
     }
 
     /// Whether [`Sessions::shutdown`] was called: no session may start now.

@@ -48,6 +48,10 @@ pub struct SessionContext {
     pub metrics: crate::metrics::Metrics,
     /// Cancelled when the server shuts down: end gracefully.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Cancelled when the server hands its sessions to the program that
+    /// replaces it (an in-place upgrade): stop where the session can be
+    /// carried on.
+    pub handover: tokio_util::sync::CancellationToken,
 }
 
 /// Where and what sessions are recorded.
@@ -148,6 +152,13 @@ impl Default for SessionSettings {
 /// Changes [`SessionSettings`]; see [`SessionSettings::builder`].
 #[derive(Debug, Clone)]
 pub struct SessionSettingsBuilder(SessionSettings);
+
+impl From<SessionSettings> for SessionSettingsBuilder {
+    /// Changes `settings`.
+    fn from(settings: SessionSettings) -> Self {
+        Self(settings)
+    }
+}
 
 impl SessionSettingsBuilder {
     /// First signal to the process group when the client leaves (terminal
@@ -293,7 +304,7 @@ pub struct EnvPolicy {
 }
 
 /// Signals a session may be ended with before `SIGKILL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KillSignal {
     /// `SIGHUP`
     Hup,

@@ -8,7 +8,15 @@
 //! one read), and the session ends as soon as its client leaves, for the
 //! reason the client left. A named session keeps a bounded history for
 //! replay and outlives its clients for `keep`.
+//!
+//! Where a session stands is plain data: the [`Engine`] it runs from (its
+//! process, the input not yet written, the output read but not yet kept, its
+//! [`Phase`] and deadlines) and the state behind [`Shared`]. [`Shared::run`]
+//! starts from an engine and, when the session context's `handover` token
+//! is cancelled, stops where it can go on and gives the engine back
+//! ([`Run::Frozen`]), so that the program after this one can run it on.
 
+use std::collections::VecDeque;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +31,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::bridge::Outcome;
 use super::detached::history::{History, Read};
 use super::detached::record::Recorder;
-use super::lifecycle::{ChunkSize, OutputTail, stop};
+use super::lifecycle::{ChunkSize, OutputTail, signal_stop, stop_by};
 use super::process::{Feed, Process, ProcessOutput};
 use super::socket::{Ending, Progress, sleep_until_some};
 use crate::metrics::{Direction, Metrics};
@@ -51,6 +59,8 @@ pub(crate) enum Kind {
     Named {
         /// How long it runs on with no writer attached.
         keep: Duration,
+        /// How many bytes of output it keeps for replay.
+        history: usize,
     },
 }
 
@@ -58,13 +68,13 @@ impl Kind {
     fn keep(self) -> Duration {
         match self {
             Kind::Plain => Duration::ZERO,
-            Kind::Named { keep } => keep,
+            Kind::Named { keep, .. } => keep,
         }
     }
 }
 
 /// What a writer asks of the process.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Control {
     /// Bytes for its input.
     Stdin(Bytes),
@@ -80,19 +90,36 @@ const SCROLLBACK: usize = 0;
 /// Controls queued from writers to the process.
 const CONTROL_QUEUE: usize = 64;
 
-/// A detachable session, shared by its attachments.
+/// What a session is, for its log lines.
+#[derive(Debug, Clone)]
+pub(crate) struct About {
+    /// Its number on this server (its span's `id`).
+    pub(crate) number: u64,
+    /// The command's path.
+    pub(crate) command: String,
+    /// The client that started it.
+    pub(crate) peer: String,
+    /// When it started.
+    pub(crate) started: Instant,
+}
+
+/// A session, shared by its attachments.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) id: Option<String>,
+    pub(crate) about: About,
     kind: Kind,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
     controls: mpsc::Sender<Control>,
+    /// The other end of `controls`, until the engine runs (and again while
+    /// it is frozen).
+    received: Mutex<Option<mpsc::Receiver<Control>>>,
     writers: watch::Sender<usize>,
     next_writer: AtomicU64,
     /// Announces that a writer took output or left: room in the history.
     room: Notify,
-    recorder: Option<Arc<Recorder>>,
+    pub(crate) recorder: Option<Arc<Recorder>>,
     metrics: Metrics,
     /// Any input or output, for `idle_timeout`.
     activity: Progress,
@@ -133,19 +160,120 @@ pub(crate) struct StartPoint {
     pub(crate) repaint: Option<Vec<u8>>,
 }
 
+/// What a session's engine runs from: its process and where the session
+/// stands. A new session's is [`Engine::start`]; a frozen one is handed
+/// back by [`Shared::run`], to be carried on.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    /// The process, its input and outputs taken out (they are below).
+    pub(crate) process: Process,
+    /// Its input, and what is still to be written to it, in order.
+    pub(crate) feed: Feed,
+    pub(crate) pending: VecDeque<Control>,
+    /// Its outputs.
+    pub(crate) outputs: Vec<Reading>,
+    pub(crate) phase: Phase,
+    /// With no writer attached: when `keep` runs out.
+    pub(crate) keep_until: Option<Instant>,
+    /// When `max_session_duration` is reached.
+    pub(crate) time_limit: Option<Instant>,
+}
+
+/// One output of the process as the engine reads it.
+#[derive(Debug)]
+pub(crate) struct Reading {
+    pub(crate) output: ProcessOutput,
+    /// A chunk read from it that the history had no room for yet.
+    pub(crate) held: Option<Bytes>,
+    /// Whether it was read to its end.
+    pub(crate) done: bool,
+}
+
+/// Where a session's lifecycle stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// The process runs; input and output flow.
+    Running,
+    /// The process was told to stop (`kill_signal`) for `reason`; what is
+    /// left of it is killed at `kill_at`.
+    Stopping { reason: Ending, kill_at: Instant },
+    /// The leader is gone (it exited, or was stopped for `reason`); its
+    /// outputs are read to their end.
+    Draining { reason: Option<Ending> },
+}
+
+/// How [`Shared::run`] came back.
+#[derive(Debug)]
+pub(crate) enum Run {
+    /// The session is over.
+    Ended(Outcome),
+    /// Frozen for a hand-over; the engine goes on from here.
+    Frozen(Box<Engine>),
+}
+
+impl Engine {
+    /// The engine of a session of `process`, just started.
+    pub(crate) fn start(mut process: Process, settings: &SessionSettings) -> Self {
+        let feed = Feed::new(process.stdin.take());
+        let outputs = process.outputs.drain(..).map(|output| Reading { output, held: None, done: false }).collect();
+        Self {
+            process,
+            feed,
+            pending: VecDeque::new(),
+            outputs,
+            phase: Phase::Running,
+            keep_until: None,
+            time_limit: settings.max_session_duration.map(|limit| Instant::now() + limit),
+        }
+    }
+}
+
+/// What [`Shared::restore`] puts back: the state of a session carried from
+/// the program before this one.
+#[derive(Debug)]
+pub(crate) struct Restored {
+    pub(crate) history: History,
+    /// The screen's size and a repaint of it.
+    pub(crate) screen: Option<(TerminalSize, Vec<u8>)>,
+    pub(crate) ended: Option<Ended>,
+    pub(crate) stopping: Option<Ending>,
+    pub(crate) departure: Option<Ending>,
+    pub(crate) last_activity: Instant,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+}
+
+/// What [`Shared::snapshot`] reads off a frozen session.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) kind: Kind,
+    /// The history's bound, where it starts and its chunks.
+    pub(crate) cap: usize,
+    pub(crate) start: u64,
+    pub(crate) chunks: Vec<(OutputStream, Bytes)>,
+    /// The screen's size and a repaint of it.
+    pub(crate) screen: Option<(TerminalSize, Vec<u8>)>,
+    pub(crate) ended: Option<Ended>,
+    pub(crate) stopping: Option<Ending>,
+    pub(crate) departure: Option<Ending>,
+    pub(crate) last_activity: Instant,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+}
+
 impl Shared {
     /// A session of `process` (not yet running: see [`Shared::run`]),
-    /// keeping `history` bytes of output (a plain session: as much as one
+    /// keeping the output its kind says (a plain session: as much as one
     /// read, until its client takes it).
     pub(crate) fn new(
         id: Option<String>,
+        about: About,
         kind: Kind,
         process: &Process,
         size: TerminalSize,
-        history: usize,
         recorder: Option<Arc<Recorder>>,
         metrics: Metrics,
-    ) -> (Arc<Self>, mpsc::Receiver<Control>) {
+    ) -> Arc<Self> {
         // Only a session that is replayed needs a model of its screen.
         let screen = (process.is_tty() && kind != Kind::Plain)
             .then(|| vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK));
@@ -153,34 +281,101 @@ impl Shared {
             // Bounds how far output is read ahead of the client; what the
             // client took is forgotten at once (see `Shared::took`).
             Kind::Plain => History::new(crate::session::MAX_OUTPUT_CHUNK),
-            Kind::Named { .. } => History::new(history),
+            Kind::Named { history, .. } => History::new(history),
         };
+        let restored = Restored {
+            history,
+            screen: None,
+            ended: None,
+            stopping: None,
+            departure: None,
+            last_activity: Instant::now(),
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let shared = Self::restore(id, about, kind, restored, recorder, metrics);
+        if let Some(screen) = screen {
+            shared.lock().screen = Some(screen);
+        }
+        shared
+    }
+
+    /// A session as the program before this one left it (see
+    /// [`Shared::snapshot`]), not yet running.
+    pub(crate) fn restore(
+        id: Option<String>,
+        about: About,
+        kind: Kind,
+        restored: Restored,
+        recorder: Option<Arc<Recorder>>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        let screen = restored.screen.map(|(size, repaint)| {
+            let mut parser = vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK);
+            parser.process(&repaint);
+            parser
+        });
         let (controls, received) = mpsc::channel(CONTROL_QUEUE);
-        let activity = Progress::default();
-        activity.mark();
         let shared = Self {
             id,
+            about,
             kind,
             state: Mutex::new(State {
-                history,
+                history: restored.history,
                 screen,
-                ended: None,
-                stopping: None,
-                departure: None,
+                ended: restored.ended,
+                stopping: restored.stopping,
+                departure: restored.departure,
                 taken: Vec::new(),
             }),
             changed: watch::Sender::new(0),
             controls,
+            received: Mutex::new(Some(received)),
             writers: watch::Sender::new(0),
             next_writer: AtomicU64::new(0),
             room: Notify::new(),
             recorder,
             metrics,
-            activity,
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
+            activity: Progress::marked_at(restored.last_activity),
+            bytes_in: AtomicU64::new(restored.bytes_in),
+            bytes_out: AtomicU64::new(restored.bytes_out),
         };
-        (Arc::new(shared), received)
+        Arc::new(shared)
+    }
+
+    /// Where a frozen session stands, beside its engine: what
+    /// [`Shared::restore`] takes back.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let state = self.lock();
+        let screen = state.screen.as_ref().map(|parser| {
+            let (rows, cols) = parser.screen().size();
+            (TerminalSize { cols: cols.get(), rows: rows.get() }, repaint(parser.screen()))
+        });
+        Snapshot {
+            kind: self.kind,
+            cap: state.history.cap(),
+            start: state.history.start(),
+            chunks: state.history.chunks().collect(),
+            screen,
+            ended: state.ended,
+            stopping: state.stopping.clone(),
+            departure: state.departure.clone(),
+            last_activity: self.activity.idle_since().unwrap_or_else(Instant::now),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Input queued for the process and not yet taken by the engine (of a
+    /// frozen session).
+    pub(crate) fn queued_input(&self) -> Vec<Control> {
+        let mut queued = Vec::new();
+        if let Some(received) = self.received.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            while let Ok(control) = received.try_recv() {
+                queued.push(control);
+            }
+        }
+        queued
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -191,7 +386,8 @@ impl Shared {
     /// keep it without dropping a byte an attached writer has not taken.
     /// Outputs read side by side each wait here with what they read, so
     /// together they never overfill the history, and one that has nothing
-    /// to say holds no room from the other.
+    /// to say holds no room from the other. Stopped before it is done, it
+    /// has kept nothing.
     async fn push(&self, stream: OutputStream, data: Bytes) {
         let mut data = Some(data);
         // Usually there is room: no waiter is registered for that.
@@ -273,21 +469,27 @@ impl Shared {
         self.lock().ended
     }
 
-    /// Counts a writer as attached until the guard is dropped; while none
-    /// is, the `keep` clock runs. While one is, the session goes at its
-    /// pace: output is read from the process only as far as the history
-    /// can keep it without dropping a byte the writer has not taken (see
-    /// [`Shared::took`]), so the writer loses nothing, as on a plain
-    /// session. Observers never hold the session back.
-    pub(crate) fn writer(self: &Arc<Self>) -> WriterGuard {
+    /// Counts a writer as attached until the guard is dropped, having taken
+    /// the output up to `offset`; while none is, the `keep` clock runs.
+    /// While one is, the session goes at its pace: output is read from the
+    /// process only as far as the history can keep it without dropping a
+    /// byte the writer has not taken (see [`Shared::took`]), so the writer
+    /// loses nothing, as on a plain session. Observers never hold the
+    /// session back.
+    pub(crate) fn writer_at(self: &Arc<Self>, offset: u64) -> WriterGuard {
         let id = self.next_writer.fetch_add(1, Ordering::Relaxed);
         {
             let mut state = self.lock();
-            let start = state.history.start();
-            state.taken.push((id, start));
+            let offset = offset.max(state.history.start());
+            state.taken.push((id, offset));
         }
         self.writers.send_modify(|n| *n += 1);
         WriterGuard { shared: self.clone(), id }
+    }
+
+    /// [`Shared::writer_at`] the oldest kept byte.
+    pub(crate) fn writer(self: &Arc<Self>) -> WriterGuard {
+        self.writer_at(0)
     }
 
     /// Writer `id` has taken the output up to `offset`.
@@ -308,102 +510,158 @@ impl Shared {
     }
 
     /// Hands a writer's input to the process (waiting while the process
-    /// does not read it).
-    pub(crate) async fn control(&self, control: Control) {
+    /// does not read it); gives it back if `freeze` comes first.
+    pub(crate) async fn control(&self, control: Control, freeze: &CancellationToken) -> Result<(), Control> {
+        let permit = tokio::select! {
+            biased;
+            permit = self.controls.reserve() => permit,
+            _ = freeze.cancelled() => return Err(control),
+        };
         if let (Control::Stdin(data), Some(recorder)) = (&control, &self.recorder) {
             recorder.input(data);
         }
         if matches!(control, Control::Stdin(_)) {
             self.activity.mark();
         }
-        let _ = self.controls.send(control).await;
+        if let Ok(permit) = permit {
+            permit.send(control);
+        }
+        Ok(())
     }
 
-    /// Runs the session until its process has exited and its output is in
-    /// the history, or until it is stopped (the process gets `kill_signal`
-    /// as if its client had left): `keep` passed with no writer attached
-    /// (at once, for a plain session), nothing went either way for
-    /// `idle_timeout`, `max_session_duration` passed, or the server shuts
-    /// down. Returns how it ended.
+    /// Runs the session from `engine` until its process has exited and its
+    /// output is in the history, or until it is stopped (the process gets
+    /// `kill_signal` as if its client had left): `keep` passed with no
+    /// writer attached (at once, for a plain session), nothing went either
+    /// way for `idle_timeout`, `max_session_duration` passed, or the server
+    /// shuts down. Returns how it ended, or, once `freeze` is cancelled,
+    /// the engine to go on from.
     pub(crate) async fn run(
         self: Arc<Self>,
-        mut process: Process,
-        controls: mpsc::Receiver<Control>,
+        engine: Engine,
         settings: Arc<SessionSettings>,
         shutdown: CancellationToken,
-    ) -> Outcome {
+        freeze: CancellationToken,
+    ) -> Run {
+        let Engine { mut process, feed, pending, outputs, phase, keep_until, time_limit } = engine;
         let group = process.group();
+        let controls = self.received.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let controls = controls.unwrap_or_else(|| mpsc::channel(1).1);
+        let inlet = Inlet { feed, pending, controls };
         let input_meter = self.metrics.bytes(Direction::r#in);
-        let input = AbortOnDropHandle::new(tokio::spawn(feed(
-            Feed::new(process.stdin.take()),
-            controls,
-            self.clone(),
-            input_meter,
-        )));
+        let input = AbortOnDropHandle::new(tokio::spawn(inlet.run(self.clone(), input_meter, freeze.clone())));
         let output_meter = self.metrics.bytes(Direction::out);
         // Cancelled once the leader has exited: from then on, the readers
         // wait for leftovers only within bounds (see `OutputTail`).
         let exited = CancellationToken::new();
-        let readers: Vec<_> = process
-            .outputs
-            .drain(..)
-            .map(|output| {
+        if matches!(phase, Phase::Draining { .. }) {
+            exited.cancel();
+        }
+        let readers: Vec<_> = outputs
+            .into_iter()
+            .map(|reading| {
                 let tail = OutputTail::new(exited.clone(), group.clone(), settings.kill_grace);
-                AbortOnDropHandle::new(tokio::spawn(read(output, tail, self.clone(), output_meter.clone())))
+                let reader = read(reading, tail, self.clone(), output_meter.clone(), freeze.clone());
+                AbortOnDropHandle::new(tokio::spawn(reader))
             })
             .collect();
+        let parts = Parts { input, readers };
         let keep = self.kind.keep();
         let counts_detached = self.kind != Kind::Plain;
         let mut writers = self.writers.subscribe();
-        let no_writer = |writers: &watch::Receiver<usize>| (*writers.borrow() == 0).then(|| Instant::now() + keep);
-        let mut keep_until = no_writer(&writers);
-        if counts_detached {
-            self.metrics.detached(keep_until.is_some());
-        }
-        let time_limit = settings.max_session_duration.map(|limit| Instant::now() + limit);
-        let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
+        // The keep clock of a session carried with no writer goes on.
+        let no_writer = |writers: &watch::Receiver<usize>, carried: Option<Instant>| {
+            (*writers.borrow() == 0).then(|| carried.unwrap_or_else(|| Instant::now() + keep))
+        };
+        let mut keep_until = no_writer(&writers, keep_until);
         let mut status = None;
-        let ending = loop {
-            tokio::select! {
-                result = process.exited() => {
-                    status = result.ok();
-                    break None;
+        let reason = match phase {
+            Phase::Running => {
+                if counts_detached {
+                    self.metrics.detached(keep_until.is_some());
                 }
-                Ok(()) = writers.changed() => {
-                    let was = keep_until.is_some();
-                    keep_until = no_writer(&writers);
-                    if counts_detached && was != keep_until.is_some() {
-                        self.metrics.detached(keep_until.is_some());
+                let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
+                let reason = loop {
+                    tokio::select! {
+                        result = process.exited() => {
+                            status = result.ok();
+                            break None;
+                        }
+                        Ok(()) = writers.changed() => {
+                            let was = keep_until.is_some();
+                            keep_until = no_writer(&writers, None);
+                            if counts_detached && was != keep_until.is_some() {
+                                self.metrics.detached(keep_until.is_some());
+                            }
+                        }
+                        _ = sleep_until_some(keep_until) => break Some(match self.kind {
+                            Kind::Plain => self.lock().departure.clone().unwrap_or(Ending::ClientGone("client left".into())),
+                            Kind::Named { .. } => Ending::ClientGone("keep passed with no writer".into()),
+                        }),
+                        _ = shutdown.cancelled() => break Some(Ending::Shutdown),
+                        _ = sleep_until_some(time_limit) => break Some(Ending::TimeLimit),
+                        _ = sleep_until_some(idle_check) => {
+                            let idle = settings.idle_timeout.expect("checks only with a timeout");
+                            match self.activity.idle_since() {
+                                Some(last) if last + idle > Instant::now() => idle_check = Some(last + idle),
+                                _ => break Some(Ending::Idle),
+                            }
+                        }
+                        _ = freeze.cancelled() => {
+                            if counts_detached && keep_until.is_some() {
+                                self.metrics.detached(false);
+                            }
+                            return parts.frozen(&self, process, Phase::Running, keep_until, time_limit).await;
+                        }
                     }
+                };
+                if counts_detached && keep_until.is_some() {
+                    self.metrics.detached(false);
                 }
-                _ = sleep_until_some(keep_until) => break Some(match self.kind {
-                    Kind::Plain => self.lock().departure.clone().unwrap_or(Ending::ClientGone("client left".into())),
-                    Kind::Named { .. } => Ending::ClientGone("keep passed with no writer".into()),
-                }),
-                _ = shutdown.cancelled() => break Some(Ending::Shutdown),
-                _ = sleep_until_some(time_limit) => break Some(Ending::TimeLimit),
-                _ = sleep_until_some(idle_check) => {
-                    let idle = settings.idle_timeout.expect("checks only with a timeout");
-                    match self.activity.idle_since() {
-                        Some(last) if last + idle > Instant::now() => idle_check = Some(last + idle),
-                        _ => break Some(Ending::Idle),
-                    }
+                if let Some(reason) = &reason {
+                    self.lock().stopping = Some(reason.clone());
+                    self.changed.send_modify(|version| *version += 1);
                 }
+                reason.map(|reason| (reason, signal_stop(&process, &settings)))
+            }
+            Phase::Stopping { reason, kill_at } => Some((reason, kill_at)),
+            Phase::Draining { reason } => {
+                status = process.exited().await.ok();
+                reason.map(|reason| (reason, Instant::now()))
             }
         };
-        if counts_detached && keep_until.is_some() {
-            self.metrics.detached(false);
-        }
-        if let Some(ending) = &ending {
-            self.lock().stopping = Some(ending.clone());
-            self.changed.send_modify(|version| *version += 1);
-            status = stop(&mut process, &settings).await;
-        }
+        let ending = match reason {
+            Some((reason, kill_at)) if status.is_none() => {
+                tokio::select! {
+                    stopped = stop_by(&mut process, kill_at) => status = stopped,
+                    _ = freeze.cancelled() => {
+                        let phase = Phase::Stopping { reason, kill_at };
+                        return parts.frozen(&self, process, phase, None, time_limit).await;
+                    }
+                }
+                Some(reason)
+            }
+            Some((reason, _)) => Some(reason),
+            None => None,
+        };
         // Output written before the exit is still read, as fast as writers
         // take it; leftovers holding the pipe open get `kill_grace`, then
         // SIGKILL, and a bounded wait.
         exited.cancel();
-        let drained = futures_util::future::join_all(readers).await;
+        let Parts { input, readers } = parts;
+        let mut drained = Vec::with_capacity(readers.len());
+        for reader in readers {
+            drained.extend(reader.await.ok());
+        }
+        if drained.iter().any(|reading| !reading.done) {
+            // Frozen while draining.
+            let parts = Parts { input, readers: Vec::new() };
+            let mut frozen = parts.frozen(&self, process, Phase::Draining { reason: ending }, None, time_limit).await;
+            if let Run::Frozen(engine) = &mut frozen {
+                engine.outputs = drained;
+            }
+            return frozen;
+        }
         drop(input);
         let oom = status.is_some_and(|status| process.oom_killed(status));
         let ended = Ended { status, oom };
@@ -421,13 +679,50 @@ impl Shared {
             (None, Some(status)) => Ending::Exited(status),
             (None, None) => Ending::Internal("waiting for the process failed".into()),
         };
-        Outcome {
+        Run::Ended(Outcome {
             ending,
             status,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             oom,
+        })
+    }
+}
+
+/// The engine's tasks: the input, and one reader per output.
+struct Parts {
+    input: AbortOnDropHandle<Inlet>,
+    readers: Vec<AbortOnDropHandle<Reading>>,
+}
+
+impl Parts {
+    /// Waits for the tasks, which stop at once when frozen, and puts the
+    /// engine back together.
+    async fn frozen(
+        self,
+        shared: &Shared,
+        process: Process,
+        phase: Phase,
+        keep_until: Option<Instant>,
+        time_limit: Option<Instant>,
+    ) -> Run {
+        let Self { input, readers } = self;
+        let mut outputs = Vec::with_capacity(readers.len());
+        for reader in readers {
+            // A reader that failed has nothing left to carry.
+            outputs.extend(reader.await.ok());
         }
+        let (feed, pending) = match input.await {
+            Ok(Inlet { feed, pending, controls }) => {
+                // What was queued, and what writers still queue as they
+                // freeze, is there for whoever carries the session on
+                // ([`Shared::queued_input`]).
+                *shared.received.lock().unwrap_or_else(|p| p.into_inner()) = Some(controls);
+                (feed, pending)
+            }
+            Err(_) => (Feed::new(None), VecDeque::new()),
+        };
+        Run::Frozen(Box::new(Engine { process, feed, pending, outputs, phase, keep_until, time_limit }))
     }
 }
 
@@ -455,14 +750,15 @@ impl Drop for WriterGuard {
 
 /// Reads an output into the session until its end (see [`OutputTail`]), as
 /// fast as the history can keep it for attached writers (see
-/// [`Shared::writer`]); returns it, still open (a terminal's master side
-/// must outlive its process).
+/// [`Shared::writer_at`]); returns it, still open (a terminal's master side
+/// must outlive its process), or, frozen, with the chunk it held.
 async fn read(
-    mut output: ProcessOutput,
+    mut reading: Reading,
     mut tail: OutputTail,
     shared: Arc<Shared>,
     meter: prometheus_client::metrics::counter::Counter,
-) -> ProcessOutput {
+    freeze: CancellationToken,
+) -> Reading {
     // No read larger than the history, so a writer that took everything
     // always has room for the next one. A plain session's chunks are sent
     // and dropped; a named session's are kept.
@@ -470,37 +766,90 @@ async fn read(
         Kind::Plain => ChunkSize::Sent,
         Kind::Named { .. } => ChunkSize::Kept(shared.lock().history.cap().min(crate::session::MAX_OUTPUT_CHUNK)),
     };
-    while let Some(data) = tail.next(&mut output, size).await {
-        meter.inc_by(data.len() as u64);
-        shared.push(output.stream, data).await;
+    if reading.done {
+        return reading;
     }
-    output
+    let stream = reading.output.stream;
+    loop {
+        let data = match reading.held.take() {
+            Some(data) => data,
+            None => {
+                let next = tokio::select! {
+                    biased;
+                    _ = freeze.cancelled() => return reading,
+                    next = tail.next(&mut reading.output, size) => next,
+                };
+                let Some(data) = next else { break };
+                meter.inc_by(data.len() as u64);
+                data
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shared.push(stream, data.clone()) => {}
+            _ = freeze.cancelled() => {
+                reading.held = Some(data);
+                return reading;
+            }
+        }
+    }
+    reading.done = true;
+    reading
 }
 
-/// Carries writers' input, input ends and resizes to the process.
-async fn feed(
-    mut feed: Feed,
-    mut controls: mpsc::Receiver<Control>,
-    shared: Arc<Shared>,
-    meter: prometheus_client::metrics::counter::Counter,
-) {
-    while let Some(control) = controls.recv().await {
-        match control {
-            Control::Stdin(data) => {
-                if feed.write(&data).await {
-                    meter.inc_by(data.len() as u64);
-                    shared.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+/// The process's input side: its input, what is still to be written to it
+/// (carried from before, in order), and writers' controls as they come.
+#[derive(Debug)]
+struct Inlet {
+    feed: Feed,
+    pending: VecDeque<Control>,
+    controls: mpsc::Receiver<Control>,
+}
+
+impl Inlet {
+    /// Carries input, input ends and resizes to the process until the
+    /// session is over or frozen; gives itself back, with what it had not
+    /// written yet.
+    async fn run(
+        mut self,
+        shared: Arc<Shared>,
+        meter: prometheus_client::metrics::counter::Counter,
+        freeze: CancellationToken,
+    ) -> Self {
+        loop {
+            if self.feed.is_writing() {
+                tokio::select! {
+                    biased;
+                    _ = freeze.cancelled() => return self,
+                    written = self.feed.write_on() => if let Some(n) = written {
+                        meter.inc_by(n as u64);
+                        shared.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    },
                 }
             }
-            Control::EndStdin => feed.end().await,
-            Control::Resize(size) => {
-                // The writer that acts last wins.
-                if feed.resize(size) {
-                    if let Some(screen) = shared.lock().screen.as_mut() {
-                        screen.set_size(nonzero(size.rows), nonzero(size.cols));
-                    }
-                    if let Some(recorder) = &shared.recorder {
-                        recorder.resize(size);
+            let control = match self.pending.pop_front() {
+                Some(control) => control,
+                None => tokio::select! {
+                    _ = freeze.cancelled() => return self,
+                    control = self.controls.recv() => match control {
+                        Some(control) => control,
+                        None => return self,
+                    },
+                },
+            };
+            match control {
+                // Written at the top of the loop.
+                Control::Stdin(data) => self.feed.start(data),
+                Control::EndStdin => self.feed.end().await,
+                Control::Resize(size) => {
+                    // The writer that acts last wins.
+                    if self.feed.resize(size) {
+                        if let Some(screen) = shared.lock().screen.as_mut() {
+                            screen.set_size(nonzero(size.rows), nonzero(size.cols));
+                        }
+                        if let Some(recorder) = &shared.recorder {
+                            recorder.resize(size);
+                        }
                     }
                 }
             }

@@ -8,14 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::future::poll_fn;
 use std::process::ExitStatus;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
 
 use crate::websocket::{Input, Protocol};
 
@@ -25,10 +28,10 @@ pub(super) const OUTGOING_QUEUE: usize = 4;
 pub(super) const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Ending {
     /// The process exited and all its output was sent.
-    Exited(ExitStatus),
+    Exited(#[serde(with = "raw_status")] ExitStatus),
     /// The client sent Close.
     ClientClosed,
     /// The connection broke or the client stopped answering pings.
@@ -47,6 +50,20 @@ pub enum Ending {
     Internal(String),
     /// An attached client fell further behind than the session's history.
     TooSlow,
+}
+
+/// An exit status as the number `wait` gives.
+pub(crate) mod raw_status {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    pub(crate) fn serialize<S: serde::Serializer>(status: &ExitStatus, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(status.into_raw())
+    }
+
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ExitStatus, D::Error> {
+        <i32 as serde::Deserialize>::deserialize(d).map(ExitStatus::from_raw)
+    }
 }
 
 pub(super) fn close_frame(code: CloseCode, reason: &'static str) -> Message {
@@ -122,6 +139,25 @@ pub(super) enum WriterStop {
     Stalled,
 }
 
+/// How the writer ended: stopped, or frozen for a hand-over with the sink
+/// and everything it had not handed to the sink yet.
+#[derive(Debug)]
+pub(super) enum WriterEnd<Tx> {
+    /// See [`WriterStop`].
+    Stopped(WriterStop),
+    /// Stopped where another program can go on (see [`write_loop`]).
+    Frozen {
+        /// The sink, with nothing of its own left to flush beyond what a
+        /// holding connection keeps.
+        tx: Tx,
+        /// A message it had not handed to the sink yet, then the queue.
+        in_hand: Option<Message>,
+        queue: mpsc::Receiver<Message>,
+        /// How it was to end, if it had not read that yet.
+        finish: oneshot::Receiver<Option<Message>>,
+    },
+}
+
 /// Sends queued messages and keepalive pings until it has sent a Close
 /// from the queue, or `finish` says how to end: with a Close frame of its
 /// own (ahead of any queued output), or by just closing the sink, which also
@@ -131,23 +167,36 @@ pub(super) enum WriterStop {
 /// message that cannot be handed to the socket for `pong_timeout` (the
 /// socket's buffers and our own are full) means the client is gone, however
 /// many pings it sends meanwhile.
+///
+/// Once `freeze` is cancelled it stops between steps and gives back the
+/// sink and what it had not handed to it: the connection is being handed
+/// over (see [`Conn`](crate::websocket::Conn), which from then on keeps
+/// whatever the sink writes).
 pub(super) async fn write_loop<Tx>(
     mut tx: Tx,
     mut queue: mpsc::Receiver<Message>,
     mut finish: oneshot::Receiver<Option<Message>>,
     (ping_interval, pong_timeout): (Duration, Duration),
     progress: Progress,
-) -> WriterStop
+    freeze: CancellationToken,
+) -> WriterEnd<Tx>
 where
     Tx: Sink<Message, Error = WsError> + Unpin,
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Output carried from a program before this one goes out first.
+    match step(&freeze, pong_timeout, poll_fn(|cx| tx.poll_flush_unpin(cx))).await {
+        Step::Done => {}
+        Step::Frozen => return WriterEnd::Frozen { tx, in_hand: None, queue, finish },
+        Step::Stop(stop) => return WriterEnd::Stopped(stop),
+    }
     loop {
         // Pings go before queued output, so a steady stream of output
         // cannot starve them.
         let message = tokio::select! {
             biased;
+            _ = freeze.cancelled() => return WriterEnd::Frozen { tx, in_hand: None, queue, finish },
             last = &mut finish => match last {
                 Ok(Some(close)) => close,
                 Ok(None) | Err(_) => break,
@@ -160,38 +209,85 @@ where
         };
         let is_close = matches!(message, Message::Close(_));
         let is_output = matches!(message, Message::Binary(_) | Message::Text(_));
-        match deliver(&mut tx, message, pong_timeout).await {
-            Ok(()) if is_close => return WriterStop::Done,
-            Ok(()) if is_output => progress.mark(),
-            Ok(()) => {}
-            Err(stop) => return stop,
+        match deliver(&mut tx, message, pong_timeout, &freeze).await {
+            Delivery::Sent if is_close => return WriterEnd::Stopped(WriterStop::Done),
+            Delivery::Sent if is_output => progress.mark(),
+            Delivery::Sent => {}
+            Delivery::Stop(stop) => return WriterEnd::Stopped(stop),
+            Delivery::Frozen(in_hand) => return WriterEnd::Frozen { tx, in_hand, queue, finish },
         }
     }
     match timeout(pong_timeout, tx.close()).await {
-        Ok(_) => WriterStop::Done,
-        Err(_) => WriterStop::Stalled,
+        Ok(_) => WriterEnd::Stopped(WriterStop::Done),
+        Err(_) => WriterEnd::Stopped(WriterStop::Stalled),
+    }
+}
+
+/// What handing a message to the socket came to.
+enum Delivery {
+    Sent,
+    Stop(WriterStop),
+    /// Frozen; the message, if the sink had not taken it yet.
+    Frozen(Option<Message>),
+}
+
+/// What one step of a delivery came to.
+enum Step {
+    Done,
+    Stop(WriterStop),
+    Frozen,
+}
+
+/// Waits for `step` of the sink, at most `pong_timeout`, unless frozen
+/// first.
+async fn step(
+    freeze: &CancellationToken,
+    pong_timeout: Duration,
+    step: impl std::future::Future<Output = Result<(), WsError>>,
+) -> Step {
+    tokio::select! {
+        biased;
+        result = timeout(pong_timeout, step) => match result {
+            Err(_) => Step::Stop(WriterStop::Stalled),
+            Ok(Ok(())) => Step::Done,
+            Ok(Err(_)) => Step::Stop(WriterStop::Failed),
+        },
+        _ = freeze.cancelled() => Step::Frozen,
     }
 }
 
 /// Hands `message` to the socket, waiting at most `pong_timeout` for the
 /// client to take what is ahead of it. When our write buffer is full of what
 /// the client has not taken (pongs to a flood of its pings), it waits for the
-/// client to take it, then tries again.
-async fn deliver<Tx>(tx: &mut Tx, message: Message, pong_timeout: Duration) -> Result<(), WriterStop>
+/// client to take it, then tries again. Each step is one the sink can stop
+/// at for a hand-over, and the message is given back if the sink had not
+/// taken it.
+async fn deliver<Tx>(tx: &mut Tx, message: Message, pong_timeout: Duration, freeze: &CancellationToken) -> Delivery
 where
     Tx: Sink<Message, Error = WsError> + Unpin,
 {
     loop {
-        match timeout(pong_timeout, tx.send(message.clone())).await {
-            Err(_) => return Err(WriterStop::Stalled),
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(WsError::WriteBufferFull(_))) => match timeout(pong_timeout, tx.flush()).await {
-                Err(_) => return Err(WriterStop::Stalled),
-                Ok(Err(_)) => return Err(WriterStop::Failed),
-                Ok(Ok(())) => {}
-            },
-            Ok(Err(_)) => return Err(WriterStop::Failed),
+        match step(freeze, pong_timeout, poll_fn(|cx| tx.poll_ready_unpin(cx))).await {
+            Step::Done => {}
+            Step::Stop(stop) => return Delivery::Stop(stop),
+            Step::Frozen => return Delivery::Frozen(Some(message)),
         }
+        match tx.start_send_unpin(message.clone()) {
+            Ok(()) => break,
+            Err(WsError::WriteBufferFull(_)) => {
+                match step(freeze, pong_timeout, poll_fn(|cx| tx.poll_flush_unpin(cx))).await {
+                    Step::Done => {}
+                    Step::Stop(stop) => return Delivery::Stop(stop),
+                    Step::Frozen => return Delivery::Frozen(Some(message)),
+                }
+            }
+            Err(_) => return Delivery::Stop(WriterStop::Failed),
+        }
+    }
+    match step(freeze, pong_timeout, poll_fn(|cx| tx.poll_flush_unpin(cx))).await {
+        Step::Done => Delivery::Sent,
+        Step::Stop(stop) => Delivery::Stop(stop),
+        Step::Frozen => Delivery::Frozen(None),
     }
 }
 
@@ -210,6 +306,11 @@ impl Default for Progress {
 }
 
 impl Progress {
+    /// Progress last marked at `at` (an instant in the past).
+    pub(super) fn marked_at(at: Instant) -> Self {
+        Self { origin: at.into_std().min(std::time::Instant::now()), last_ms: Arc::default() }
+    }
+
     pub(super) fn mark(&self) {
         self.last_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -231,42 +332,5 @@ pub(super) async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// The socket's last steps once a session's `ending` is known: after an
-/// exit, `goodbye` (the exit status and the Close) goes through the queue,
-/// behind all the output, and is waited for as long as the client reads;
-/// otherwise the Close jumps the queue and the close handshake is bounded.
-/// Reading goes on meanwhile, so a client that leaves is noticed; then it
-/// reads until the client answers the Close, so unread input does not turn
-/// the close into a reset that could cost the client the end of its output.
-pub(super) async fn close_socket<I>(
-    exited: bool,
-    goodbye: Vec<Message>,
-    queue: &mpsc::Sender<Message>,
-    finish: oneshot::Sender<Option<Message>>,
-    writer: &mut tokio_util::task::AbortOnDropHandle<WriterStop>,
-    input: &mut I,
-) where
-    I: futures_util::future::FusedFuture + Unpin,
-{
-    let flush = async {
-        if exited {
-            for message in goodbye {
-                let _ = queue.send(message).await;
-            }
-        } else {
-            let _ = finish.send(goodbye.into_iter().next());
-        }
-        let _ = writer.await;
-    };
-    let bound = if exited { Duration::MAX } else { CLOSE_HANDSHAKE_TIMEOUT };
-    tokio::select! {
-        _ = timeout(bound, flush) => {}
-        _ = &mut *input, if !input.is_terminated() => return,
-    }
-    if !input.is_terminated() {
-        let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, input).await;
     }
 }

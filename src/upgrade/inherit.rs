@@ -33,3 +33,17 @@ pub(super) fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
     carry_across_exec(owned.as_fd(), false)?;
     Ok(owned)
 }
+
+/// The terminal whose master side is `fd` (one the program before this one
+/// carried): checked to be a pseudo-terminal master before it is taken as
+/// one.
+pub(crate) fn pty_master(fd: OwnedFd) -> io::Result<pty_process::Pty> {
+    // Only a pseudo-terminal master has a slave name.
+    rustix::pty::ptsname(&fd, Vec::new())?;
+    // Safety: `fd` is owned here and is a pseudo-terminal master, which is
+    // all `Pty::from_fd` asks.
+    unsafe { pty_process::Pty::from_fd(fd) }.map_err(|err| match err {
+        pty_process::Error::Io(err) => err,
+        other => io::Error::other(other.to_string()),
+    })
+}

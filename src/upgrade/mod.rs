@@ -43,6 +43,8 @@
 
 mod inherit;
 
+pub(crate) use inherit::pty_master;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, Read, Seek, Write};
@@ -52,10 +54,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The version of the hand-off this program writes.
-pub const VERSION: u32 = 1;
+/// The version of the hand-off this program writes. Version 2 carries
+/// sessions; version 1 (listeners and token memory only) is read as a
+/// hand-off with none.
+pub const VERSION: u32 = 2;
 /// The versions of the hand-off this program reads.
-pub const READS: &[u32] = &[1];
+pub const READS: &[u32] = &[1, 2];
 /// How `--check-upgrade` names the versions it reads: this, then the
 /// versions separated by commas.
 pub const CHECK_LINE: &str = "ws-subprocess hand-off versions: ";
@@ -156,8 +160,31 @@ pub struct Handoff {
     /// In-place upgrades that led to the program reading this, this one
     /// included.
     pub upgrades: u64,
+    /// The sessions, with their processes and connections (see
+    /// [`session::carry`](crate::session::CarriedSessions)); their
+    /// descriptors are held here ([`Handoff::keep`]).
+    #[serde(default)]
+    pub sessions: serde_json::Value,
     #[serde(skip)]
     held: Vec<OwnedFd>,
+}
+
+/// A hand-off as written: every field, and the numbers of all its
+/// descriptors.
+#[derive(Serialize)]
+struct Written<'a> {
+    #[serde(flatten)]
+    handoff: &'a Handoff,
+    held_numbers: &'a [RawFd],
+}
+
+/// A hand-off as read back.
+#[derive(Deserialize)]
+struct ReadBack {
+    #[serde(flatten)]
+    handoff: Handoff,
+    #[serde(default)]
+    held_numbers: Vec<RawFd>,
 }
 
 /// One carried descriptor.
@@ -184,13 +211,36 @@ impl Handoff {
         Ok(())
     }
 
+    /// Carries `fd` itself (no duplicate); returns the number it has here
+    /// and in the successor.
+    pub fn keep(&mut self, fd: OwnedFd) -> RawFd {
+        let number = fd.as_raw_fd();
+        self.held.push(fd);
+        number
+    }
+
+    /// Takes back the descriptor carried as `number` ([`Handoff::keep`]),
+    /// once.
+    pub fn take_fd(&mut self, number: RawFd) -> Option<OwnedFd> {
+        let at = self.held.iter().position(|fd| fd.as_raw_fd() == number)?;
+        Some(self.held.swap_remove(at))
+    }
+
+    /// How many descriptors it carries.
+    pub fn descriptor_count(&self) -> usize {
+        self.held.len()
+    }
+
     /// Writes this hand-off into a memory file (close-on-exec until
     /// [`exec`] carries it), ready to be read from the start.
     pub fn write(&self) -> Result<OwnedFd, UpgradeError> {
         let fd = rustix::fs::memfd_create("ws-subprocess-handoff", rustix::fs::MemfdFlags::CLOEXEC)
             .map_err(|e| handoff_error(io::Error::from(e)))?;
-        let mut file = std::fs::File::from(fd);
-        serde_json::to_writer(&mut file, self).map_err(handoff_error)?;
+        let mut file = std::io::BufWriter::new(std::fs::File::from(fd));
+        let numbers: Vec<RawFd> = self.held.iter().map(AsRawFd::as_raw_fd).collect();
+        let written = Written { handoff: self, held_numbers: &numbers };
+        serde_json::to_writer(&mut file, &written).map_err(handoff_error)?;
+        let mut file = file.into_inner().map_err(|e| handoff_error(e.into_error()))?;
         file.flush().map_err(handoff_error)?;
         file.rewind().map_err(handoff_error)?;
         Ok(file.into())
@@ -203,12 +253,16 @@ impl Handoff {
         let mut file = std::fs::File::from(inherit::adopt(fd).map_err(handoff_error)?);
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(handoff_error)?;
-        let mut handoff: Handoff = serde_json::from_str(&text).map_err(handoff_error)?;
+        let ReadBack { mut handoff, held_numbers: mut numbers } = serde_json::from_str(&text).map_err(handoff_error)?;
         if !READS.contains(&handoff.version) {
             return Err(handoff_error(format!("version {} is not one this program reads", handoff.version)));
         }
-        for carried in handoff.descriptors.values() {
-            handoff.held.push(inherit::adopt(carried.fd).map_err(handoff_error)?);
+        // Version 1 listed only the named ones.
+        numbers.extend(handoff.descriptors.values().map(|carried| carried.fd));
+        numbers.sort_unstable();
+        numbers.dedup();
+        for number in numbers {
+            handoff.held.push(inherit::adopt(number).map_err(handoff_error)?);
         }
         Ok(handoff)
     }

@@ -50,7 +50,8 @@ pub enum OutputMode {
 }
 
 /// Which stream an output is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputStream {
     /// stdout (or both, merged, or the terminal).
     Stdout,
@@ -59,7 +60,7 @@ pub enum OutputStream {
 }
 
 /// The subprotocol a session speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Protocol {
     /// No subprotocol: output as binary messages, every message to stdin,
     /// the exit status in the Close code.

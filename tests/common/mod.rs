@@ -404,6 +404,15 @@ impl Binary {
     }
 }
 
+/// A test that fails shows the binary's log.
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- the binary's log ---\n{}", self.log());
+        }
+    }
+}
+
 /// Sends `text` to a session of `/bin/cat` and waits (five seconds at most)
 /// for its echo.
 pub async fn echoes<S>(ws: &mut WebSocketStream<S>, text: &str)

@@ -35,6 +35,21 @@ impl History {
         Self { chunks: VecDeque::new(), start: 0, end: 0, cap: cap.max(1), kept: 0 }
     }
 
+    /// A history as the program before this one left it: `chunks` from
+    /// offset `start` on, within `cap`.
+    pub(crate) fn restored(cap: usize, start: u64, chunks: impl IntoIterator<Item = (OutputStream, Bytes)>) -> Self {
+        let mut history = Self { chunks: VecDeque::new(), start, end: start, cap: cap.max(1), kept: 0 };
+        for (stream, data) in chunks {
+            history.push(stream, data);
+        }
+        history
+    }
+
+    /// The chunks it keeps, oldest first.
+    pub(crate) fn chunks(&self) -> impl Iterator<Item = (OutputStream, Bytes)> + '_ {
+        self.chunks.iter().map(|(_, stream, data)| (*stream, data.clone()))
+    }
+
     /// Drops the chunks wholly before `offset` (taken by every client of a
     /// session nobody replays).
     pub(crate) fn forget_before(&mut self, offset: u64) {

@@ -11,4 +11,5 @@ pub(crate) mod history;
 pub mod record;
 mod registry;
 
+pub(crate) use registry::Reservation;
 pub use registry::SharedSessions;

@@ -22,6 +22,17 @@ pub struct Recorder {
     state: Mutex<State>,
 }
 
+/// A recording between two programs; see [`Recorder::hand_over`].
+#[derive(Debug)]
+pub(crate) struct RecorderParts {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    pub(crate) started: Instant,
+    pub(crate) input: bool,
+    pub(crate) output_carry: Vec<u8>,
+    pub(crate) input_carry: Vec<u8>,
+}
+
 #[derive(Debug)]
 struct State {
     file: Option<BufWriter<File>>,
@@ -68,6 +79,35 @@ impl Recorder {
     /// The file written.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Stops writing here and gives what another program needs to go on
+    /// writing the same recording (an in-place upgrade): the file, its
+    /// path, when it started and the partial UTF-8 sequences held back.
+    /// `None` once the recording failed.
+    pub(crate) fn hand_over(&self) -> Option<RecorderParts> {
+        let mut state = self.lock();
+        let file = state.file.take()?.into_inner().ok()?;
+        Some(RecorderParts {
+            file,
+            path: self.path.clone(),
+            started: self.started,
+            input: self.input,
+            output_carry: std::mem::take(&mut state.output_carry),
+            input_carry: std::mem::take(&mut state.input_carry),
+        })
+    }
+
+    /// The recording another program handed over, written on from where
+    /// it stopped (its times still count from its start).
+    pub(crate) fn resumed(parts: RecorderParts) -> Self {
+        let RecorderParts { file, path, started, input, output_carry, input_carry } = parts;
+        Self {
+            path,
+            started,
+            input,
+            state: Mutex::new(State { file: Some(BufWriter::new(file)), output_carry, input_carry }),
+        }
     }
 
     /// Output of the session.

@@ -16,17 +16,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// A controller answering each token with its own spec.
 async fn controller(specs: &[(&str, Value)]) -> Controller {
-    let specs: HashMap<String, String> = specs.iter().map(|(t, s)| (t.to_string(), s.to_string())).collect();
-    Controller::start(move |seen| {
-        let answer = specs.get(&seen.token().unwrap_or_default()).cloned();
-        async move {
-            match answer {
-                Some(spec) => json(StatusCode::OK, spec),
-                None => json(StatusCode::FORBIDDEN, "{}"),
-            }
-        }
-    })
-    .await
+    Controller::answering(specs).await
 }
 
 /// One client of a session, in the raw protocol or v5.
@@ -152,23 +142,6 @@ async fn until_no_such_session(server: &TestServer, token: &str) {
     tokio::time::timeout(Duration::from_secs(5), gone).await.expect("the session outlived keep");
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The numbers of the `line N …` lines in `output`, in order.
-fn line_numbers(output: &[u8]) -> Vec<u64> {
-    String::from_utf8_lossy(output)
-        .split(['\n', '\r'])
-        .filter_map(|line| line.trim().strip_prefix("line ")?.split(' ').next()?.parse().ok())
-        .collect()
-}
-
-/// A script printing `line N` every 20 ms, and answering each input line
-/// with `got <line>`.
-const COUNTER: &str = "(i=0; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.02; done) & \
-                       while read l; do echo \"got $l\"; done";
-
 async fn resume(v5: bool, tty: bool) {
     let spec = json!({"command": "/bin/sh", "args": ["-c", COUNTER], "tty": tty,
                       "session": {"id": "resume-me", "keep": "30s"}});
@@ -187,9 +160,7 @@ async fn resume(v5: bool, tty: bool) {
     assert_eq!(again.info.as_ref().unwrap()["offset"], had as u64);
     let mut all = first.output.clone();
     all.extend_from_slice(&again.output);
-    let numbers = line_numbers(&all);
-    let expected: Vec<u64> = (1..=*numbers.last().unwrap()).collect();
-    assert_eq!(numbers, expected, "lines missing or repeated across the reattach");
+    assert_gap_free(&all, "across the reattach");
     // Typing works again.
     again.type_in("hello\n").await;
     again.read_until("got hello").await;

@@ -58,6 +58,11 @@ impl Activity {
         self.started.load(Ordering::Acquire) > 0
     }
 
+    /// Whether a request has been answered and none is in flight now.
+    pub(super) fn idle_after_request(&self) -> bool {
+        self.any_request() && self.in_flight.load(Ordering::Acquire) == 0
+    }
+
     /// When the connection is idle or stalled for `timeout` if nothing
     /// happens until then (before any request: `timeout` after the accept);
     /// `None` while a request waits for its response.

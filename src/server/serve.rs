@@ -302,8 +302,8 @@ impl Http {
 /// protocol detection nor HTTP/2); closes it gracefully once it has been
 /// idle or stalled (see [`Activity`]) for `$timeout`, and drops it if it is
 /// so for `$timeout` again after that; shuts it down gracefully once `$stop` is
-/// cancelled (on a `$handover`, a connection that has begun no request yet
-/// is shut down only once it has: its first request is served). `None`
+/// cancelled (on a `$handover`, only once it is idle after a request: the
+/// request in progress, or the first, is served). `None`
 /// when it was closed for a deadline. (A macro, since the
 /// connection types share these methods but no trait.)
 macro_rules! drive {
@@ -319,7 +319,7 @@ macro_rules! drive {
                     break Some(result.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into));
                 }
                 _ = activity.changed() => {
-                    if after_first && activity.any_request() {
+                    if after_first && activity.idle_after_request() {
                         after_first = false;
                         connection.as_mut().graceful_shutdown();
                     }
@@ -344,7 +344,12 @@ macro_rules! drive {
                 }
                 _ = $stop.cancelled(), if !stopping => {
                     stopping = true;
-                    if $handover.load(Ordering::Acquire) && !activity.any_request() {
+                    // On a hand-over, a request in progress is answered as
+                    // usual (a shutdown now would make it `Connection:
+                    // close`, which spoils a 101), as is the first of a
+                    // connection that has sent none yet; the connection
+                    // closes once it is idle after one.
+                    if $handover.load(Ordering::Acquire) && !activity.idle_after_request() {
                         after_first = true;
                     } else if !closing {
                         connection.as_mut().graceful_shutdown();

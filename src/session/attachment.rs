@@ -28,7 +28,7 @@ use super::socket::{
     CLOSE_HANDSHAKE_TIMEOUT, Ending, OUTGOING_QUEUE, Progress, WriterEnd, WriterStop, farewell, next_input, write_loop,
 };
 use crate::spec::Role;
-use crate::websocket::{Input, OutputStream, Protocol};
+use crate::websocket::{Hold, Input, OutputStream, Protocol};
 
 /// How a connection joins a session.
 #[derive(Debug, Clone)]
@@ -96,8 +96,7 @@ pub(crate) struct FrozenAttachment<Tx, Rx> {
 /// place when it was taken before the session started (its first client).
 pub(crate) async fn attach<Tx, Rx>(
     shared: Arc<Shared>,
-    tx: Tx,
-    rx: Rx,
+    (tx, rx, hold): (Tx, Rx, Hold),
     protocol: Protocol,
     joining: Joining,
     guard: Option<WriterGuard>,
@@ -143,7 +142,7 @@ where
         finished,
         (settings.ping_interval, settings.pong_timeout),
         progress.clone(),
-        freeze.clone(),
+        (freeze.clone(), hold),
     )));
     let offset = AtomicU64::new(start.offset);
     let mut parts = Parts { writer: None, rx: None, in_hand: None };
@@ -274,14 +273,23 @@ where
     }
     drop(finish);
     if parts.rx.is_none() {
-        // The Close is out: a hand-over need not wait for the answer.
+        // The Close is out; a hand-over waits a little for the answer, but
+        // not as long.
+        let answered = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut input);
+        tokio::pin!(answered);
         tokio::select! {
-            _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut input) => {}
-            _ = freeze.cancelled() => {}
+            _ = &mut answered => {}
+            _ = freeze.cancelled() => {
+                let _ = tokio::time::timeout(FREEZE_CLOSE_WAIT, answered).await;
+            }
         }
     }
     AttachEnd::Ended(ending)
 }
+
+/// How long a connection that was told goodbye waits for the client's
+/// answer once a hand-over began: the hand-over waits for it.
+const FREEZE_CLOSE_WAIT: Duration = Duration::from_millis(250);
 
 /// Waits for `future` until `at`, or for as long as it takes.
 async fn timeout_at_some<F: std::future::Future>(at: Option<Instant>, future: F) -> Option<F::Output> {

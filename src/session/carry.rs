@@ -53,6 +53,7 @@ pub(crate) enum FrozenPart {
     /// One connection to it.
     Attachment {
         shared: Arc<Shared>,
+        settings: Arc<SessionSettings>,
         attachment: Box<FrozenAttachment<SplitSink<Socket, Message>, SplitStream<Socket>>>,
         protocol: Protocol,
         peer: PeerAddr,
@@ -81,17 +82,13 @@ pub struct CarriedSession {
     peer: String,
     started: Mono,
     settings: CarriedSettings,
-    process: CarriedProcess,
+    /// The process and where it stands; `None` once the session's process
+    /// is over and only its clients are still being told so.
+    engine: Option<CarriedEngine>,
     history: CarriedHistory,
     /// A terminal session's screen: its size and a repaint.
     screen: Option<(TerminalSize, B64)>,
-    phase: CarriedPhase,
-    keep_until: Option<Mono>,
-    time_limit: Option<Mono>,
     last_activity: Mono,
-    /// Input not yet written to the process, in order.
-    input: Vec<CarriedControl>,
-    input_open: bool,
     ended: Option<CarriedEnded>,
     stopping: Option<Ending>,
     departure: Option<Ending>,
@@ -99,6 +96,18 @@ pub struct CarriedSession {
     bytes_in: u64,
     bytes_out: u64,
     attachments: Vec<CarriedAttachment>,
+}
+
+/// A session's engine: its process, and where the session stands.
+#[derive(Debug, Serialize, Deserialize)]
+struct CarriedEngine {
+    process: CarriedProcess,
+    phase: CarriedPhase,
+    keep_until: Option<Mono>,
+    time_limit: Option<Mono>,
+    /// Input not yet written to the process, in order.
+    input: Vec<CarriedControl>,
+    input_open: bool,
 }
 
 /// The settings a session started with, which it keeps.
@@ -284,10 +293,12 @@ pub(crate) async fn carry(parts: Vec<FrozenPart>, handoff: &mut Handoff, next_nu
         match part {
             FrozenPart::Engine { shared, engine, settings } => {
                 let gathered = sessions.entry(Arc::as_ptr(&shared) as usize).or_insert_with(|| Gathered::new(&shared));
-                gathered.engine = Some((*engine, settings));
+                gathered.engine = Some(*engine);
+                gathered.settings = Some(settings);
             }
-            FrozenPart::Attachment { shared, attachment, protocol, peer } => {
+            FrozenPart::Attachment { shared, settings, attachment, protocol, peer } => {
                 let gathered = sessions.entry(Arc::as_ptr(&shared) as usize).or_insert_with(|| Gathered::new(&shared));
+                gathered.settings.get_or_insert(settings);
                 let FrozenAttachment { tx, rx, unsent, role, offset, in_hand, closing } = *attachment;
                 let Ok(mut socket) = tx.reunite(rx) else { continue };
                 if !socket.get_ref().carryable() {
@@ -333,55 +344,25 @@ pub(crate) async fn carry(parts: Vec<FrozenPart>, handoff: &mut Handoff, next_nu
 /// A session's parts, as they come in.
 struct Gathered {
     shared: Arc<Shared>,
-    engine: Option<(Engine, Arc<SessionSettings>)>,
+    engine: Option<Engine>,
+    settings: Option<Arc<SessionSettings>>,
     attachments: Vec<CarriedAttachment>,
 }
 
 impl Gathered {
     fn new(shared: &Arc<Shared>) -> Self {
-        Self { shared: shared.clone(), engine: None, attachments: Vec::new() }
+        Self { shared: shared.clone(), engine: None, settings: None, attachments: Vec::new() }
     }
 
     /// The session as data, its descriptors kept in `handoff`.
     fn write(self, handoff: &mut Handoff) -> Result<CarriedSession, CarryError> {
-        let Self { shared, engine, attachments } = self;
-        let (engine, settings) = engine.ok_or_else(|| carry_error("an attachment without its session"))?;
-        let Engine { process, mut feed, pending, outputs, phase, keep_until, time_limit } = engine;
+        let Self { shared, engine, settings, mut attachments } = self;
+        let settings = settings.ok_or_else(|| carry_error("nothing of the session was frozen"))?;
         let snapshot = shared.snapshot();
-        // Input in order: what was being written, what the engine had,
-        // what was queued, what the connections held.
-        let mut input: Vec<CarriedControl> =
-            feed.unwritten().map(|data| CarriedControl::Stdin(B64(data))).into_iter().collect();
-        input.extend(pending.into_iter().map(Into::into));
-        input.extend(shared.queued_input().into_iter().map(Into::into));
-        let mut attachments = attachments;
-        for attachment in &mut attachments {
-            if let Some(control) = attachment.in_hand.take() {
-                input.push(control);
-            }
+        if engine.is_none() && snapshot.ended.is_none() {
+            return Err(carry_error("a running session's connection without its engine"));
         }
-        let input_open = feed.is_open();
-        let stdin = feed.take_input();
-        let tty = process.is_tty();
-        let mut stdin_fd = None;
-        let mut pty = None;
-        let mut carried_outputs = Vec::with_capacity(outputs.len());
-        let mut stdin = stdin;
-        for Reading { output, held, done } in outputs {
-            let stream = output.stream;
-            let fd = if tty {
-                pty = Some(handoff.keep(output.into_fd(stdin.take()).map_err(carry_error)?));
-                None
-            } else {
-                Some(handoff.keep(output.into_fd(None).map_err(carry_error)?))
-            };
-            carried_outputs.push(CarriedOutput { stream, fd, held: held.map(B64), done });
-        }
-        if let Some(stdin) = stdin.and_then(ProcessInput::into_pipe_fd) {
-            stdin_fd = Some(handoff.keep(stdin));
-        }
-        let ProcessParts { pid, pidfd, tty, cgroup } =
-            process.into_parts().ok_or_else(|| carry_error("the process was reaped already"))?;
+        let engine = engine.map(|engine| write_engine(engine, &shared, &mut attachments, handoff)).transpose()?;
         let recorder = shared.recorder.as_ref().and_then(|recorder| recorder.hand_over()).map(
             |RecorderParts { file, path, started, input, output_carry, input_carry }| CarriedRecorder {
                 fd: handoff.keep(file.into()),
@@ -417,31 +398,14 @@ impl Gathered {
                 idle_timeout: settings.idle_timeout,
                 max_session_duration: settings.max_session_duration,
             },
-            process: CarriedProcess {
-                pid,
-                pidfd: handoff.keep(pidfd),
-                tty,
-                cgroup,
-                stdin: stdin_fd,
-                pty,
-                outputs: carried_outputs,
-            },
+            engine,
             history: CarriedHistory {
                 cap: snapshot.cap,
                 start: snapshot.start,
                 chunks: snapshot.chunks.into_iter().map(|(stream, data)| (stream, B64(data))).collect(),
             },
             screen: snapshot.screen.map(|(size, repaint)| (size, B64(repaint.into()))),
-            phase: match phase {
-                Phase::Running => CarriedPhase::Running,
-                Phase::Stopping { reason, kill_at } => CarriedPhase::Stopping { reason, kill_at: Mono::of(kill_at) },
-                Phase::Draining { reason } => CarriedPhase::Draining { reason },
-            },
-            keep_until: keep_until.map(Mono::of),
-            time_limit: time_limit.map(Mono::of),
             last_activity: Mono::of(snapshot.last_activity),
-            input,
-            input_open,
             ended: snapshot.ended.map(|ended| CarriedEnded {
                 status: ended.status.map(std::os::unix::process::ExitStatusExt::into_raw),
                 oom: ended.oom,
@@ -456,11 +420,64 @@ impl Gathered {
     }
 }
 
+/// A session's engine as data, its descriptors kept in `handoff`; the
+/// input its connections held joins the rest.
+fn write_engine(
+    engine: Engine,
+    shared: &Shared,
+    attachments: &mut [CarriedAttachment],
+    handoff: &mut Handoff,
+) -> Result<CarriedEngine, CarryError> {
+    let Engine { process, mut feed, pending, outputs, phase, keep_until, time_limit } = engine;
+    // Input in order: what was being written, what the engine had, what
+    // was queued, what the connections held.
+    let mut input: Vec<CarriedControl> =
+        feed.unwritten().map(|data| CarriedControl::Stdin(B64(data))).into_iter().collect();
+    input.extend(pending.into_iter().map(Into::into));
+    input.extend(shared.queued_input().into_iter().map(Into::into));
+    for attachment in attachments.iter_mut() {
+        if let Some(control) = attachment.in_hand.take() {
+            input.push(control);
+        }
+    }
+    let input_open = feed.is_open();
+    let mut stdin = feed.take_input();
+    let tty = process.is_tty();
+    let mut pty = None;
+    let mut carried_outputs = Vec::with_capacity(outputs.len());
+    for Reading { output, held, done } in outputs {
+        let stream = output.stream;
+        let fd = if tty {
+            pty = Some(handoff.keep(output.into_fd(stdin.take()).map_err(carry_error)?));
+            None
+        } else {
+            Some(handoff.keep(output.into_fd(None).map_err(carry_error)?))
+        };
+        carried_outputs.push(CarriedOutput { stream, fd, held: held.map(B64), done });
+    }
+    let stdin = stdin.and_then(ProcessInput::into_pipe_fd).map(|fd| handoff.keep(fd));
+    let ProcessParts { pid, pidfd, tty, cgroup } =
+        process.into_parts().ok_or_else(|| carry_error("the process was reaped already"))?;
+    Ok(CarriedEngine {
+        process: CarriedProcess { pid, pidfd: handoff.keep(pidfd), tty, cgroup, stdin, pty, outputs: carried_outputs },
+        phase: match phase {
+            Phase::Running => CarriedPhase::Running,
+            Phase::Stopping { reason, kill_at } => CarriedPhase::Stopping { reason, kill_at: Mono::of(kill_at) },
+            Phase::Draining { reason } => CarriedPhase::Draining { reason },
+        },
+        keep_until: keep_until.map(Mono::of),
+        time_limit: time_limit.map(Mono::of),
+        input,
+        input_open,
+    })
+}
+
 /// A session built again from its data: not yet running.
 #[derive(Debug)]
 pub(crate) struct RestoredSession {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) engine: Engine,
+    /// `None` for a session whose process is over.
+    pub(crate) engine: Option<Engine>,
     pub(crate) settings: Arc<SessionSettings>,
     pub(crate) attachments: Vec<RestoredAttachment>,
 }
@@ -497,60 +514,7 @@ impl CarriedSession {
         let mut take = |number: RawFd| -> Result<OwnedFd, CarryError> {
             handoff.take_fd(number).ok_or_else(|| carry_error(format!("descriptor {number} was not carried")))
         };
-        let CarriedProcess { pid, pidfd, tty, cgroup, stdin, pty, outputs } = self.process;
-        let pidfd = take(pidfd)?;
-        let mut stdin_input =
-            stdin.map(&mut take).transpose()?.map(ProcessInput::from_pipe).transpose().map_err(carry_error)?;
-        let mut readings = Vec::with_capacity(outputs.len());
-        let mut pty_halves = match pty {
-            Some(fd) => {
-                let pty = crate::upgrade::pty_master(take(fd)?).map_err(carry_error)?;
-                let (output, input) = ProcessOutput::from_pty(pty);
-                stdin_input = Some(input);
-                Some(output)
-            }
-            None => None,
-        };
-        for CarriedOutput { stream, fd, held, done } in outputs {
-            let output = match fd {
-                Some(fd) => ProcessOutput::from_pipe(stream, take(fd)?).map_err(carry_error)?,
-                None => pty_halves.take().ok_or_else(|| carry_error("a terminal output without its terminal"))?,
-            };
-            readings.push(Reading { output, held: held.map(|b| b.0), done });
-        }
-        let cgroup = match (cgroup, cgroups) {
-            (Some(dir), Some(root)) => Some(root.adopt(&dir).map_err(carry_error)?),
-            (Some(dir), None) => {
-                return Err(carry_error(format!("its cgroup {} is in no root this server uses", dir.display())));
-            }
-            (None, _) => None,
-        };
-        let process = Process::from_parts(ProcessParts { pid, pidfd, tty, cgroup: None }, cgroup, None, Vec::new())
-            .map_err(carry_error)?;
-        let mut input: VecDeque<Control> = self.input.into_iter().map(Into::into).collect();
-        // The first chunk may be the rest of one being written.
-        let unwritten = match input.front() {
-            Some(Control::Stdin(_)) => match input.pop_front() {
-                Some(Control::Stdin(data)) => Some(data),
-                _ => None,
-            },
-            _ => None,
-        };
-        let feed = Feed::resumed(stdin_input, self.input_open, unwritten);
-        let phase = match self.phase {
-            CarriedPhase::Running => Phase::Running,
-            CarriedPhase::Stopping { reason, kill_at } => Phase::Stopping { reason, kill_at: kill_at.instant() },
-            CarriedPhase::Draining { reason } => Phase::Draining { reason },
-        };
-        let engine = Engine {
-            process,
-            feed,
-            pending: input,
-            outputs: readings,
-            phase,
-            keep_until: self.keep_until.map(Mono::instant),
-            time_limit: self.time_limit.map(Mono::instant),
-        };
+        let engine = self.engine.map(|engine| restore_engine(engine, &mut take, cgroups)).transpose()?;
         let recorder = match self.recorder {
             Some(CarriedRecorder { fd, path, started, input, output_carry, input_carry }) => {
                 let file = std::fs::File::from(take(fd)?);
@@ -585,8 +549,9 @@ impl CarriedSession {
             .max_session_duration(max_session_duration)
             .build()
             .unwrap_or_else(|_| base.clone());
+        let cap = self.history.cap;
         let history = History::restored(
-            self.history.cap,
+            cap,
             self.history.start,
             self.history.chunks.into_iter().map(|(stream, data)| (stream, data.0)),
         );
@@ -604,7 +569,7 @@ impl CarriedSession {
             bytes_out: self.bytes_out,
         };
         let kind = match self.keep {
-            Some(keep) => Kind::Named { keep, history: self.history.cap },
+            Some(keep) => Kind::Named { keep, history: cap },
             None => Kind::Plain,
         };
         let about =
@@ -623,11 +588,71 @@ impl CarriedSession {
                 unsent: attachment.unsent.0.to_vec(),
                 closing: attachment.closing.map(Mono::instant),
             });
-            // Input it held is already in the session's input.
-            debug_assert!(attachment.in_hand.is_none());
         }
         Ok(RestoredSession { shared, engine, settings: Arc::new(settings), attachments })
     }
+}
+
+/// An engine built again, its descriptors taken with `take`.
+fn restore_engine(
+    engine: CarriedEngine,
+    take: &mut impl FnMut(RawFd) -> Result<OwnedFd, CarryError>,
+    cgroups: Option<&CgroupRoot>,
+) -> Result<Engine, CarryError> {
+    let CarriedProcess { pid, pidfd, tty, cgroup, stdin, pty, outputs } = engine.process;
+    let pidfd = take(pidfd)?;
+    let mut stdin_input = match stdin {
+        Some(fd) => Some(ProcessInput::from_pipe(take(fd)?).map_err(carry_error)?),
+        None => None,
+    };
+    let mut terminal = match pty {
+        Some(fd) => {
+            let pty = crate::upgrade::pty_master(take(fd)?).map_err(carry_error)?;
+            let (output, input) = ProcessOutput::from_pty(pty);
+            stdin_input = Some(input);
+            Some(output)
+        }
+        None => None,
+    };
+    let mut readings = Vec::with_capacity(outputs.len());
+    for CarriedOutput { stream, fd, held, done } in outputs {
+        let output = match fd {
+            Some(fd) => ProcessOutput::from_pipe(stream, take(fd)?).map_err(carry_error)?,
+            None => terminal.take().ok_or_else(|| carry_error("a terminal output without its terminal"))?,
+        };
+        readings.push(Reading { output, held: held.map(|b| b.0), done });
+    }
+    let cgroup = match (cgroup, cgroups) {
+        (Some(dir), Some(root)) => Some(root.adopt(&dir).map_err(carry_error)?),
+        (Some(dir), None) => {
+            return Err(carry_error(format!("its cgroup {} is in no root this server uses", dir.display())));
+        }
+        (None, _) => None,
+    };
+    let parts = ProcessParts { pid, pidfd, tty, cgroup: None };
+    let process = Process::from_parts(parts, cgroup, None, Vec::new()).map_err(carry_error)?;
+    let mut input: VecDeque<Control> = engine.input.into_iter().map(Into::into).collect();
+    // The first chunk may be the rest of one being written.
+    let unwritten = match input.front() {
+        Some(Control::Stdin(_)) => match input.pop_front() {
+            Some(Control::Stdin(data)) => Some(data),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(Engine {
+        process,
+        feed: Feed::resumed(stdin_input, engine.input_open, unwritten),
+        pending: input,
+        outputs: readings,
+        phase: match engine.phase {
+            CarriedPhase::Running => Phase::Running,
+            CarriedPhase::Stopping { reason, kill_at } => Phase::Stopping { reason, kill_at: kill_at.instant() },
+            CarriedPhase::Draining { reason } => Phase::Draining { reason },
+        },
+        keep_until: engine.keep_until.map(Mono::instant),
+        time_limit: engine.time_limit.map(Mono::instant),
+    })
 }
 
 impl CarriedSessions {
@@ -638,8 +663,8 @@ impl CarriedSessions {
     /// may have exited during the upgrade.
     pub fn claim_leaders(handoff: &Handoff) {
         if let Ok(carried) = Self::from_handoff(handoff) {
-            for session in &carried.sessions {
-                crate::contain::register(session.process.pid);
+            for engine in carried.sessions.iter().filter_map(|session| session.engine.as_ref()) {
+                crate::contain::register(engine.process.pid);
             }
         }
     }

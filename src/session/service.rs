@@ -32,7 +32,7 @@ use crate::reply::{self, Body};
 use crate::spec::CommandSpec;
 use crate::spec::Role;
 use crate::upgrade::Handoff;
-use crate::websocket::{Conn, PendingSocket, Protocol, Socket, WebSocketUpgrade};
+use crate::websocket::{Conn, Hold, PendingSocket, Protocol, Socket, WebSocketUpgrade};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -310,9 +310,11 @@ impl ServeSubprocess {
             };
             let RestoredSession { shared, engine, settings, attachments } = restored;
             let about = &shared.about;
-            let span = tracing::info_span!("session", id = number, peer = %about.peer, command = %about.command, pid = engine.process.id());
+            let pid = engine.as_ref().map_or(0, |engine| engine.process.id());
+            let span = tracing::info_span!("session", id = number, peer = %about.peer, command = %about.command, pid);
             let context = SessionContext { settings, ..self.context() };
-            let reservation = match &shared.id {
+            // A session whose process is over only tells its clients so.
+            let reservation = match shared.id.as_ref().filter(|_| engine.is_some()) {
                 Some(id) => match self.detached.reserve(id) {
                     Some(mut reservation) => {
                         reservation.run(shared.clone());
@@ -338,8 +340,7 @@ impl ServeSubprocess {
                         continue;
                     }
                 };
-                let mut conn = Conn::resumed(io, attachment.unread, attachment.unsent);
-                conn.hold_on(context.handover.clone());
+                let conn = Conn::resumed(io, attachment.unread, attachment.unsent);
                 let connection = Connection { protocol: attachment.protocol, peer: attachment.peer };
                 if let Some(until) = attachment.closing {
                     self.sessions.spawn(finish_closing(conn, until).instrument(span.clone()));
@@ -359,12 +360,14 @@ impl ServeSubprocess {
                 connections.push((socket, connection, joining, guard));
             }
             resumed += 1;
-            let place = (Some(permit()), reservation);
+            let place = (engine.is_some().then(permit), reservation);
             match shared.kind() {
                 Kind::Named { .. } => {
-                    let driver =
-                        run_engine(shared.clone(), engine, place, false, context.clone(), self.sessions.clone());
-                    self.sessions.spawn(driver.instrument(span.clone()));
+                    if let Some(engine) = engine {
+                        let driver =
+                            run_engine(shared.clone(), engine, place, false, context.clone(), self.sessions.clone());
+                        self.sessions.spawn(driver.instrument(span.clone()));
+                    }
                     for (socket, connection, joining, guard) in connections {
                         let attachment = attach_socket(
                             shared.clone(),
@@ -451,13 +454,13 @@ async fn run_plain(
     let writer = shared.writer();
     let joining = Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: false };
     let socket = Some((socket, connection, joining, Some(writer)));
-    plain(shared, engine, socket, (permit, None), true, context, sessions).await;
+    plain(shared, Some(engine), socket, (permit, None), true, context, sessions).await;
 }
 
 /// A plain session carried from the program before this one.
 async fn resume_plain(
     shared: Arc<Shared>,
-    engine: Engine,
+    engine: Option<Engine>,
     socket: Option<(Socket, Connection, Joining, Option<WriterGuard>)>,
     place: Place,
     context: SessionContext,
@@ -468,7 +471,7 @@ async fn resume_plain(
 
 async fn plain(
     shared: Arc<Shared>,
-    engine: Engine,
+    engine: Option<Engine>,
     socket: Option<(Socket, Connection, Joining, Option<WriterGuard>)>,
     place: Place,
     fresh: bool,
@@ -476,19 +479,31 @@ async fn plain(
     sessions: Sessions,
 ) {
     let _place = place;
-    let _active = if fresh { context.metrics.session_started() } else { context.metrics.session_carried() };
+    let _active = match (&engine, fresh) {
+        (None, _) => None,
+        (Some(_), true) => Some(context.metrics.session_started()),
+        (Some(_), false) => Some(context.metrics.session_carried()),
+    };
     let (settings, shutdown, handover) = (context.settings.clone(), context.shutdown.clone(), context.handover.clone());
-    let run = shared.clone().run(engine, settings.clone(), shutdown, handover);
+    let run = async {
+        match engine {
+            Some(engine) => Some(shared.clone().run(engine, settings.clone(), shutdown, handover).await),
+            None => None,
+        }
+    };
     let attached = async {
         if let Some((mut socket, connection, joining, guard)) = socket {
-            socket.get_mut().hold_on(context.handover.clone());
+            let hold = Hold::new();
+            socket.get_mut().hold_with(hold.clone());
             let (tx, rx) = socket.split();
-            let end = attach(shared.clone(), tx, rx, connection.protocol, joining, guard, &context).await;
-            after_attach(end, &shared, connection, &sessions);
+            let end = attach(shared.clone(), (tx, rx, hold), connection.protocol, joining, guard, &context).await;
+            after_attach(end, &shared, connection, &context, &sessions);
         }
     };
     let (run, ()) = tokio::join!(run, attached);
-    after_run(run, &shared, settings, &context, &sessions);
+    if let Some(run) = run {
+        after_run(run, &shared, settings, &context, &sessions);
+    }
 }
 
 /// A named session's engine, in a task of its own; its connections come
@@ -533,6 +548,7 @@ fn after_attach(
     end: AttachEnd<SplitSink<Socket, Message>, SplitStream<Socket>>,
     shared: &Arc<Shared>,
     connection: Connection,
+    context: &SessionContext,
     sessions: &Sessions,
 ) {
     match end {
@@ -543,6 +559,7 @@ fn after_attach(
         }
         AttachEnd::Frozen(attachment) => sessions.deposit(FrozenPart::Attachment {
             shared: shared.clone(),
+            settings: context.settings.clone(),
             attachment: Box::new(attachment),
             protocol: connection.protocol,
             peer: connection.peer,
@@ -578,10 +595,11 @@ async fn attach_socket(
     context: SessionContext,
     sessions: Sessions,
 ) {
-    socket.get_mut().hold_on(context.handover.clone());
+    let hold = Hold::new();
+    socket.get_mut().hold_with(hold.clone());
     let (tx, rx) = socket.split();
-    let end = attach(shared.clone(), tx, rx, connection.protocol, joining, guard, &context).await;
-    after_attach(end, &shared, connection, &sessions);
+    let end = attach(shared.clone(), (tx, rx, hold), connection.protocol, joining, guard, &context).await;
+    after_attach(end, &shared, connection, &context, &sessions);
 }
 
 /// A connection carried while its session was saying goodbye to it: the

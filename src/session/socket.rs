@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::websocket::{Input, Protocol};
+use crate::websocket::{Hold, Input, Protocol};
 
 /// Messages queued for one client's writer.
 pub(super) const OUTGOING_QUEUE: usize = 4;
@@ -168,11 +168,29 @@ pub(super) enum WriterEnd<Tx> {
 /// socket's buffers and our own are full) means the client is gone, however
 /// many pings it sends meanwhile.
 ///
-/// Once `freeze` is cancelled it stops between steps and gives back the
-/// sink and what it had not handed to it: the connection is being handed
-/// over (see [`Conn`](crate::websocket::Conn), which from then on keeps
-/// whatever the sink writes).
+/// Once `freeze` is cancelled it stops between steps, sets `hold` (the
+/// connection keeps whatever the sink writes from then on: see
+/// [`Conn`](crate::websocket::Conn)) and gives back the sink and what it
+/// had not handed to it: the connection is being handed over.
 pub(super) async fn write_loop<Tx>(
+    tx: Tx,
+    queue: mpsc::Receiver<Message>,
+    finish: oneshot::Receiver<Option<Message>>,
+    keepalive: (Duration, Duration),
+    progress: Progress,
+    (freeze, hold): (CancellationToken, Hold),
+) -> WriterEnd<Tx>
+where
+    Tx: Sink<Message, Error = WsError> + Unpin,
+{
+    let end = write_until(tx, queue, finish, keepalive, progress, freeze).await;
+    if matches!(end, WriterEnd::Frozen { .. }) {
+        hold.set();
+    }
+    end
+}
+
+async fn write_until<Tx>(
     mut tx: Tx,
     mut queue: mpsc::Receiver<Message>,
     mut finish: oneshot::Receiver<Option<Message>>,

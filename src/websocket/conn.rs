@@ -8,9 +8,9 @@
 //!   being read, and keeps a copy of the bytes of the message being read
 //!   until that message is whole, so the reader's buffers hold nothing that
 //!   is not also here;
-//! - once told to hold ([`Conn::hold_on`]), it takes whatever is written
-//!   without writing it, so flushing the WebSocket completes at once and
-//!   leaves every byte of output here.
+//! - once told to hold (through its [`Hold`]), it takes whatever is
+//!   written without writing it, so flushing the WebSocket completes at
+//!   once and leaves every byte of output here.
 //!
 //! [`Conn::take_socket`] then gives the socket, the input to read again (the
 //! unfinished message and what was never read) and the output still to
@@ -22,9 +22,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Io, OwnedSocket};
 
@@ -40,7 +42,28 @@ pub struct Conn {
     /// Output taken while holding (or carried from the program before), not
     /// yet written.
     unsent: BytesMut,
-    hold: Option<CancellationToken>,
+    hold: Option<Hold>,
+}
+
+/// Tells a [`Conn`] to keep what is written instead of writing it: the
+/// connection is about to be handed over. Clones share the switch.
+#[derive(Debug, Clone, Default)]
+pub struct Hold(Arc<AtomicBool>);
+
+impl Hold {
+    /// A switch that is off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// From now on, the connection keeps what is written.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// What [`Conn::take_socket`] gives: everything another program needs to go on
@@ -69,10 +92,10 @@ impl Conn {
         Self { unsent: BytesMut::from(&unsent[..]), ..Self::new(io, unread.into()) }
     }
 
-    /// From the moment `token` is cancelled, output is kept instead of
-    /// written (only where the connection can be handed over at all).
-    pub fn hold_on(&mut self, token: CancellationToken) {
-        self.hold = Some(token);
+    /// From the moment `hold` is set, output is kept instead of written
+    /// (only where the connection can be handed over at all).
+    pub fn hold_with(&mut self, hold: Hold) {
+        self.hold = Some(hold);
     }
 
     /// Whether the connection can be handed to another program (it is not
@@ -96,7 +119,7 @@ impl Conn {
     }
 
     fn holding(&self) -> bool {
-        self.hold.as_ref().is_some_and(CancellationToken::is_cancelled) && self.carryable()
+        self.hold.as_ref().is_some_and(Hold::is_set) && self.carryable()
     }
 
     /// Writes what waits in `unsent`.
@@ -375,8 +398,8 @@ mod tests {
         client_write.write_all(&[message.clone(), next[..4].to_vec()].concat()).await.unwrap();
         let io = Box::new(TestIo(server));
         let mut conn = Conn::new(io, Bytes::from_static(b""));
-        let token = CancellationToken::new();
-        conn.hold_on(token.clone());
+        let hold = Hold::new();
+        conn.hold_with(hold.clone());
         // The reader asks for 1 KiB at a time; it gets one frame at most.
         let mut buf = vec![0; 1024];
         let mut got = Vec::new();
@@ -389,7 +412,7 @@ mod tests {
         let n = conn.read(&mut buf).await.unwrap();
         assert!(n > 0 && n <= 4);
         conn.write_all(b"written").await.unwrap();
-        token.cancel();
+        hold.set();
         conn.write_all(b"held").await.unwrap();
         conn.flush().await.unwrap();
         let taken = conn.take_socket().expect("a Unix socket is carryable");

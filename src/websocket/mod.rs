@@ -11,6 +11,6 @@ mod conn;
 pub mod protocol;
 mod upgrade;
 
-pub use conn::{Conn, Taken};
+pub use conn::{Conn, Hold, Taken};
 pub use protocol::{BEARER_PROTOCOL_PREFIX, Input, OutputMode, OutputStream, Protocol};
 pub use upgrade::{HandshakeRejection, PendingSocket, Socket, WebSocketUpgrade, offered_protocols};

@@ -100,6 +100,23 @@ impl Controller {
         .await
     }
 
+    /// A controller answering each token with its own spec, and any other
+    /// with 403.
+    pub async fn answering(specs: &[(&str, serde_json::Value)]) -> Self {
+        let specs: std::collections::HashMap<String, String> =
+            specs.iter().map(|(t, s)| (t.to_string(), s.to_string())).collect();
+        Self::start(move |seen| {
+            let answer = specs.get(&seen.token().unwrap_or_default()).cloned();
+            async move {
+                match answer {
+                    Some(spec) => json(StatusCode::OK, spec),
+                    None => json(StatusCode::FORBIDDEN, "{}"),
+                }
+            }
+        })
+        .await
+    }
+
     /// A controller that runs `sh -c script` for every token.
     pub async fn shell(script: &str) -> Self {
         Self::allowing("/bin/sh", &["-c", script]).await
@@ -642,5 +659,141 @@ impl DemoProcess {
         let pid = rustix::process::Pid::from_raw(self.child.id().unwrap() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
         tokio::time::timeout(limit, self.child.wait()).await.expect("the demo did not stop").unwrap().code()
+    }
+}
+
+/// A script printing `line N` every 20 ms, and answering each input line
+/// with `got <line>`.
+pub const COUNTER: &str = "(i=0; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.02; done) & \
+                           while read l; do echo \"got $l\"; done";
+
+/// The numbers of the `line N …` lines in `output`, in order.
+pub fn line_numbers(output: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(output)
+        .split(['\n', '\r'])
+        .filter_map(|line| line.trim().strip_prefix("line ")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Asserts that `output` holds the lines `line 1` to `line N`, each once,
+/// in order.
+pub fn assert_gap_free(output: &[u8], what: &str) {
+    let numbers = line_numbers(output);
+    assert!(!numbers.is_empty(), "{what}: no lines");
+    let expected: Vec<u64> = (1..=*numbers.last().unwrap()).collect();
+    if numbers != expected {
+        let missing: Vec<u64> = expected.iter().filter(|n| !numbers.contains(n)).copied().collect();
+        let mut seen = std::collections::HashSet::new();
+        let repeated: Vec<u64> = numbers.iter().filter(|n| !seen.insert(**n)).copied().collect();
+        panic!("{what}: lines missing {missing:?}, repeated {repeated:?}");
+    }
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A client that reads its session in the background: the output (the raw
+/// protocol's binary messages, or channels 1 and 2), the session info and
+/// status, and how the connection ended. Input goes through [`Watcher::type_in`].
+pub struct Watcher<S> {
+    sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    pub v5: bool,
+    pub seen: Arc<Mutex<Watched>>,
+}
+
+/// What a [`Watcher`] saw.
+#[derive(Debug, Default)]
+pub struct Watched {
+    pub output: Vec<u8>,
+    pub info: Option<serde_json::Value>,
+    pub status: Option<serde_json::Value>,
+    /// How the connection ended: a Close frame (`Some(code, reason)`), or
+    /// `None` when it broke without one.
+    pub ended: Option<Option<(u16, String)>>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Watcher<S> {
+    pub fn start(ws: WebSocketStream<S>, v5: bool) -> Self {
+        let (sink, mut stream) = ws.split();
+        let seen = Arc::new(Mutex::new(Watched::default()));
+        let watched = seen.clone();
+        tokio::spawn(async move {
+            while let Some(message) = stream.next().await {
+                let mut seen = watched.lock().unwrap();
+                match (v5, message) {
+                    (false, Ok(Message::Binary(data))) => seen.output.extend_from_slice(&data),
+                    (false, Ok(Message::Text(text))) => seen.info = serde_json::from_str(&text).ok(),
+                    (true, Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
+                        1 | 2 => seen.output.extend_from_slice(&data[1..]),
+                        3 => seen.status = serde_json::from_slice(&data[1..]).ok(),
+                        5 => seen.info = serde_json::from_slice(&data[1..]).ok(),
+                        _ => {}
+                    },
+                    (_, Ok(Message::Close(frame))) => {
+                        seen.ended = Some(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                        return;
+                    }
+                    (_, Ok(_)) => {}
+                    (_, Err(_)) => {
+                        seen.ended = Some(None);
+                        return;
+                    }
+                }
+            }
+            watched.lock().unwrap().ended.get_or_insert(None);
+        });
+        Self { sink, v5, seen }
+    }
+
+    /// Sends `text` as input.
+    pub async fn type_in(&mut self, text: &str) {
+        let message = if self.v5 {
+            let mut data = vec![0u8];
+            data.extend_from_slice(text.as_bytes());
+            Message::Binary(data.into())
+        } else {
+            Message::Text(text.into())
+        };
+        self.sink.send(message).await.unwrap();
+    }
+
+    /// Sends `message` as it is.
+    pub async fn send(&mut self, message: Message) {
+        self.sink.send(message).await.unwrap();
+    }
+
+    /// The output so far.
+    pub fn output(&self) -> Vec<u8> {
+        self.seen.lock().unwrap().output.clone()
+    }
+
+    /// How the connection ended, if it did.
+    pub fn ended(&self) -> Option<Option<(u16, String)>> {
+        self.seen.lock().unwrap().ended.clone()
+    }
+
+    /// Waits (ten seconds at most) until the output holds `needle`.
+    pub async fn wait_for(&self, needle: &str) {
+        let found = eventually(Duration::from_secs(10), || contains(&self.output(), needle.as_bytes())).await;
+        assert!(
+            found,
+            "never saw {needle:?}; ended {:?}; output ends {:?}",
+            self.ended(),
+            String::from_utf8_lossy(&self.output())
+                .chars()
+                .rev()
+                .take(300)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
+        );
+    }
+
+    /// Waits (twenty seconds at most) until the connection ends.
+    pub async fn wait_for_end(&self) -> Option<(u16, String)> {
+        assert!(eventually(Duration::from_secs(20), || self.ended().is_some()).await, "the connection did not end");
+        self.ended().unwrap()
     }
 }

@@ -438,33 +438,19 @@ async fn hand_over(
     handoff.upgrades = metrics.upgrades_ok() + 1;
     // Every session stops where it can go on.
     let started = std::time::Instant::now();
-    let (frozen, all) = match sessions.freeze(FREEZE_LIMIT).await {
-        Ok(frozen) => (frozen, true),
-        Err(frozen) => (frozen, false),
-    };
-    let count = frozen.len();
-    let carried = crate::session::carry(frozen, &mut handoff, crate::session::next_session_number()).await;
-    let sessions_carried = carried.sessions.len();
-    handoff.sessions = match serde_json::to_value(&carried) {
-        Ok(value) => value,
-        Err(err) => {
-            // Cannot happen with this data; the sessions are lost.
-            tracing::error!(cause = %err, "cannot write the sessions down");
-            serde_json::Value::Null
+    let handed = sessions.hand_over(&mut handoff, FREEZE_LIMIT).await;
+    let err = match handed {
+        Err(_) => UpgradeError::Refused(format!("sessions did not stop within {}s", FREEZE_LIMIT.as_secs())),
+        Ok(carried) => {
+            tracing::info!(
+                binary = %successor.binary.display(),
+                sessions = carried,
+                descriptors = handoff.descriptor_count(),
+                freeze_ms = started.elapsed().as_millis() as u64,
+                "executing the new binary"
+            );
+            crate::upgrade::exec(&successor.binary, &successor.args, &handoff)
         }
-    };
-    let err = if !all {
-        UpgradeError::Refused(format!("sessions did not stop within {}s", FREEZE_LIMIT.as_secs()))
-    } else {
-        tracing::info!(
-            binary = %successor.binary.display(),
-            sessions = sessions_carried,
-            parts = count,
-            descriptors = handoff.descriptor_count(),
-            freeze_ms = started.elapsed().as_millis() as u64,
-            "executing the new binary"
-        );
-        crate::upgrade::exec(&successor.binary, &successor.args, &handoff)
     };
     // Still here: the sessions run on in this program.
     let (service, lasting) = reloader.service();
@@ -480,17 +466,11 @@ async fn resume(
     lasting: &stack::Lasting,
     listener: &Listener,
 ) {
-    let carried = match crate::session::CarriedSessions::from_handoff(handoff) {
-        Ok(carried) => carried,
-        Err(err) => return tracing::error!(cause = %err, "cannot read the carried sessions; they are lost"),
-    };
-    let count = carried.sessions.len();
-    if count == 0 {
-        return;
+    match service.resume(handoff, listener, Some(lasting.session_limit())).await {
+        Ok(0) => {}
+        Ok(resumed) => tracing::info!(sessions = resumed, "carried sessions run on"),
+        Err(err) => tracing::error!(cause = %err, "cannot read the carried sessions; they are lost"),
     }
-    let resumed =
-        service.resume(carried, handoff, &|socket| listener.carried(socket), &|| lasting.carried_permit()).await;
-    tracing::info!(sessions = resumed, lost = count - resumed, "carried sessions run on");
 }
 
 /// How `config` contains sessions: cgroups where they can be used (the

@@ -103,10 +103,9 @@ impl Lasting {
         let _ = (config, used);
     }
 
-    /// A place among the sessions for one carried from the program before
-    /// this one.
-    pub(super) fn carried_permit(&self) -> crate::session::SessionPermit {
-        self.session_limit.take_carried()
+    /// The limit that counts the sessions.
+    pub(super) fn session_limit(&self) -> &SessionLimitLayer {
+        &self.session_limit
     }
 
     /// The token ids the in-memory token memory holds, for an upgrade's

@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::attachment::{AttachEnd, Joining, Start, attach};
-use super::carry::{CarriedSessions, FrozenPart, RestoredSession};
+use super::carry::{CarriedSessions, CarryError, FrozenPart, RestoredSession};
 use super::detached::Reservation;
 use super::detached::record::Recorder;
 use super::shared::{About, Engine, Kind, Run, Shared, WriterGuard};
@@ -283,18 +283,29 @@ impl ServeSubprocess {
         response
     }
 
-    /// Runs the sessions a program before this one handed over (or this
-    /// one, when its hand-over failed) on from where they stopped, taking
-    /// their descriptors from `handoff`. `connection` makes a carried
-    /// socket a connection of this server's (counted like the others);
-    /// `permit` takes a place among the sessions for each (a carried
-    /// session always gets one). Returns how many sessions run on.
-    pub(crate) async fn resume(
+    /// Runs the sessions `handoff` carries (written by
+    /// [`Sessions::hand_over`] in the program before this one, or in this
+    /// one when its hand-over failed) on from where they stopped, taking
+    /// their descriptors from it. Their connections count as `listener`'s;
+    /// each takes a place in `limit` when given (beyond its maximum if need
+    /// be: it runs already). Returns how many sessions run on.
+    pub async fn resume(
+        &self,
+        handoff: &mut Handoff,
+        listener: &crate::server::Listener,
+        limit: Option<&super::SessionLimitLayer>,
+    ) -> Result<usize, CarryError> {
+        let carried = CarriedSessions::from_handoff(handoff)?;
+        let permit = || limit.map(super::SessionLimitLayer::take_carried);
+        Ok(self.resume_carried(carried, handoff, &|socket| listener.carried(socket), &permit).await)
+    }
+
+    async fn resume_carried(
         &self,
         carried: CarriedSessions,
         handoff: &mut Handoff,
         connection: &(dyn Fn(OwnedSocket) -> std::io::Result<Box<dyn Io>> + Sync),
-        permit: &(dyn Fn() -> SessionPermit + Sync),
+        permit: &(dyn Fn() -> Option<SessionPermit> + Sync),
     ) -> usize {
         NEXT_SESSION_ID.fetch_max(carried.next_number, Ordering::Relaxed);
         let cgroups = self.containment.cgroup_root();
@@ -360,7 +371,7 @@ impl ServeSubprocess {
                 connections.push((socket, connection, joining, guard));
             }
             resumed += 1;
-            let place = (engine.is_some().then(permit), reservation);
+            let place = (engine.as_ref().and_then(|_| permit()), reservation);
             match shared.kind() {
                 Kind::Named { .. } => {
                     if let Some(engine) = engine {

@@ -86,6 +86,33 @@ impl Sessions {
         if stopped { Ok(frozen) } else { Err(frozen) }
     }
 
+    /// Hands every session to the program that replaces this one: each
+    /// stops where it can go on (within `limit`), and is written into
+    /// `handoff`, its descriptors held by it (see
+    /// [`CarriedSessions`](super::CarriedSessions)). Clients of connections
+    /// that cannot be carried (TLS this server terminates) get Close 1012.
+    /// Returns how many sessions were written.
+    ///
+    /// Whatever happens next, the sessions are in `handoff`: either the
+    /// successor takes them ([`upgrade::exec`](crate::upgrade::exec)), or
+    /// they run on here ([`ServeSubprocess::resume`](super::ServeSubprocess::resume)).
+    /// An `Err` says some did not stop in time: those run on here as they
+    /// were, and the hand-over should not go ahead.
+    pub async fn hand_over(&self, handoff: &mut crate::upgrade::Handoff, limit: Duration) -> Result<usize, usize> {
+        let (frozen, all) = match self.freeze(limit).await {
+            Ok(frozen) => (frozen, true),
+            Err(frozen) => (frozen, false),
+        };
+        let carried = super::carry(frozen, handoff, super::next_session_number()).await;
+        let count = carried.sessions.len();
+        handoff.sessions = match serde_json::to_value(&carried) {
+            Ok(value) => value,
+            // Plain data always serializes.
+            Err(_) => serde_json::Value::Null,
+        };
+        if all { Ok(count) } else { Err(count) }
+    }
+
     /// Whether [`Sessions::shutdown`] was called: no session may start now.
     pub fn is_shutting_down(&self) -> bool {
         self.graceful.is_cancelled()

@@ -1,43 +1,74 @@
 //! In-place upgrade (`SPEC §10`): the server executes its successor in its
 //! own process (same PID, so systemd's main PID and every child stay its
-//! own) and hands it what it carries in a versioned [`Handoff`].
+//! own) and hands it what it carries in a versioned [`Handoff`]: the
+//! listening sockets, every session (its process, pipes or terminal,
+//! history, screen, timers, recording, and its connections, at a frame
+//! boundary with the bytes read past it and the bytes not yet written),
+//! and the single-use token memory.
 //!
-//! The steps, each a function here, which [`App`](crate::App) puts together
-//! (a library user composing their own stack can do the same):
+//! The steps, each a public function, which [`App`](crate::App) puts
+//! together (a library user composing their own stack does the same):
 //!
 //! 1. [`preflight`]: run the successor with `--check-upgrade`; it reads the
 //!    configuration and prints the hand-off versions it reads
 //!    ([`CHECK_LINE`]). Unless that lists [`VERSION`] within
 //!    [`PREFLIGHT_TIMEOUT`], nothing else happens.
 //! 2. Stop accepting and let requests in progress finish
-//!    ([`serve_until`](crate::server::serve_until) returns the listeners).
-//! 3. [`Handoff::write`]: the state, as JSON, in a memory file.
-//! 4. [`exec`]: the carried descriptors lose close-on-exec (while no child
-//!    can be spawned), the signals the server handles are blocked (the mask
-//!    survives `execve`; the successor unblocks them once it handles them
-//!    again, so none kills it in between), and the successor runs with the
-//!    same arguments plus `--upgrade-state FD`. If `execve` fails, all of it
-//!    is undone and the old program serves on.
-//! 5. The successor: [`Handoff::adopt`], then it takes over each carried
-//!    descriptor ([`Handoff::take`]).
-//!
-//! What is carried: the listening sockets (connection attempts wait in the
-//! backlog, none is refused) and the single-use token memory. An upgrade
-//! while sessions run is refused in this version: carrying sessions is the
-//! next step.
+//!    ([`serve_until`](crate::server::serve_until) returns the listeners);
+//!    carry them with [`Handoff::carry`].
+//! 3. [`Sessions::hand_over`](crate::session::Sessions::hand_over): every
+//!    session stops where it can go on and is written into the hand-off,
+//!    its descriptors held by it (TLS connections, which cannot be
+//!    carried, get Close 1012).
+//! 4. [`exec`]: the hand-off is written into a memory file, the carried
+//!    descriptors lose close-on-exec (while no child can be spawned), the
+//!    signals the server handles are blocked (the mask survives `execve`;
+//!    the successor unblocks them once it handles them again, so none
+//!    kills it in between), and the successor runs with the same arguments
+//!    plus `--upgrade-state FD`. If `execve` fails, all of it is undone and
+//!    [`ServeSubprocess::resume`](crate::session::ServeSubprocess::resume)
+//!    runs every session on here.
+//! 5. The successor: [`Handoff::adopt`];
+//!    [`CarriedSessions::claim_leaders`](crate::session::CarriedSessions::claim_leaders)
+//!    before any orphan is reaped (a session's process may have exited in
+//!    between, and its status is its session's); [`Handoff::take`] each
+//!    listener; [`ServeSubprocess::resume`](crate::session::ServeSubprocess::resume).
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), ws_subprocess::upgrade::UpgradeError> {
+//! # async fn example(
+//! #     sessions: ws_subprocess::session::Sessions,
+//! #     service: ws_subprocess::session::ServeSubprocess,
+//! #     listener: ws_subprocess::server::Listener,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::path::Path;
+//! use std::time::Duration;
+//! use ws_subprocess::server::{ListenAddr, Listener};
+//! use ws_subprocess::session::CarriedSessions;
 //! use ws_subprocess::upgrade::{self, Handoff};
 //!
+//! // The program being replaced, once it stopped serving `listener`.
 //! let successor = Path::new("/usr/bin/ws-subprocess");
 //! let args = vec!["--config".into(), "/etc/ws-subprocess/ws-subprocess.toml".into()];
 //! upgrade::preflight(successor, &args).await?;
-//! let handoff = Handoff::new();
-//! // … carry listeners with `handoff.carry(…)`, then:
-//! let err = upgrade::exec(successor, &args, &handoff);
-//! eprintln!("the successor did not start: {err}");
+//! let mut handoff = Handoff::new();
+//! handoff.carry("listen", listener.as_fd(), "127.0.0.1:8866")?;
+//! if sessions.hand_over(&mut handoff, Duration::from_secs(5)).await.is_ok() {
+//!     // Returns only if the successor could not be executed.
+//!     eprintln!("{}", upgrade::exec(successor, &args, &handoff));
+//! }
+//! // Still here: every session runs on.
+//! service.resume(&mut handoff, &listener, None).await?;
+//!
+//! // The successor, started with `--upgrade-state FD`.
+//! # let fd = 3;
+//! let mut handoff = Handoff::adopt(fd)?;
+//! CarriedSessions::claim_leaders(&handoff);
+//! let addr: ListenAddr = "127.0.0.1:8866".parse()?;
+//! let listener = match handoff.take("listen", &addr.to_string()) {
+//!     Some(fd) => Listener::adopt(&addr, fd)?,
+//!     None => Listener::bind(&addr).await?,
+//! };
+//! service.resume(&mut handoff, &listener, None).await?;
 //! # Ok(()) }
 //! ```
 

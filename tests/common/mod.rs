@@ -341,7 +341,12 @@ impl Binary {
     /// Starts the binary through `wrapper` (a command that execs its
     /// arguments, such as `prlimit --nofile=64:64`).
     pub async fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
-        let bin = env!("CARGO_BIN_EXE_ws-subprocess");
+        Self::start_program(env!("CARGO_BIN_EXE_ws-subprocess"), wrapper, args, env, dir).await
+    }
+
+    /// Starts `bin` (a ws-subprocess binary installed elsewhere) as
+    /// [`Binary::start_wrapped`] starts the one built here.
+    pub async fn start_program(bin: &str, wrapper: &[&str], args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
         let mut command = match wrapper.split_first() {
             Some((program, wrapper_args)) => {
                 let mut command = tokio::process::Command::new(program);

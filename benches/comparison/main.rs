@@ -13,6 +13,7 @@ mod clients;
 mod report;
 mod scale;
 mod servers;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ pub struct Params {
     pub repetitions: usize,
     pub scale: scale::ScaleParams,
     pub detached_sessions: usize,
+    /// Live sessions across the upgrade.
+    pub upgrade_sessions: usize,
     /// `--only`: the groups of rows to run (for working on one).
     pub only: Option<Vec<String>>,
 }
@@ -88,6 +91,7 @@ impl Params {
                 probes: 100,
             },
             detached_sessions: 1000,
+            upgrade_sessions: 1000,
             only: None,
         }
     }
@@ -111,6 +115,7 @@ impl Params {
                 probes: 5,
             },
             detached_sessions: 20,
+            upgrade_sessions: 20,
             only: None,
         }
     }
@@ -243,7 +248,7 @@ pub struct Bench {
 }
 
 impl Bench {
-    fn available(&self, kinds: &[Kind]) -> Vec<Kind> {
+    pub fn available(&self, kinds: &[Kind]) -> Vec<Kind> {
         kinds.iter().copied().filter(|k| *k != Kind::Websocketd || self.websocketd.is_some()).collect()
     }
 
@@ -613,6 +618,8 @@ async fn main() {
             })
             .await;
     }
+
+    upgrade::run(&mut bench).await;
 
     let elapsed = started.elapsed();
     report::print_footer(&bench, elapsed);

@@ -99,7 +99,11 @@ pub enum Target {
 pub struct Server {
     pub kind: Kind,
     pub target: Target,
+    /// Where ws-subprocess serves its metrics.
+    pub metrics: Option<SocketAddr>,
     child: Option<Child>,
+    /// websocketd's port and workload, to start it again on the same port.
+    restart: Option<(u16, Workload)>,
     pub complaints: Complaints,
     _controller: Option<Controller>,
     relay: Option<tokio::task::JoinHandle<()>>,
@@ -129,8 +133,10 @@ impl Server {
         let controller = Controller::start(workload).await?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let url = format!("http://{}/ws-controller", controller.addr);
+        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let mut cmd = Command::new(bin());
         cmd.args(["--listen", "127.0.0.1:0", "--controller-url", &url])
+            .args(["--metrics-listen", &metrics.to_string()])
             .args(WS_SUBPROCESS_FLAGS)
             .current_dir(dir.path())
             .env_remove("RUST_LOG");
@@ -150,6 +156,8 @@ impl Server {
         Ok(Self {
             kind: Kind::WsSubprocess,
             target: Target::Ws { url: format!("ws://{addr}/ws"), token: true },
+            metrics: Some(metrics),
+            restart: None,
             child: Some(child),
             complaints,
             _controller: Some(controller),
@@ -160,10 +168,13 @@ impl Server {
 
     /// websocketd on a free port, once that port accepts connections.
     async fn start_websocketd(program: &Path, workload: &Workload) -> Res<Self> {
+        Self::start_websocketd_on(program, workload, free_port()?).await
+    }
+
+    async fn start_websocketd_on(program: &Path, workload: &Workload, port: u16) -> Res<Self> {
         if workload.tty || workload.history.is_some() {
             return Err("not supported".into());
         }
-        let port = free_port()?;
         let mut cmd = Command::new(program);
         cmd.arg(format!("--port={port}"))
             .args(["--address=127.0.0.1", "--binary=true", "--loglevel=error", workload.program])
@@ -187,6 +198,8 @@ impl Server {
         Ok(Self {
             kind: Kind::Websocketd,
             target: Target::Ws { url: format!("ws://127.0.0.1:{port}/"), token: false },
+            metrics: None,
+            restart: Some((port, workload.clone())),
             child: Some(child),
             complaints,
             _controller: None,
@@ -216,12 +229,38 @@ impl Server {
         Ok(Self {
             kind: Kind::Relay,
             target: Target::Tcp(addr),
+            metrics: None,
+            restart: None,
             child: None,
             complaints: Complaints::default(),
             _controller: None,
             relay: Some(task),
             _dir: None,
         })
+    }
+
+    /// Sends `signal` to the server process.
+    pub fn signal(&self, signal: rustix::process::Signal) -> Res<()> {
+        let pid = self.pid().and_then(rustix::process::Pid::from_raw).ok_or("no server process")?;
+        rustix::process::kill_process(pid, signal).map_err(|e| e.to_string())
+    }
+
+    /// What the peer does instead of an upgrade: SIGTERM, and a new
+    /// websocketd on the same port once the old one is gone. Returns the
+    /// time from the signal to the new one accepting connections.
+    pub async fn restart(&mut self, websocketd: Option<&Path>) -> Res<Duration> {
+        let (port, workload) = self.restart.clone().ok_or("this server does not restart")?;
+        let program = websocketd.ok_or("websocketd not found")?;
+        let started = Instant::now();
+        self.signal(rustix::process::Signal::TERM)?;
+        if let Some(mut child) = self.child.take() {
+            let _ = timeout(Duration::from_secs(10), child.wait()).await;
+        }
+        let next = Self::start_websocketd_on(program, &workload, port).await?;
+        let took = started.elapsed();
+        self.child = next.child;
+        self.complaints = next.complaints;
+        Ok(took)
     }
 
     pub async fn stop(mut self) -> Vec<String> {

@@ -1,0 +1,245 @@
+//! The server's own lifecycle with sessions live (SPEC §10): ws-subprocess
+//! replaces its program in place (SIGUSR2) while every session echoes; the
+//! peer can only restart (websocketd: SIGTERM, then a new one on the same
+//! port), which is what every other server does. Measured: the time from
+//! the signal to the new program serving, the longest echo each live
+//! session sees across it (against the second before it), sessions lost,
+//! and the server's memory and descriptors before and after.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::time::timeout;
+
+use crate::clients::{Conn, Rx, Tx};
+use crate::servers::{Kind, Server, fd_count, rss_kib};
+use crate::{Bench, Metric, Res, percentile, report};
+
+pub const UPGRADE_MS: Metric = ("upgrade_ms", "live sessions: signal → new program serving (ms)", "ms");
+pub const PAUSE_P50: Metric = ("pause_p50", "longest echo across it, per session, p50 (ms)", "ms");
+pub const PAUSE_P99: Metric = ("pause_p99", "longest echo across it, per session, p99 (ms)", "ms");
+pub const CALM_P99: Metric = ("calm_p99", "longest echo the second before, per session, p99 (ms)", "ms");
+pub const LOST: Metric = ("upgrade_lost", "sessions lost across it", "sessions");
+pub const RSS_BEFORE: Metric = ("upgrade_rss_before", "server memory before it (MiB)", "MiB");
+pub const RSS_AFTER: Metric = ("upgrade_rss_after", "server memory after it (MiB)", "MiB");
+pub const FDS_BEFORE: Metric = ("upgrade_fds_before", "server descriptors before it", "fds");
+pub const FDS_AFTER: Metric = ("upgrade_fds_after", "server descriptors after it", "fds");
+
+pub const METRICS: [Metric; 9] =
+    [UPGRADE_MS, PAUSE_P50, PAUSE_P99, CALM_P99, LOST, RSS_BEFORE, RSS_AFTER, FDS_BEFORE, FDS_AFTER];
+
+/// Each session echoes one line this often, so the longest echo across the
+/// upgrade is the pause its client sees, give or take this.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// The longest a server may take to serve again.
+const SERVE_LIMIT: Duration = Duration::from_secs(30);
+const OPEN_LIMIT: Duration = Duration::from_secs(10);
+/// Opened this many at a time.
+const OPEN_BATCH: usize = 50;
+
+/// One session's echoes: when each line was sent and how long its echo
+/// took (`None`: never came back).
+type Echoes = Arc<Mutex<Vec<(Instant, Option<Duration>)>>>;
+
+/// A session that echoes a line every [`INTERVAL`] until told to stop.
+struct Echoer {
+    echoes: Echoes,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Res<()>>,
+}
+
+impl Echoer {
+    async fn start(server: &Server, n: usize) -> Res<Self> {
+        let mut conn = Conn::open_target(&server.target, true).await?;
+        conn.send(Bytes::from_static(b"ready\n")).await?;
+        timeout(OPEN_LIMIT, conn.read_until(b"ready")).await.map_err(|_| "no first echo")??;
+        let (tx, rx) = conn.split();
+        let echoes: Echoes = Arc::default();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Spread over the interval, so the server sees a steady stream.
+        let offset = INTERVAL.mul_f64((n % 97) as f64 / 97.0);
+        let task = tokio::spawn(echo_loop(tx, rx, echoes.clone(), stopped, offset));
+        Ok(Self { echoes, stop, task })
+    }
+}
+
+async fn echo_loop(
+    mut tx: Tx,
+    mut rx: Rx,
+    echoes: Echoes,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    offset: Duration,
+) -> Res<()> {
+    let line = Bytes::from_static(b"0123456789abcdefghijklmnopqrstu\n");
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.changed() => return Ok(()),
+        }
+        let sent = Instant::now();
+        echoes.lock().unwrap().push((sent, None));
+        tx.send(line.clone()).await?;
+        let mut got = 0;
+        while got < line.len() {
+            match timeout(SERVE_LIMIT, rx.recv()).await.map_err(|_| "no echo")?? {
+                Ok(data) => got += data.len(),
+                Err(end) => return Err(format!("ended: {end}")),
+            }
+        }
+        if let Some(last) = echoes.lock().unwrap().last_mut() {
+            last.1 = Some(sent.elapsed());
+        }
+    }
+}
+
+/// The longest echo of lines sent in `[from, to)`, in ms (a line never
+/// answered counts as lost: `None`).
+fn longest(echoes: &Echoes, from: Instant, to: Instant) -> Option<f64> {
+    let echoes = echoes.lock().unwrap();
+    let mut longest = 0.0f64;
+    for (sent, took) in echoes.iter().filter(|(sent, _)| *sent >= from && *sent < to) {
+        let took = (*took)?;
+        longest = longest.max(took.as_secs_f64() * 1e3);
+        let _ = sent;
+    }
+    Some(longest)
+}
+
+/// Whether the metrics of the new program (after `n` upgrades) answer.
+async fn serving_after(metrics: std::net::SocketAddr, n: usize) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut stream)) = timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(metrics)).await else {
+        return false;
+    };
+    let request = "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = timeout(Duration::from_millis(500), stream.read_to_string(&mut body)).await;
+    body.contains(&format!("ws_subprocess_upgrades_total{{result=\"ok\"}} {n}"))
+}
+
+/// What one server did across its signal.
+struct Across {
+    serving_ms: f64,
+    pauses: Vec<f64>,
+    calm: Vec<f64>,
+    lost: usize,
+    before: (f64, f64),
+    after: (f64, f64),
+}
+
+/// Opens `sessions` echoing sessions on `server`, then upgrades it (or
+/// restarts it, for the peer) and watches what each session sees.
+async fn across(bench: &Bench, server: &mut Server, sessions: usize) -> Res<Across> {
+    let mut echoers = Vec::with_capacity(sessions);
+    for batch in (0..sessions).collect::<Vec<_>>().chunks(OPEN_BATCH) {
+        let opened = futures_util::future::join_all(batch.iter().map(|&n| Echoer::start(server, n))).await;
+        for echoer in opened {
+            echoers.push(echoer?);
+        }
+    }
+    // Steady echoing for a while: the second before the signal is the
+    // reference.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = server.pid().ok_or("no server process")?;
+    let usage = |pid| (rss_kib(pid).unwrap_or(0) as f64 / 1024.0, fd_count(pid).unwrap_or(0) as f64);
+    let before = usage(pid);
+    let signal = Instant::now();
+    let serving_ms = match server.kind {
+        Kind::WsSubprocess => {
+            let metrics = server.metrics.ok_or("no metrics address")?;
+            server.signal(rustix::process::Signal::USR2)?;
+            let deadline = signal + SERVE_LIMIT;
+            while !serving_after(metrics, 1).await {
+                if Instant::now() > deadline {
+                    return Err(format!("not serving {} s after SIGUSR2", SERVE_LIMIT.as_secs()));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            signal.elapsed().as_secs_f64() * 1e3
+        }
+        _ => server.restart(bench.websocketd.as_deref()).await?.as_secs_f64() * 1e3,
+    };
+    let served = Instant::now();
+    // Everything sent up to a little after serving again must come back.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = usage(server.pid().ok_or("no server process")?);
+    let mut pauses = Vec::new();
+    let mut calm = Vec::new();
+    let mut lost = 0;
+    for echoer in echoers {
+        let _ = echoer.stop.send(true);
+        let ended = timeout(Duration::from_secs(5), echoer.task).await;
+        let failed = !matches!(ended, Ok(Ok(Ok(()))));
+        calm.extend(longest(&echoer.echoes, signal - Duration::from_secs(1), signal));
+        match longest(&echoer.echoes, signal, served + Duration::from_millis(300)) {
+            Some(pause) if !failed => pauses.push(pause),
+            _ => lost += 1,
+        }
+    }
+    pauses.sort_by(f64::total_cmp);
+    calm.sort_by(f64::total_cmp);
+    Ok(Across { serving_ms, pauses, calm, lost, before, after })
+}
+
+pub async fn run(bench: &mut Bench) {
+    if !bench.params.runs("upgrade") {
+        return;
+    }
+    let sessions = bench.params.upgrade_sessions;
+    for kind in bench.available(&[Kind::WsSubprocess, Kind::Websocketd]) {
+        let workload = crate::servers::Workload::new("/bin/cat", &[]);
+        let mut server = match Server::start(kind, bench.websocketd.as_deref(), &workload).await {
+            Ok(server) => server,
+            Err(error) => {
+                bench.results.add(UPGRADE_MS, kind, Err(error));
+                continue;
+            }
+        };
+        match across(bench, &mut server, sessions).await {
+            Ok(a) => {
+                let r = &mut bench.results;
+                r.add(UPGRADE_MS, kind, Ok(a.serving_ms));
+                r.add(LOST, kind, Ok(a.lost as f64));
+                let p = |samples: &[f64], q| {
+                    if samples.is_empty() {
+                        Err("every session was lost".to_string())
+                    } else {
+                        Ok(percentile(samples, q))
+                    }
+                };
+                r.add(PAUSE_P50, kind, p(&a.pauses, 0.5));
+                r.add(PAUSE_P99, kind, p(&a.pauses, 0.99));
+                r.add(CALM_P99, kind, p(&a.calm, 0.99));
+                r.add(RSS_BEFORE, kind, Ok(a.before.0));
+                r.add(RSS_AFTER, kind, Ok(a.after.0));
+                r.add(FDS_BEFORE, kind, Ok(a.before.1));
+                r.add(FDS_AFTER, kind, Ok(a.after.1));
+                bench.notes.push(format!(
+                    "{}: {sessions} `cat` sessions each echoing a line every {} ms across {}",
+                    kind.name(),
+                    INTERVAL.as_millis(),
+                    if kind == Kind::WsSubprocess {
+                        "an in-place upgrade (SIGUSR2)"
+                    } else {
+                        "a restart (SIGTERM, start)"
+                    }
+                ));
+            }
+            Err(error) => bench.results.add(UPGRADE_MS, kind, Err(error)),
+        }
+        let complaints = server.stop().await;
+        bench.complaints.entry(kind.name()).or_default().extend(complaints);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for metric in METRICS {
+        if let Some(row) = bench.results.rows.iter().find(|r| r.id == metric.0) {
+            report::print_row(row);
+        }
+    }
+}

@@ -158,7 +158,7 @@ async fn as_pid_1_the_server_reaps_every_orphan() {
     let dir = scratch();
     let url = controller.url();
     let server = Binary::start_wrapped(
-        &["unshare", "--pid", "--fork", "--mount-proc"],
+        &["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"],
         &["--listen", "127.0.0.1:0", "--controller-url", &url, "--kill-grace", "300ms"],
         &[],
         dir.path(),
@@ -360,7 +360,9 @@ async fn a_killed_servers_cgroup_is_swept_and_a_live_ones_is_not_even_from_anoth
     assert!(killed_dir.exists(), "nobody swept yet, and a killed server cannot clean up");
     // A server in a pid namespace of its own, where neither pid means
     // anything, sweeps what the killed one left and only that.
-    let sweeper = Binary::start_wrapped(&["unshare", "--pid", "--fork", "--mount-proc"], &args, &[], dir.path()).await;
+    let sweeper =
+        Binary::start_wrapped(&["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"], &args, &[], dir.path())
+            .await;
     assert!(eventually(Duration::from_secs(5), || !killed_dir.exists()).await, "{}", sweeper.log());
     assert!(live_dir.exists(), "the live server's cgroup was swept: {}", sweeper.log());
     assert!(sweeper.log().contains("removed the cgroup of a server that is gone"), "{}", sweeper.log());

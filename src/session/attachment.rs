@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::future::FusedFuture;
 use futures_util::{FutureExt, Sink, Stream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::SessionContext;
 use super::detached::history::Read;
+use super::queue::{self, Sender};
 use super::shared::{Control, Ended, Kind, Shared, StartPoint, WriterGuard};
 use super::socket::{
     CLOSE_HANDSHAKE_TIMEOUT, Ending, OUTGOING_QUEUE, Progress, WriterEnd, WriterStop, farewell, next_input, write_loop,
@@ -119,7 +120,7 @@ where
         metrics.attached(joining.role);
     }
     let progress = Progress::default();
-    let (queue, queued) = mpsc::channel(OUTGOING_QUEUE);
+    let (queue, queued) = queue::queue(OUTGOING_QUEUE);
     if !resumed {
         // The queue is new and longer than the introduction.
         if joining.wants_info {
@@ -229,7 +230,7 @@ where
             if exited {
                 while !left.is_empty() {
                     let message = left.remove(0);
-                    if let Err(mpsc::error::SendError(message)) = queue.send(message).await {
+                    if let Err(message) = queue.send(message).await {
                         left.insert(0, message);
                         return;
                     }
@@ -336,7 +337,8 @@ impl<Tx, Rx> Parts<Tx, Rx> {
         if self.writer.is_none() {
             self.writer = writer.await.ok();
         }
-        let (Some(WriterEnd::Frozen { tx, in_hand, mut queue, mut finish }), Some(rx)) = (self.writer, self.rx) else {
+        let (Some(WriterEnd::Frozen { tx, in_hand, queue: mut queued, mut finish }), Some(rx)) = (self.writer, self.rx)
+        else {
             return AttachEnd::Ended(Ending::ClientGone("the connection ended during a hand-over".into()));
         };
         let mut unsent: Vec<Message> = in_hand.into_iter().collect();
@@ -344,7 +346,7 @@ impl<Tx, Rx> Parts<Tx, Rx> {
             // A Close that jumped the queue: nothing queued follows it.
             Ok(Some(close)) => unsent.push(close),
             _ => {
-                while let Ok(message) = queue.try_recv() {
+                while let Some(message) = queued.try_recv() {
                     unsent.push(message);
                 }
                 unsent.extend(left);
@@ -418,7 +420,7 @@ enum Followed {
 async fn follow(
     shared: &Shared,
     offset: &AtomicU64,
-    queue: mpsc::Sender<Message>,
+    queue: Sender<Message>,
     protocol: Protocol,
     writer: Option<u64>,
     freeze: &CancellationToken,

@@ -21,7 +21,7 @@ use super::detached::Reservation;
 use super::detached::record::Recorder;
 use super::shared::{About, Engine, Kind, Run, Shared, WriterGuard};
 use super::{
-    DEFAULT_TERM, Outcome, Process, SessionContext, SessionPermit, SessionSettings, Sessions, SharedSessions,
+    DEFAULT_TERM, Ending, Outcome, Process, SessionContext, SessionPermit, SessionSettings, Sessions, SharedSessions,
     SpawnOptions,
 };
 use crate::connection::{Io, OwnedSocket, PeerAddr};
@@ -240,10 +240,19 @@ impl ServeSubprocess {
             }
             (None, _) => {
                 let shared = Shared::new(None, about, Kind::Plain, &process, size, recorder, metrics);
+                // The client is the writer before any output is read, so it
+                // loses none.
+                let writer = shared.writer();
+                span.in_scope(|| tracing::info!("session started"));
                 let engine = Engine::start(process, &self.settings);
+                let driver =
+                    run_engine(shared.clone(), engine, (permit, None), true, context.clone(), self.sessions.clone());
+                self.sessions.spawn(driver.instrument(span.clone()));
+                let joining = Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: false };
                 let connection = Connection { protocol, peer };
-                let plain = run_plain(shared, engine, socket, connection, permit, context, self.sessions.clone());
-                self.sessions.spawn(plain.instrument(span));
+                let attachment =
+                    run_attachment(shared, socket, connection, joining, Some(writer), context, self.sessions.clone());
+                self.sessions.spawn(attachment.instrument(span));
             }
         }
         response
@@ -372,33 +381,21 @@ impl ServeSubprocess {
             }
             resumed += 1;
             let place = (engine.as_ref().and_then(|_| permit()), reservation);
-            match shared.kind() {
-                Kind::Named { .. } => {
-                    if let Some(engine) = engine {
-                        let driver =
-                            run_engine(shared.clone(), engine, place, false, context.clone(), self.sessions.clone());
-                        self.sessions.spawn(driver.instrument(span.clone()));
-                    }
-                    for (socket, connection, joining, guard) in connections {
-                        let attachment = attach_socket(
-                            shared.clone(),
-                            socket,
-                            connection,
-                            joining,
-                            guard,
-                            context.clone(),
-                            self.sessions.clone(),
-                        );
-                        self.sessions.spawn(attachment.instrument(span.clone()));
-                    }
-                }
-                Kind::Plain => {
-                    let mut connections = connections.into_iter();
-                    let plain = resume_plain(shared, engine, connections.next(), place, context, self.sessions.clone());
-                    self.sessions.spawn(plain.instrument(span));
-                    // A plain session has one connection.
-                    drop(connections);
-                }
+            if let Some(engine) = engine {
+                let driver = run_engine(shared.clone(), engine, place, false, context.clone(), self.sessions.clone());
+                self.sessions.spawn(driver.instrument(span.clone()));
+            }
+            for (socket, connection, joining, guard) in connections {
+                let attachment = attach_socket(
+                    shared.clone(),
+                    socket,
+                    connection,
+                    joining,
+                    guard,
+                    context.clone(),
+                    self.sessions.clone(),
+                );
+                self.sessions.spawn(attachment.instrument(span.clone()));
             }
         }
         resumed
@@ -442,83 +439,8 @@ struct Connection {
 /// A place among the sessions, and a named session's id.
 type Place = (Option<SessionPermit>, Option<Reservation>);
 
-/// A plain session: the process bridged to one connection, in one task.
-async fn run_plain(
-    shared: Arc<Shared>,
-    mut engine: Engine,
-    socket: PendingSocket,
-    connection: Connection,
-    permit: Option<SessionPermit>,
-    context: SessionContext,
-    sessions: Sessions,
-) {
-    let socket = match socket.ready().await {
-        Ok(socket) => socket,
-        Err(err) => {
-            tracing::info!(cause = %err, "client left before the upgrade completed");
-            engine.process.finish().await;
-            return;
-        }
-    };
-    tracing::info!("session started");
-    // The client is the writer before any output is read, so it loses none.
-    let writer = shared.writer();
-    let joining = Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: false };
-    let socket = Some((socket, connection, joining, Some(writer)));
-    plain(shared, Some(engine), socket, (permit, None), true, context, sessions).await;
-}
-
-/// A plain session carried from the program before this one.
-async fn resume_plain(
-    shared: Arc<Shared>,
-    engine: Option<Engine>,
-    socket: Option<(Socket, Connection, Joining, Option<WriterGuard>)>,
-    place: Place,
-    context: SessionContext,
-    sessions: Sessions,
-) {
-    plain(shared, engine, socket, place, false, context, sessions).await;
-}
-
-async fn plain(
-    shared: Arc<Shared>,
-    engine: Option<Engine>,
-    socket: Option<(Socket, Connection, Joining, Option<WriterGuard>)>,
-    place: Place,
-    fresh: bool,
-    context: SessionContext,
-    sessions: Sessions,
-) {
-    let _place = place;
-    let _active = match (&engine, fresh) {
-        (None, _) => None,
-        (Some(_), true) => Some(context.metrics.session_started()),
-        (Some(_), false) => Some(context.metrics.session_carried()),
-    };
-    let (settings, shutdown, handover) = (context.settings.clone(), context.shutdown.clone(), context.handover.clone());
-    let run = async {
-        match engine {
-            Some(engine) => Some(shared.clone().run(engine, settings.clone(), shutdown, handover).await),
-            None => None,
-        }
-    };
-    let attached = async {
-        if let Some((mut socket, connection, joining, guard)) = socket {
-            let hold = Hold::new();
-            socket.get_mut().hold_with(hold.clone());
-            let (tx, rx) = socket.split();
-            let end = attach(shared.clone(), (tx, rx, hold), connection.protocol, joining, guard, &context).await;
-            after_attach(end, &shared, connection, &context, &sessions);
-        }
-    };
-    let (run, ()) = tokio::join!(run, attached);
-    if let Some(run) = run {
-        after_run(run, &shared, settings, &context, &sessions);
-    }
-}
-
-/// A named session's engine, in a task of its own; its connections come
-/// and go in theirs.
+/// A session's engine, in a task of its own; its connections come and go
+/// in theirs (a plain session's one connection too).
 async fn run_engine(
     shared: Arc<Shared>,
     engine: Engine,
@@ -578,7 +500,7 @@ fn after_attach(
     }
 }
 
-/// One new connection to a named session.
+/// One new connection to a session.
 async fn run_attachment(
     shared: Arc<Shared>,
     socket: PendingSocket,
@@ -590,13 +512,21 @@ async fn run_attachment(
 ) {
     let socket = match socket.ready().await {
         Ok(socket) => socket,
-        Err(err) => return tracing::info!(cause = %err, "client left before the upgrade completed"),
+        Err(err) => {
+            if guard.is_some() {
+                // A plain session's process is stopped for it.
+                shared.departed(&Ending::ClientGone("client left before the upgrade completed".into()));
+            }
+            return tracing::info!(cause = %err, "client left before the upgrade completed");
+        }
     };
-    tracing::info!(role = ?joining.role, start = ?joining.start, "attached");
+    if shared.kind() != Kind::Plain {
+        tracing::info!(role = ?joining.role, start = ?joining.start, "attached");
+    }
     attach_socket(shared, socket, connection, joining, guard, context, sessions).await;
 }
 
-/// A connection to a named session, on its socket.
+/// A connection to a session, on its socket.
 async fn attach_socket(
     shared: Arc<Shared>,
     mut socket: Socket,

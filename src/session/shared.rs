@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -33,6 +33,7 @@ use super::detached::history::{History, Read};
 use super::detached::record::Recorder;
 use super::lifecycle::{ChunkSize, OutputTail, signal_stop, stop_by};
 use super::process::{Feed, Process, ProcessOutput};
+use super::queue::{self, Receiver, Sender};
 use super::socket::{Ending, Progress, sleep_until_some};
 use crate::metrics::{Direction, Metrics};
 use crate::session::SessionSettings;
@@ -111,10 +112,10 @@ pub(crate) struct Shared {
     kind: Kind,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
-    controls: mpsc::Sender<Control>,
+    controls: Sender<Control>,
     /// The other end of `controls`, until the engine runs (and again while
     /// it is frozen).
-    received: Mutex<Option<mpsc::Receiver<Control>>>,
+    received: Mutex<Option<Receiver<Control>>>,
     writers: watch::Sender<usize>,
     next_writer: AtomicU64,
     /// Announces that a writer took output or left: room in the history.
@@ -131,7 +132,8 @@ pub(crate) struct Shared {
 
 struct State {
     history: History,
-    screen: Option<vt100::Parser>,
+    /// A named terminal session's screen (boxed: most sessions have none).
+    screen: Option<Box<vt100::Parser>>,
     ended: Option<Ended>,
     /// Why the session is being stopped, once it is (a limit, the keep
     /// passed, the server shuts down): attachments tell their clients at
@@ -276,7 +278,7 @@ impl Shared {
     ) -> Arc<Self> {
         // Only a session that is replayed needs a model of its screen.
         let screen = (process.is_tty() && kind != Kind::Plain)
-            .then(|| vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK));
+            .then(|| Box::new(vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK)));
         let history = match kind {
             // Bounds how far output is read ahead of the client; what the
             // client took is forgotten at once (see `Shared::took`).
@@ -311,11 +313,11 @@ impl Shared {
         metrics: Metrics,
     ) -> Arc<Self> {
         let screen = restored.screen.map(|(size, repaint)| {
-            let mut parser = vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK);
+            let mut parser = Box::new(vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK));
             parser.process(&repaint);
             parser
         });
-        let (controls, received) = mpsc::channel(CONTROL_QUEUE);
+        let (controls, received) = queue::queue(CONTROL_QUEUE);
         let shared = Self {
             id,
             about,
@@ -371,7 +373,7 @@ impl Shared {
     pub(crate) fn queued_input(&self) -> Vec<Control> {
         let mut queued = Vec::new();
         if let Some(received) = self.received.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            while let Ok(control) = received.try_recv() {
+            while let Some(control) = received.try_recv() {
                 queued.push(control);
             }
         }
@@ -512,21 +514,35 @@ impl Shared {
     /// Hands a writer's input to the process (waiting while the process
     /// does not read it); gives it back if `freeze` comes first.
     pub(crate) async fn control(&self, control: Control, freeze: &CancellationToken) -> Result<(), Control> {
-        let permit = tokio::select! {
-            biased;
-            permit = self.controls.reserve() => permit,
-            _ = freeze.cancelled() => return Err(control),
+        let input = match &control {
+            Control::Stdin(data) => Some(data.clone()),
+            _ => None,
         };
-        if let (Control::Stdin(data), Some(recorder)) = (&control, &self.recorder) {
+        let mut slot = Some(control);
+        tokio::select! {
+            biased;
+            () = self.controls.send_or_keep(&mut slot) => {}
+            _ = freeze.cancelled() => {}
+        }
+        match slot {
+            None => {
+                if let Some(data) = input {
+                    self.input_queued(&data);
+                }
+                Ok(())
+            }
+            Some(control) if freeze.is_cancelled() => Err(control),
+            // The engine is gone: nothing reads input any more.
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Input was queued for the process: recorded, and activity.
+    fn input_queued(&self, data: &[u8]) {
+        if let Some(recorder) = &self.recorder {
             recorder.input(data);
         }
-        if matches!(control, Control::Stdin(_)) {
-            self.activity.mark();
-        }
-        if let Ok(permit) = permit {
-            permit.send(control);
-        }
-        Ok(())
+        self.activity.mark();
     }
 
     /// Runs the session from `engine` until its process has exited and its
@@ -546,7 +562,7 @@ impl Shared {
         let Engine { mut process, feed, pending, outputs, phase, keep_until, time_limit } = engine;
         let group = process.group();
         let controls = self.received.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let controls = controls.unwrap_or_else(|| mpsc::channel(1).1);
+        let controls = controls.unwrap_or_else(|| queue::queue(1).1);
         let inlet = Inlet { feed, pending, controls };
         let input_meter = self.metrics.bytes(Direction::r#in);
         let input = AbortOnDropHandle::new(tokio::spawn(inlet.run(self.clone(), input_meter, freeze.clone())));
@@ -674,6 +690,15 @@ impl Shared {
         self.changed.send_modify(|version| *version += 1);
         process.finish().await;
         drop(drained);
+        if self.kind == Kind::Plain {
+            // A plain session is over once its client has its output: what
+            // it took is what the session sent.
+            let mut writers = self.writers.subscribe();
+            tokio::select! {
+                _ = writers.wait_for(|n| *n == 0) => {}
+                _ = freeze.cancelled() => {}
+            }
+        }
         let ending = match (ending, status) {
             (Some(ending), _) => ending,
             (None, Some(status)) => Ending::Exited(status),
@@ -803,7 +828,7 @@ async fn read(
 struct Inlet {
     feed: Feed,
     pending: VecDeque<Control>,
-    controls: mpsc::Receiver<Control>,
+    controls: Receiver<Control>,
 }
 
 impl Inlet {

@@ -12,7 +12,7 @@ use std::future::poll_fn;
 use std::process::ExitStatus;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::queue::Receiver;
 use crate::websocket::{Hold, Input, Protocol};
 
 /// Messages queued for one client's writer.
@@ -152,7 +153,7 @@ pub(super) enum WriterEnd<Tx> {
         tx: Tx,
         /// A message it had not handed to the sink yet, then the queue.
         in_hand: Option<Message>,
-        queue: mpsc::Receiver<Message>,
+        queue: Receiver<Message>,
         /// How it was to end, if it had not read that yet.
         finish: oneshot::Receiver<Option<Message>>,
     },
@@ -174,7 +175,7 @@ pub(super) enum WriterEnd<Tx> {
 /// had not handed to it: the connection is being handed over.
 pub(super) async fn write_loop<Tx>(
     tx: Tx,
-    queue: mpsc::Receiver<Message>,
+    queue: Receiver<Message>,
     finish: oneshot::Receiver<Option<Message>>,
     keepalive: (Duration, Duration),
     progress: Progress,
@@ -192,7 +193,7 @@ where
 
 async fn write_until<Tx>(
     mut tx: Tx,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: Receiver<Message>,
     mut finish: oneshot::Receiver<Option<Message>>,
     (ping_interval, pong_timeout): (Duration, Duration),
     progress: Progress,

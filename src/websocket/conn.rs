@@ -83,6 +83,9 @@ pub struct Taken {
 impl Conn {
     /// A stream over `io`, of which `unread` was read already.
     pub fn new(io: Box<dyn Io>, unread: Bytes) -> Self {
+        // An empty read-ahead may still hold the HTTP server's whole read
+        // buffer: it goes.
+        let unread = if unread.is_empty() { Bytes::new() } else { unread };
         Self { io: Some(io), unread, frames: Frames::default(), unsent: BytesMut::new(), hold: None }
     }
 
@@ -164,6 +167,10 @@ impl AsyncRead for Conn {
             let chunk = this.unread.split_to(limit.min(this.unread.len()));
             buf.put_slice(&chunk);
             this.frames.given(&chunk);
+            if this.unread.is_empty() {
+                // What is left of it may hold a whole buffer.
+                this.unread = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let Some(io) = this.io.as_mut() else { return Poll::Ready(Ok(())) };

@@ -197,9 +197,9 @@ where
         // Frozen: whatever the other loops hold is gathered, and the
         // connection goes on in the program after this one.
         drop(writer_guard);
-        return parts
-            .gather(&mut writer, &mut input, Vec::new(), offset.load(Ordering::Relaxed), joining.role, None)
-            .await;
+        let gathered =
+            parts.gather(&mut writer, &mut input, Vec::new(), offset.load(Ordering::Relaxed), joining.role, None);
+        return Box::pin(gathered).await;
     };
     if writer_guard.is_some() {
         shared.departed(&ending);
@@ -240,13 +240,15 @@ where
             }
         };
         let bound = (!exited).then(|| Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
-        let closing = async {
+        // Boxed, as every step but the main one: a connection's task keeps
+        // room for its largest step for all its life.
+        let closing = Box::pin(async {
             said.await;
             match timeout_at_some(bound, &mut writer).await {
                 Some(Ok(frozen @ WriterEnd::Frozen { .. })) => Some(frozen),
                 _ => None,
             }
-        };
+        });
         tokio::select! {
             frozen_writer = closing => match frozen_writer {
                 Some(frozen_writer) => {
@@ -268,16 +270,15 @@ where
     };
     if frozen {
         let closing_until = Some(Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
-        return parts
-            .gather(&mut writer, &mut input, left, offset.load(Ordering::Relaxed), joining.role, closing_until)
-            .await;
+        let gathered =
+            parts.gather(&mut writer, &mut input, left, offset.load(Ordering::Relaxed), joining.role, closing_until);
+        return Box::pin(gathered).await;
     }
     drop(finish);
     if parts.rx.is_none() {
         // The Close is out; a hand-over waits a little for the answer, but
         // not as long.
-        let answered = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut input);
-        tokio::pin!(answered);
+        let mut answered = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut input));
         tokio::select! {
             _ = &mut answered => {}
             _ = freeze.cancelled() => {

@@ -57,7 +57,7 @@ pub struct Outcome {
 /// With a `recorder`, output, input (if it records input), resizes and the
 /// exit are recorded as they happen.
 pub async fn bridge<Tx, Rx>(
-    process: Process,
+    mut process: Process,
     protocol: Protocol,
     tx: Tx,
     rx: Rx,
@@ -72,7 +72,7 @@ where
     let context = SessionContext { handover: CancellationToken::new(), ..context.clone() };
     let metrics = context.metrics.clone();
     let about = About { number: 0, command: String::new(), peer: String::new(), started: Instant::now() };
-    let shared = Shared::new(None, about, Kind::Plain, &process, TerminalSize::default(), recorder, metrics);
+    let shared = Shared::new(None, about, Kind::Plain, &mut process, TerminalSize::default(), recorder, metrics);
     // The client is the writer before any output is read, so it loses none.
     let writer = shared.writer();
     let joining = Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: false };

@@ -35,7 +35,7 @@ use super::detached::history::History;
 use super::detached::record::{Recorder, RecorderParts};
 use super::process::{Feed, Process, ProcessInput, ProcessOutput, ProcessParts};
 use super::settings::KillSignal;
-use super::shared::{About, Control, Ended, Engine, Kind, Phase, Reading, Restored, Shared};
+use super::shared::{About, Control, Ended, Engine, Inlet, Kind, Phase, Reading, Restored, Shared};
 use super::socket::Ending;
 use super::{SessionSettings, SessionSettingsBuilder};
 use crate::connection::{OwnedSocket, PeerAddr, Transport};
@@ -428,13 +428,13 @@ fn write_engine(
     attachments: &mut [CarriedAttachment],
     handoff: &mut Handoff,
 ) -> Result<CarriedEngine, CarryError> {
-    let Engine { process, mut feed, pending, outputs, phase, keep_until, time_limit } = engine;
-    // Input in order: what was being written, what the engine had, what
-    // was queued, what the connections held.
+    let Engine { process, outputs, phase, keep_until, time_limit } = engine;
+    let Inlet { mut feed, pending } = shared.take_input();
+    // Input in order: what was being written, what waited its turn, what
+    // the connections held.
     let mut input: Vec<CarriedControl> =
         feed.unwritten().map(|data| CarriedControl::Stdin(B64(data))).into_iter().collect();
     input.extend(pending.into_iter().map(Into::into));
-    input.extend(shared.queued_input().into_iter().map(Into::into));
     for attachment in attachments.iter_mut() {
         if let Some(control) = attachment.in_hand.take() {
             input.push(control);
@@ -514,7 +514,13 @@ impl CarriedSession {
         let mut take = |number: RawFd| -> Result<OwnedFd, CarryError> {
             handoff.take_fd(number).ok_or_else(|| carry_error(format!("descriptor {number} was not carried")))
         };
-        let engine = self.engine.map(|engine| restore_engine(engine, &mut take, cgroups)).transpose()?;
+        let (engine, inlet) = match self.engine {
+            Some(engine) => {
+                let (engine, inlet) = restore_engine(engine, &mut take, cgroups)?;
+                (Some(engine), inlet)
+            }
+            None => (None, Inlet::new(Feed::new(None), VecDeque::new())),
+        };
         let recorder = match self.recorder {
             Some(CarriedRecorder { fd, path, started, input, output_carry, input_carry }) => {
                 let file = std::fs::File::from(take(fd)?);
@@ -556,6 +562,7 @@ impl CarriedSession {
             self.history.chunks.into_iter().map(|(stream, data)| (stream, data.0)),
         );
         let restored = Restored {
+            inlet,
             history,
             screen: self.screen.map(|(size, repaint)| (size, repaint.0.to_vec())),
             ended: self.ended.map(|ended| Ended {
@@ -598,7 +605,7 @@ fn restore_engine(
     engine: CarriedEngine,
     take: &mut impl FnMut(RawFd) -> Result<OwnedFd, CarryError>,
     cgroups: Option<&CgroupRoot>,
-) -> Result<Engine, CarryError> {
+) -> Result<(Engine, Inlet), CarryError> {
     let CarriedProcess { pid, pidfd, tty, cgroup, stdin, pty, outputs } = engine.process;
     let pidfd = take(pidfd)?;
     let mut stdin_input = match stdin {
@@ -640,10 +647,9 @@ fn restore_engine(
         },
         _ => None,
     };
-    Ok(Engine {
+    let inlet = Inlet::new(Feed::resumed(stdin_input, engine.input_open, unwritten), input);
+    let engine = Engine {
         process,
-        feed: Feed::resumed(stdin_input, engine.input_open, unwritten),
-        pending: input,
         outputs: readings,
         phase: match engine.phase {
             CarriedPhase::Running => Phase::Running,
@@ -652,7 +658,8 @@ fn restore_engine(
         },
         keep_until: engine.keep_until.map(Mono::instant),
         time_limit: engine.time_limit.map(Mono::instant),
-    })
+    };
+    Ok((engine, inlet))
 }
 
 impl CarriedSessions {

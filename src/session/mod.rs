@@ -21,7 +21,7 @@
 //! - `attachment`: the socket side: one connection to a session;
 //! - `bridge`: the [`bridge`] between a process and one socket, a plain
 //!   session;
-//! - `queue`: the small queues between a session's tasks;
+//! - `queue`: the small queue between a connection's tasks;
 //! - `socket`: one client's socket: its writer, its input, its Close;
 //! - `carry`: sessions carried into the program that replaces this one;
 //! - `detached`: what named sessions add: their history for replay, their

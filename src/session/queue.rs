@@ -1,9 +1,9 @@
-//! [`queue`]: a small bounded queue between a session's tasks (output on
-//! its way to a client's writer, input on its way to the process).
+//! [`queue`]: a small bounded queue between a connection's tasks (output on
+//! its way to the client's writer).
 //!
 //! tokio's `mpsc` would do, but every channel holds a block of 32 slots from
-//! the start (about 1.5 KiB for messages), and a session has two: with
-//! thousands of idle sessions that is most of what they hold. This one
+//! the start (about 1.8 KiB for messages): with thousands of idle sessions
+//! that is much of what they hold. This one
 //! holds nothing while it is empty, grows only as far as it is filled, and
 //! a send stopped before it is done gives its item back (a session frozen
 //! for a hand-over keeps what it was sending).

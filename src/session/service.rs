@@ -173,7 +173,7 @@ impl ServeSubprocess {
         };
         let options =
             SpawnOptions { env: Some(&self.settings.env), mode: Some(protocol.output_mode()), identity, cgroup };
-        let process = match Process::spawn(&spec, options) {
+        let mut process = match Process::spawn(&spec, options) {
             Ok(process) => process,
             Err(err) if is_out_of_resources(&err) => {
                 tracing::warn!(cause = %err, status = 503, "no descriptors or processes left for a session");
@@ -208,7 +208,8 @@ impl ServeSubprocess {
                     .map_or(self.settings.max_history, |h| usize::try_from(h.as_u64()).unwrap_or(usize::MAX))
                     .min(self.settings.max_history);
                 let id = session.id.clone();
-                let shared = Shared::new(id, about, Kind::Named { keep, history }, &process, size, recorder, metrics);
+                let shared =
+                    Shared::new(id, about, Kind::Named { keep, history }, &mut process, size, recorder, metrics);
                 // The client that started it is its first writer before any
                 // output is read, so it loses none.
                 let first_writer = shared.writer();
@@ -239,7 +240,7 @@ impl ServeSubprocess {
                 self.sessions.spawn(attachment.instrument(span));
             }
             (None, _) => {
-                let shared = Shared::new(None, about, Kind::Plain, &process, size, recorder, metrics);
+                let shared = Shared::new(None, about, Kind::Plain, &mut process, size, recorder, metrics);
                 // The client is the writer before any output is read, so it
                 // loses none.
                 let writer = shared.writer();
@@ -452,8 +453,11 @@ async fn run_engine(
     let _place = place;
     let _active = if fresh { context.metrics.session_started() } else { context.metrics.session_carried() };
     let settings = context.settings.clone();
-    let run = shared.clone().run(engine, settings.clone(), context.shutdown.clone(), context.handover.clone()).await;
-    after_run(run, &shared, settings, &context, &sessions);
+    // Boxed: moved into the task's future, it would take room for its
+    // arguments twice.
+    let run =
+        Box::pin(shared.clone().run(engine, settings.clone(), context.shutdown.clone(), context.handover.clone()));
+    after_run(run.await, &shared, settings, &context, &sessions);
 }
 
 /// The end of an engine's run: the session's last line, or, frozen, its
@@ -523,7 +527,10 @@ async fn run_attachment(
     if shared.kind() != Kind::Plain {
         tracing::info!(role = ?joining.role, start = ?joining.start, "attached");
     }
-    attach_socket(shared, socket, connection, joining, guard, context, sessions).await;
+    // A task of its own, sized for the connection's life rather than for
+    // its upgrade too.
+    let attached = attach_socket(shared, socket, connection, joining, guard, context, sessions.clone());
+    sessions.spawn(attached.instrument(tracing::Span::current()));
 }
 
 /// A connection to a session, on its socket.
@@ -539,8 +546,10 @@ async fn attach_socket(
     let hold = Hold::new();
     socket.get_mut().hold_with(hold.clone());
     let (tx, rx) = socket.split();
-    let end = attach(shared.clone(), (tx, rx, hold), connection.protocol, joining, guard, &context).await;
-    after_attach(end, &shared, connection, &context, &sessions);
+    // Boxed: moved into the task's future, it would take room for the
+    // socket it was made from as well.
+    let attached = Box::pin(attach(shared.clone(), (tx, rx, hold), connection.protocol, joining, guard, &context));
+    after_attach(attached.await, &shared, connection, &context, &sessions);
 }
 
 /// A connection carried while its session was saying goodbye to it: the

@@ -33,7 +33,6 @@ use super::detached::history::{History, Read};
 use super::detached::record::Recorder;
 use super::lifecycle::{ChunkSize, OutputTail, signal_stop, stop_by};
 use super::process::{Feed, Process, ProcessOutput};
-use super::queue::{self, Receiver, Sender};
 use super::socket::{Ending, Progress, sleep_until_some};
 use crate::metrics::{Direction, Metrics};
 use crate::session::SessionSettings;
@@ -88,8 +87,6 @@ pub(crate) enum Control {
 /// Lines of scrollback the terminal model keeps (the screen is what a
 /// repaint shows; scrollback is not replayed).
 const SCROLLBACK: usize = 0;
-/// Controls queued from writers to the process.
-const CONTROL_QUEUE: usize = 64;
 
 /// What a session is, for its log lines.
 #[derive(Debug, Clone)]
@@ -112,10 +109,10 @@ pub(crate) struct Shared {
     kind: Kind,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
-    controls: Sender<Control>,
-    /// The other end of `controls`, until the engine runs (and again while
-    /// it is frozen).
-    received: Mutex<Option<Receiver<Control>>>,
+    /// The process's input: writers write in turn, each holding it while
+    /// the process takes what it writes (a slow reader slows them).
+    input: tokio::sync::Mutex<Inlet>,
+    input_meter: prometheus_client::metrics::counter::Counter,
     writers: watch::Sender<usize>,
     next_writer: AtomicU64,
     /// Announces that a writer took output or left: room in the history.
@@ -167,11 +164,9 @@ pub(crate) struct StartPoint {
 /// back by [`Shared::run`], to be carried on.
 #[derive(Debug)]
 pub(crate) struct Engine {
-    /// The process, its input and outputs taken out (they are below).
+    /// The process, its input and outputs taken out (its input is the
+    /// session's [`Inlet`]; its outputs are below).
     pub(crate) process: Process,
-    /// Its input, and what is still to be written to it, in order.
-    pub(crate) feed: Feed,
-    pub(crate) pending: VecDeque<Control>,
     /// Its outputs.
     pub(crate) outputs: Vec<Reading>,
     pub(crate) phase: Phase,
@@ -216,12 +211,9 @@ pub(crate) enum Run {
 impl Engine {
     /// The engine of a session of `process`, just started.
     pub(crate) fn start(mut process: Process, settings: &SessionSettings) -> Self {
-        let feed = Feed::new(process.stdin.take());
         let outputs = process.outputs.drain(..).map(|output| Reading { output, held: None, done: false }).collect();
         Self {
             process,
-            feed,
-            pending: VecDeque::new(),
             outputs,
             phase: Phase::Running,
             keep_until: None,
@@ -234,6 +226,8 @@ impl Engine {
 /// the program before this one.
 #[derive(Debug)]
 pub(crate) struct Restored {
+    /// The process's input, and what is still to be written to it.
+    pub(crate) inlet: Inlet,
     pub(crate) history: History,
     /// The screen's size and a repaint of it.
     pub(crate) screen: Option<(TerminalSize, Vec<u8>)>,
@@ -271,7 +265,7 @@ impl Shared {
         id: Option<String>,
         about: About,
         kind: Kind,
-        process: &Process,
+        process: &mut Process,
         size: TerminalSize,
         recorder: Option<Arc<Recorder>>,
         metrics: Metrics,
@@ -286,6 +280,7 @@ impl Shared {
             Kind::Named { history, .. } => History::new(history),
         };
         let restored = Restored {
+            inlet: Inlet::new(Feed::new(process.stdin.take()), VecDeque::new()),
             history,
             screen: None,
             ended: None,
@@ -317,7 +312,7 @@ impl Shared {
             parser.process(&repaint);
             parser
         });
-        let (controls, received) = queue::queue(CONTROL_QUEUE);
+        let input_meter = metrics.bytes(Direction::r#in);
         let shared = Self {
             id,
             about,
@@ -331,8 +326,8 @@ impl Shared {
                 taken: Vec::new(),
             }),
             changed: watch::Sender::new(0),
-            controls,
-            received: Mutex::new(Some(received)),
+            input: tokio::sync::Mutex::new(restored.inlet),
+            input_meter,
             writers: watch::Sender::new(0),
             next_writer: AtomicU64::new(0),
             room: Notify::new(),
@@ -368,16 +363,13 @@ impl Shared {
         }
     }
 
-    /// Input queued for the process and not yet taken by the engine (of a
-    /// frozen session).
-    pub(crate) fn queued_input(&self) -> Vec<Control> {
-        let mut queued = Vec::new();
-        if let Some(received) = self.received.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            while let Some(control) = received.try_recv() {
-                queued.push(control);
-            }
+    /// The process's input, taken out of a frozen session (whose tasks
+    /// have all stopped): to be carried on.
+    pub(crate) fn take_input(&self) -> Inlet {
+        match self.input.try_lock() {
+            Ok(mut inlet) => std::mem::replace(&mut *inlet, Inlet::new(Feed::new(None), VecDeque::new())),
+            Err(_) => Inlet::new(Feed::new(None), VecDeque::new()),
         }
-        queued
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -511,38 +503,19 @@ impl Shared {
         self.room.notify_waiters();
     }
 
-    /// Hands a writer's input to the process (waiting while the process
-    /// does not read it); gives it back if `freeze` comes first.
+    /// Hands a writer's input to the process, waiting its turn and while
+    /// the process does not read it. Gives it back if `freeze` comes before
+    /// its turn; once it is being written, what is left of it stays in the
+    /// input for the program after this one.
     pub(crate) async fn control(&self, control: Control, freeze: &CancellationToken) -> Result<(), Control> {
-        let input = match &control {
-            Control::Stdin(data) => Some(data.clone()),
-            _ => None,
-        };
-        let mut slot = Some(control);
-        tokio::select! {
+        let mut inlet = tokio::select! {
             biased;
-            () = self.controls.send_or_keep(&mut slot) => {}
-            _ = freeze.cancelled() => {}
-        }
-        match slot {
-            None => {
-                if let Some(data) = input {
-                    self.input_queued(&data);
-                }
-                Ok(())
-            }
-            Some(control) if freeze.is_cancelled() => Err(control),
-            // The engine is gone: nothing reads input any more.
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// Input was queued for the process: recorded, and activity.
-    fn input_queued(&self, data: &[u8]) {
-        if let Some(recorder) = &self.recorder {
-            recorder.input(data);
-        }
-        self.activity.mark();
+            inlet = self.input.lock() => inlet,
+            _ = freeze.cancelled() => return Err(control),
+        };
+        inlet.pending.push_back(control);
+        inlet.write_pending(self, freeze).await;
+        Ok(())
     }
 
     /// Runs the session from `engine` until its process has exited and its
@@ -559,13 +532,15 @@ impl Shared {
         shutdown: CancellationToken,
         freeze: CancellationToken,
     ) -> Run {
-        let Engine { mut process, feed, pending, outputs, phase, keep_until, time_limit } = engine;
+        let Engine { mut process, outputs, phase, keep_until, time_limit } = engine;
         let group = process.group();
-        let controls = self.received.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let controls = controls.unwrap_or_else(|| queue::queue(1).1);
-        let inlet = Inlet { feed, pending, controls };
-        let input_meter = self.metrics.bytes(Direction::r#in);
-        let input = AbortOnDropHandle::new(tokio::spawn(inlet.run(self.clone(), input_meter, freeze.clone())));
+        // Input carried from before is written first, whether or not a
+        // writer sends more.
+        let input = {
+            let (shared, freeze) = (self.clone(), freeze.clone());
+            let flush = async move { shared.input.lock().await.write_pending(&shared, &freeze).await };
+            AbortOnDropHandle::new(tokio::spawn(flush))
+        };
         let output_meter = self.metrics.bytes(Direction::out);
         // Cancelled once the leader has exited: from then on, the readers
         // wait for leftovers only within bounds (see `OutputTail`).
@@ -610,24 +585,31 @@ impl Shared {
                                 self.metrics.detached(keep_until.is_some());
                             }
                         }
-                        _ = sleep_until_some(keep_until) => break Some(match self.kind {
-                            Kind::Plain => self.lock().departure.clone().unwrap_or(Ending::ClientGone("client left".into())),
-                            Kind::Named { .. } => Ending::ClientGone("keep passed with no writer".into()),
-                        }),
                         _ = shutdown.cancelled() => break Some(Ending::Shutdown),
-                        _ = sleep_until_some(time_limit) => break Some(Ending::TimeLimit),
-                        _ = sleep_until_some(idle_check) => {
-                            let idle = settings.idle_timeout.expect("checks only with a timeout");
-                            match self.activity.idle_since() {
-                                Some(last) if last + idle > Instant::now() => idle_check = Some(last + idle),
-                                _ => break Some(Ending::Idle),
+                        // One timer for the three deadlines.
+                        _ = sleep_until_some([keep_until, time_limit, idle_check].into_iter().flatten().min()) => {
+                            let now = Instant::now();
+                            if keep_until.is_some_and(|at| at <= now) {
+                                break Some(match self.kind {
+                                    Kind::Plain => self.lock().departure.clone().unwrap_or(Ending::ClientGone("client left".into())),
+                                    Kind::Named { .. } => Ending::ClientGone("keep passed with no writer".into()),
+                                });
+                            }
+                            if time_limit.is_some_and(|at| at <= now) {
+                                break Some(Ending::TimeLimit);
+                            }
+                            if let (Some(at), Some(idle)) = (idle_check, settings.idle_timeout) && at <= now {
+                                match self.activity.idle_since() {
+                                    Some(last) if last + idle > now => idle_check = Some(last + idle),
+                                    _ => break Some(Ending::Idle),
+                                }
                             }
                         }
                         _ = freeze.cancelled() => {
                             if counts_detached && keep_until.is_some() {
                                 self.metrics.detached(false);
                             }
-                            return parts.frozen(&self, process, Phase::Running, keep_until, time_limit).await;
+                            return Box::pin(parts.frozen(&self, process, Phase::Running, keep_until, time_limit)).await;
                         }
                     }
                 };
@@ -648,11 +630,13 @@ impl Shared {
         };
         let ending = match reason {
             Some((reason, kill_at)) if status.is_none() => {
+                // Boxed, as every step but the main loop: a session's task
+                // keeps room for its largest step for all its life.
                 tokio::select! {
-                    stopped = stop_by(&mut process, kill_at) => status = stopped,
+                    stopped = Box::pin(stop_by(&mut process, kill_at)) => status = stopped,
                     _ = freeze.cancelled() => {
                         let phase = Phase::Stopping { reason, kill_at };
-                        return parts.frozen(&self, process, phase, None, time_limit).await;
+                        return Box::pin(parts.frozen(&self, process, phase, None, time_limit)).await;
                     }
                 }
                 Some(reason)
@@ -672,13 +656,16 @@ impl Shared {
         if drained.iter().any(|reading| !reading.done) {
             // Frozen while draining.
             let parts = Parts { input, readers: Vec::new() };
-            let mut frozen = parts.frozen(&self, process, Phase::Draining { reason: ending }, None, time_limit).await;
+            let phase = Phase::Draining { reason: ending };
+            let mut frozen = Box::pin(parts.frozen(&self, process, phase, None, time_limit)).await;
             if let Run::Frozen(engine) = &mut frozen {
                 engine.outputs = drained;
             }
             return frozen;
         }
         drop(input);
+        // The process is gone: its input is closed.
+        drop(self.input.lock().await.feed.take_input());
         let oom = status.is_some_and(|status| process.oom_killed(status));
         let ended = Ended { status, oom };
         match (&self.recorder, status) {
@@ -688,7 +675,7 @@ impl Shared {
         }
         self.lock().ended = Some(ended);
         self.changed.send_modify(|version| *version += 1);
-        process.finish().await;
+        Box::pin(process.finish()).await;
         drop(drained);
         if self.kind == Kind::Plain {
             // A plain session is over once its client has its output: what
@@ -714,9 +701,10 @@ impl Shared {
     }
 }
 
-/// The engine's tasks: the input, and one reader per output.
+/// The engine's tasks: writing the input carried from before, and one
+/// reader per output.
 struct Parts {
-    input: AbortOnDropHandle<Inlet>,
+    input: AbortOnDropHandle<()>,
     readers: Vec<AbortOnDropHandle<Reading>>,
 }
 
@@ -737,17 +725,9 @@ impl Parts {
             // A reader that failed has nothing left to carry.
             outputs.extend(reader.await.ok());
         }
-        let (feed, pending) = match input.await {
-            Ok(Inlet { feed, pending, controls }) => {
-                // What was queued, and what writers still queue as they
-                // freeze, is there for whoever carries the session on
-                // ([`Shared::queued_input`]).
-                *shared.received.lock().unwrap_or_else(|p| p.into_inner()) = Some(controls);
-                (feed, pending)
-            }
-            Err(_) => (Feed::new(None), VecDeque::new()),
-        };
-        Run::Frozen(Box::new(Engine { process, feed, pending, outputs, phase, keep_until, time_limit }))
+        // The input stays with the session (see [`Shared::take_input`]).
+        let _ = (input.await, shared);
+        Run::Frozen(Box::new(Engine { process, outputs, phase, keep_until, time_limit }))
     }
 }
 
@@ -822,49 +802,48 @@ async fn read(
     reading
 }
 
-/// The process's input side: its input, what is still to be written to it
-/// (carried from before, in order), and writers' controls as they come.
+/// The process's input: the input itself, and what is still to be written
+/// to it, in order (input carried from before, and each writer's, which
+/// waits its turn here while the process does not read).
 #[derive(Debug)]
-struct Inlet {
-    feed: Feed,
-    pending: VecDeque<Control>,
-    controls: Receiver<Control>,
+pub(crate) struct Inlet {
+    pub(crate) feed: Feed,
+    pub(crate) pending: VecDeque<Control>,
 }
 
 impl Inlet {
-    /// Carries input, input ends and resizes to the process until the
-    /// session is over or frozen; gives itself back, with what it had not
-    /// written yet.
-    async fn run(
-        mut self,
-        shared: Arc<Shared>,
-        meter: prometheus_client::metrics::counter::Counter,
-        freeze: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(feed: Feed, pending: VecDeque<Control>) -> Self {
+        Self { feed, pending }
+    }
+
+    /// Writes what was begun, then what waits, in order, until all is
+    /// written or `freeze` is cancelled (then the rest stays here).
+    async fn write_pending(&mut self, shared: &Shared, freeze: &CancellationToken) {
         loop {
             if self.feed.is_writing() {
                 tokio::select! {
                     biased;
-                    _ = freeze.cancelled() => return self,
                     written = self.feed.write_on() => if let Some(n) = written {
-                        meter.inc_by(n as u64);
+                        shared.input_meter.inc_by(n as u64);
                         shared.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     },
+                    _ = freeze.cancelled() => return,
                 }
+                continue;
             }
-            let control = match self.pending.pop_front() {
-                Some(control) => control,
-                None => tokio::select! {
-                    _ = freeze.cancelled() => return self,
-                    control = self.controls.recv() => match control {
-                        Some(control) => control,
-                        None => return self,
-                    },
-                },
-            };
+            if freeze.is_cancelled() {
+                return;
+            }
+            let Some(control) = self.pending.pop_front() else { return };
             match control {
                 // Written at the top of the loop.
-                Control::Stdin(data) => self.feed.start(data),
+                Control::Stdin(data) => {
+                    if let Some(recorder) = &shared.recorder {
+                        recorder.input(&data);
+                    }
+                    shared.activity.mark();
+                    self.feed.start(data);
+                }
                 Control::EndStdin => self.feed.end().await,
                 Control::Resize(size) => {
                     // The writer that acts last wins.

@@ -101,7 +101,7 @@ pub(crate) async fn attach<Tx, Rx>(
     protocol: Protocol,
     joining: Joining,
     guard: Option<WriterGuard>,
-    context: &SessionContext,
+    context: SessionContext,
 ) -> AttachEnd<Tx, Rx>
 where
     Tx: Sink<Message, Error = WsError> + Unpin + Send + 'static,

@@ -78,7 +78,7 @@ where
     let joining = Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: false };
     let engine = Engine::start(process, &context.settings);
     let run = shared.clone().run(engine, context.settings.clone(), context.shutdown.clone(), context.handover.clone());
-    let attached = attach(shared, (tx, rx, Hold::new()), protocol, joining, Some(writer), &context);
+    let attached = attach(shared, (tx, rx, Hold::new()), protocol, joining, Some(writer), context.clone());
     match tokio::join!(run, attached).0 {
         Run::Ended(outcome) => outcome,
         Run::Frozen(_) => unreachable!("a bridge's hand-over token is never cancelled"),

@@ -1,6 +1,7 @@
 //! [`ServeSubprocess`]: the innermost service.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -442,22 +443,24 @@ type Place = (Option<SessionPermit>, Option<Reservation>);
 
 /// A session's engine, in a task of its own; its connections come and go
 /// in theirs (a plain session's one connection too).
-async fn run_engine(
+fn run_engine(
     shared: Arc<Shared>,
     engine: Engine,
     place: Place,
     fresh: bool,
     context: SessionContext,
     sessions: Sessions,
-) {
-    let _place = place;
-    let _active = if fresh { context.metrics.session_started() } else { context.metrics.session_carried() };
+) -> impl Future<Output = ()> + Send + 'static {
     let settings = context.settings.clone();
-    // Boxed: moved into the task's future, it would take room for its
-    // arguments twice.
+    // Made (and boxed) here, not in the block: what it takes is held once,
+    // by it.
     let run =
         Box::pin(shared.clone().run(engine, settings.clone(), context.shutdown.clone(), context.handover.clone()));
-    after_run(run.await, &shared, settings, &context, &sessions);
+    async move {
+        let _place = place;
+        let _active = if fresh { context.metrics.session_started() } else { context.metrics.session_carried() };
+        after_run(run.await, &shared, settings, &context, &sessions);
+    }
 }
 
 /// The end of an engine's run: the session's last line, or, frozen, its
@@ -534,7 +537,7 @@ async fn run_attachment(
 }
 
 /// A connection to a session, on its socket.
-async fn attach_socket(
+fn attach_socket(
     shared: Arc<Shared>,
     mut socket: Socket,
     connection: Connection,
@@ -542,14 +545,15 @@ async fn attach_socket(
     guard: Option<WriterGuard>,
     context: SessionContext,
     sessions: Sessions,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let hold = Hold::new();
     socket.get_mut().hold_with(hold.clone());
     let (tx, rx) = socket.split();
-    // Boxed: moved into the task's future, it would take room for the
-    // socket it was made from as well.
-    let attached = Box::pin(attach(shared.clone(), (tx, rx, hold), connection.protocol, joining, guard, &context));
-    after_attach(attached.await, &shared, connection, &context, &sessions);
+    // Made (and boxed) here, not in the block: what it takes is held once,
+    // by it.
+    let attached =
+        Box::pin(attach(shared.clone(), (tx, rx, hold), connection.protocol, joining, guard, context.clone()));
+    async move { after_attach(attached.await, &shared, connection, &context, &sessions) }
 }
 
 /// A connection carried while its session was saying goodbye to it: the

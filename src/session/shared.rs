@@ -525,179 +525,184 @@ impl Shared {
     /// way for `idle_timeout`, `max_session_duration` passed, or the server
     /// shuts down. Returns how it ended, or, once `freeze` is cancelled,
     /// the engine to go on from.
-    pub(crate) async fn run(
+    pub(crate) fn run(
         self: Arc<Self>,
         engine: Engine,
         settings: Arc<SessionSettings>,
         shutdown: CancellationToken,
         freeze: CancellationToken,
-    ) -> Run {
-        let Engine { mut process, outputs, phase, keep_until, time_limit } = engine;
-        let group = process.group();
-        // Input carried from before is written first, whether or not a
-        // writer sends more.
-        let input = {
-            let (shared, freeze) = (self.clone(), freeze.clone());
-            let flush = async move { shared.input.lock().await.write_pending(&shared, &freeze).await };
-            AbortOnDropHandle::new(tokio::spawn(flush))
-        };
-        let output_meter = self.metrics.bytes(Direction::out);
-        // Cancelled once the leader has exited: from then on, the readers
-        // wait for leftovers only within bounds (see `OutputTail`).
-        let exited = CancellationToken::new();
-        if matches!(phase, Phase::Draining { .. }) {
-            exited.cancel();
-        }
-        let readers: Vec<_> = outputs
-            .into_iter()
-            .map(|reading| {
-                let tail = OutputTail::new(exited.clone(), group.clone(), settings.kill_grace);
-                let reader = read(reading, tail, self.clone(), output_meter.clone(), freeze.clone());
-                AbortOnDropHandle::new(tokio::spawn(reader))
-            })
-            .collect();
-        let parts = Parts { input, readers };
-        let keep = self.kind.keep();
-        let counts_detached = self.kind != Kind::Plain;
-        let mut writers = self.writers.subscribe();
-        // The keep clock of a session carried with no writer goes on.
-        let no_writer = |writers: &watch::Receiver<usize>, carried: Option<Instant>| {
-            (*writers.borrow() == 0).then(|| carried.unwrap_or_else(|| Instant::now() + keep))
-        };
-        let mut keep_until = no_writer(&writers, keep_until);
-        let mut status = None;
-        let reason = match phase {
-            Phase::Running => {
-                if counts_detached {
-                    self.metrics.detached(keep_until.is_some());
-                }
-                let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
-                let reason = loop {
-                    tokio::select! {
-                        result = process.exited() => {
-                            status = result.ok();
-                            break None;
-                        }
-                        Ok(()) = writers.changed() => {
-                            let was = keep_until.is_some();
-                            keep_until = no_writer(&writers, None);
-                            if counts_detached && was != keep_until.is_some() {
-                                self.metrics.detached(keep_until.is_some());
+    ) -> impl std::future::Future<Output = Run> + Send + 'static {
+        // Taken apart here, not in the block, so the engine is not held
+        // twice (whole, and in its parts) for the session's life.
+        let Engine { process, outputs, phase, keep_until, time_limit } = engine;
+        async move {
+            let mut process = process;
+            let group = process.group();
+            // Input carried from before is written first, whether or not a
+            // writer sends more.
+            let input = {
+                let (shared, freeze) = (self.clone(), freeze.clone());
+                let flush = async move { shared.input.lock().await.write_pending(&shared, &freeze).await };
+                AbortOnDropHandle::new(tokio::spawn(flush))
+            };
+            let output_meter = self.metrics.bytes(Direction::out);
+            // Cancelled once the leader has exited: from then on, the readers
+            // wait for leftovers only within bounds (see `OutputTail`).
+            let exited = CancellationToken::new();
+            if matches!(phase, Phase::Draining { .. }) {
+                exited.cancel();
+            }
+            let readers: Vec<_> = outputs
+                .into_iter()
+                .map(|reading| {
+                    let tail = OutputTail::new(exited.clone(), group.clone(), settings.kill_grace);
+                    let reader = read(reading, tail, self.clone(), output_meter.clone(), freeze.clone());
+                    AbortOnDropHandle::new(tokio::spawn(reader))
+                })
+                .collect();
+            let parts = Parts { input, readers };
+            let keep = self.kind.keep();
+            let counts_detached = self.kind != Kind::Plain;
+            let mut writers = self.writers.subscribe();
+            // The keep clock of a session carried with no writer goes on.
+            let no_writer = |writers: &watch::Receiver<usize>, carried: Option<Instant>| {
+                (*writers.borrow() == 0).then(|| carried.unwrap_or_else(|| Instant::now() + keep))
+            };
+            let mut keep_until = no_writer(&writers, keep_until);
+            let mut status = None;
+            let reason = match phase {
+                Phase::Running => {
+                    if counts_detached {
+                        self.metrics.detached(keep_until.is_some());
+                    }
+                    let mut idle_check = settings.idle_timeout.map(|idle| Instant::now() + idle);
+                    let reason = loop {
+                        tokio::select! {
+                            result = process.exited() => {
+                                status = result.ok();
+                                break None;
                             }
-                        }
-                        _ = shutdown.cancelled() => break Some(Ending::Shutdown),
-                        // One timer for the three deadlines.
-                        _ = sleep_until_some([keep_until, time_limit, idle_check].into_iter().flatten().min()) => {
-                            let now = Instant::now();
-                            if keep_until.is_some_and(|at| at <= now) {
-                                break Some(match self.kind {
-                                    Kind::Plain => self.lock().departure.clone().unwrap_or(Ending::ClientGone("client left".into())),
-                                    Kind::Named { .. } => Ending::ClientGone("keep passed with no writer".into()),
-                                });
-                            }
-                            if time_limit.is_some_and(|at| at <= now) {
-                                break Some(Ending::TimeLimit);
-                            }
-                            if let (Some(at), Some(idle)) = (idle_check, settings.idle_timeout) && at <= now {
-                                match self.activity.idle_since() {
-                                    Some(last) if last + idle > now => idle_check = Some(last + idle),
-                                    _ => break Some(Ending::Idle),
+                            Ok(()) = writers.changed() => {
+                                let was = keep_until.is_some();
+                                keep_until = no_writer(&writers, None);
+                                if counts_detached && was != keep_until.is_some() {
+                                    self.metrics.detached(keep_until.is_some());
                                 }
                             }
-                        }
-                        _ = freeze.cancelled() => {
-                            if counts_detached && keep_until.is_some() {
-                                self.metrics.detached(false);
+                            _ = shutdown.cancelled() => break Some(Ending::Shutdown),
+                            // One timer for the three deadlines.
+                            _ = sleep_until_some([keep_until, time_limit, idle_check].into_iter().flatten().min()) => {
+                                let now = Instant::now();
+                                if keep_until.is_some_and(|at| at <= now) {
+                                    break Some(match self.kind {
+                                        Kind::Plain => self.lock().departure.clone().unwrap_or(Ending::ClientGone("client left".into())),
+                                        Kind::Named { .. } => Ending::ClientGone("keep passed with no writer".into()),
+                                    });
+                                }
+                                if time_limit.is_some_and(|at| at <= now) {
+                                    break Some(Ending::TimeLimit);
+                                }
+                                if let (Some(at), Some(idle)) = (idle_check, settings.idle_timeout) && at <= now {
+                                    match self.activity.idle_since() {
+                                        Some(last) if last + idle > now => idle_check = Some(last + idle),
+                                        _ => break Some(Ending::Idle),
+                                    }
+                                }
                             }
-                            return Box::pin(parts.frozen(&self, process, Phase::Running, keep_until, time_limit)).await;
+                            _ = freeze.cancelled() => {
+                                if counts_detached && keep_until.is_some() {
+                                    self.metrics.detached(false);
+                                }
+                                return Box::pin(parts.frozen(&self, process, Phase::Running, keep_until, time_limit)).await;
+                            }
+                        }
+                    };
+                    if counts_detached && keep_until.is_some() {
+                        self.metrics.detached(false);
+                    }
+                    if let Some(reason) = &reason {
+                        self.lock().stopping = Some(reason.clone());
+                        self.changed.send_modify(|version| *version += 1);
+                    }
+                    reason.map(|reason| (reason, signal_stop(&process, &settings)))
+                }
+                Phase::Stopping { reason, kill_at } => Some((reason, kill_at)),
+                Phase::Draining { reason } => {
+                    status = process.exited().await.ok();
+                    reason.map(|reason| (reason, Instant::now()))
+                }
+            };
+            let ending = match reason {
+                Some((reason, kill_at)) if status.is_none() => {
+                    // Boxed, as every step but the main loop: a session's task
+                    // keeps room for its largest step for all its life.
+                    tokio::select! {
+                        stopped = Box::pin(stop_by(&mut process, kill_at)) => status = stopped,
+                        _ = freeze.cancelled() => {
+                            let phase = Phase::Stopping { reason, kill_at };
+                            return Box::pin(parts.frozen(&self, process, phase, None, time_limit)).await;
                         }
                     }
-                };
-                if counts_detached && keep_until.is_some() {
-                    self.metrics.detached(false);
+                    Some(reason)
                 }
-                if let Some(reason) = &reason {
-                    self.lock().stopping = Some(reason.clone());
-                    self.changed.send_modify(|version| *version += 1);
+                Some((reason, _)) => Some(reason),
+                None => None,
+            };
+            // Output written before the exit is still read, as fast as writers
+            // take it; leftovers holding the pipe open get `kill_grace`, then
+            // SIGKILL, and a bounded wait.
+            exited.cancel();
+            let Parts { input, readers } = parts;
+            let mut drained = Vec::with_capacity(readers.len());
+            for reader in readers {
+                drained.extend(reader.await.ok());
+            }
+            if drained.iter().any(|reading| !reading.done) {
+                // Frozen while draining.
+                let parts = Parts { input, readers: Vec::new() };
+                let phase = Phase::Draining { reason: ending };
+                let mut frozen = Box::pin(parts.frozen(&self, process, phase, None, time_limit)).await;
+                if let Run::Frozen(engine) = &mut frozen {
+                    engine.outputs = drained;
                 }
-                reason.map(|reason| (reason, signal_stop(&process, &settings)))
+                return frozen;
             }
-            Phase::Stopping { reason, kill_at } => Some((reason, kill_at)),
-            Phase::Draining { reason } => {
-                status = process.exited().await.ok();
-                reason.map(|reason| (reason, Instant::now()))
+            drop(input);
+            // The process is gone: its input is closed.
+            drop(self.input.lock().await.feed.take_input());
+            let oom = status.is_some_and(|status| process.oom_killed(status));
+            let ended = Ended { status, oom };
+            match (&self.recorder, status) {
+                (Some(recorder), Some(status)) => recorder.exited(status, oom),
+                (Some(recorder), None) => recorder.marker("ended"),
+                (None, _) => {}
             }
-        };
-        let ending = match reason {
-            Some((reason, kill_at)) if status.is_none() => {
-                // Boxed, as every step but the main loop: a session's task
-                // keeps room for its largest step for all its life.
+            self.lock().ended = Some(ended);
+            self.changed.send_modify(|version| *version += 1);
+            Box::pin(process.finish()).await;
+            drop(drained);
+            if self.kind == Kind::Plain {
+                // A plain session is over once its client has its output: what
+                // it took is what the session sent.
+                let mut writers = self.writers.subscribe();
                 tokio::select! {
-                    stopped = Box::pin(stop_by(&mut process, kill_at)) => status = stopped,
-                    _ = freeze.cancelled() => {
-                        let phase = Phase::Stopping { reason, kill_at };
-                        return Box::pin(parts.frozen(&self, process, phase, None, time_limit)).await;
-                    }
+                    _ = writers.wait_for(|n| *n == 0) => {}
+                    _ = freeze.cancelled() => {}
                 }
-                Some(reason)
             }
-            Some((reason, _)) => Some(reason),
-            None => None,
-        };
-        // Output written before the exit is still read, as fast as writers
-        // take it; leftovers holding the pipe open get `kill_grace`, then
-        // SIGKILL, and a bounded wait.
-        exited.cancel();
-        let Parts { input, readers } = parts;
-        let mut drained = Vec::with_capacity(readers.len());
-        for reader in readers {
-            drained.extend(reader.await.ok());
+            let ending = match (ending, status) {
+                (Some(ending), _) => ending,
+                (None, Some(status)) => Ending::Exited(status),
+                (None, None) => Ending::Internal("waiting for the process failed".into()),
+            };
+            Run::Ended(Outcome {
+                ending,
+                status,
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out: self.bytes_out.load(Ordering::Relaxed),
+                oom,
+            })
         }
-        if drained.iter().any(|reading| !reading.done) {
-            // Frozen while draining.
-            let parts = Parts { input, readers: Vec::new() };
-            let phase = Phase::Draining { reason: ending };
-            let mut frozen = Box::pin(parts.frozen(&self, process, phase, None, time_limit)).await;
-            if let Run::Frozen(engine) = &mut frozen {
-                engine.outputs = drained;
-            }
-            return frozen;
-        }
-        drop(input);
-        // The process is gone: its input is closed.
-        drop(self.input.lock().await.feed.take_input());
-        let oom = status.is_some_and(|status| process.oom_killed(status));
-        let ended = Ended { status, oom };
-        match (&self.recorder, status) {
-            (Some(recorder), Some(status)) => recorder.exited(status, oom),
-            (Some(recorder), None) => recorder.marker("ended"),
-            (None, _) => {}
-        }
-        self.lock().ended = Some(ended);
-        self.changed.send_modify(|version| *version += 1);
-        Box::pin(process.finish()).await;
-        drop(drained);
-        if self.kind == Kind::Plain {
-            // A plain session is over once its client has its output: what
-            // it took is what the session sent.
-            let mut writers = self.writers.subscribe();
-            tokio::select! {
-                _ = writers.wait_for(|n| *n == 0) => {}
-                _ = freeze.cancelled() => {}
-            }
-        }
-        let ending = match (ending, status) {
-            (Some(ending), _) => ending,
-            (None, Some(status)) => Ending::Exited(status),
-            (None, None) => Ending::Internal("waiting for the process failed".into()),
-        };
-        Run::Ended(Outcome {
-            ending,
-            status,
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.bytes_out.load(Ordering::Relaxed),
-            oom,
-        })
     }
 }
 

@@ -173,22 +173,26 @@ pub(super) enum WriterEnd<Tx> {
 /// connection keeps whatever the sink writes from then on: see
 /// [`Conn`](crate::websocket::Conn)) and gives back the sink and what it
 /// had not handed to it: the connection is being handed over.
-pub(super) async fn write_loop<Tx>(
+pub(super) fn write_loop<Tx>(
     tx: Tx,
     queue: Receiver<Message>,
     finish: oneshot::Receiver<Option<Message>>,
     keepalive: (Duration, Duration),
     progress: Progress,
     (freeze, hold): (CancellationToken, Hold),
-) -> WriterEnd<Tx>
+) -> impl std::future::Future<Output = WriterEnd<Tx>>
 where
     Tx: Sink<Message, Error = WsError> + Unpin,
 {
-    let end = write_until(tx, queue, finish, keepalive, progress, freeze).await;
-    if matches!(end, WriterEnd::Frozen { .. }) {
-        hold.set();
+    // Made here, not in the block: what it takes is held once, by it.
+    let writing = write_until(tx, queue, finish, keepalive, progress, freeze);
+    async move {
+        let end = writing.await;
+        if matches!(end, WriterEnd::Frozen { .. }) {
+            hold.set();
+        }
+        end
     }
-    end
 }
 
 async fn write_until<Tx>(

@@ -237,6 +237,16 @@ pub const ACTIVE_KIB: Metric = ("active_kib", "memory per active session, all ec
 pub const PLAIN_KIB: Metric = ("plain_kib", "memory per session after 60 KiB of output (KiB)", "KiB");
 pub const DETACHED_KIB: Metric =
     ("detached_kib", "memory per detachable session (history 64 KiB) after 60 KiB (KiB)", "KiB");
+// The server's own lifecycle with sessions live (see `upgrade.rs`).
+pub const UPGRADE_MS: Metric = ("upgrade_ms", "live sessions: signal → new program serving (ms)", "ms");
+pub const PAUSE_P50: Metric = ("pause_p50", "longest echo across it, per session, p50 (ms)", "ms");
+pub const PAUSE_P99: Metric = ("pause_p99", "longest echo across it, per session, p99 (ms)", "ms");
+pub const CALM_P99: Metric = ("calm_p99", "longest echo the second before, per session, p99 (ms)", "ms");
+pub const LOST: Metric = ("upgrade_lost", "sessions lost across it", "sessions");
+pub const RSS_BEFORE: Metric = ("upgrade_rss_before", "server memory before it (MiB)", "MiB");
+pub const RSS_AFTER: Metric = ("upgrade_rss_after", "server memory after it (MiB)", "MiB");
+pub const FDS_BEFORE: Metric = ("upgrade_fds_before", "server descriptors before it", "fds");
+pub const FDS_AFTER: Metric = ("upgrade_fds_after", "server descriptors after it", "fds");
 
 /// Everything one run needs.
 pub struct Bench {

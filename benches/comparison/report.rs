@@ -192,14 +192,14 @@ pub fn targets(r: &Results) -> Vec<TargetCheck> {
         detached.map(|v| format!("{v:.2}×")),
         detached.map(|v| v >= 0.8),
     );
-    let (serving, lost) = (ours(crate::upgrade::UPGRADE_MS), ours(crate::upgrade::LOST));
+    let (serving, lost) = (ours(UPGRADE_MS), ours(LOST));
     check(
         "in-place upgrade with 1,000 live sessions: serving again < 1 s, none lost",
         serving.zip(lost).map(|(s, l)| format!("{} ms, {l:.0} lost", fmt(s))),
         serving.zip(lost).map(|(s, l)| s < 1000.0 && l == 0.0),
     );
-    let rss = ours(crate::upgrade::RSS_BEFORE).zip(ours(crate::upgrade::RSS_AFTER));
-    let fds = ours(crate::upgrade::FDS_BEFORE).zip(ours(crate::upgrade::FDS_AFTER));
+    let rss = ours(RSS_BEFORE).zip(ours(RSS_AFTER));
+    let fds = ours(FDS_BEFORE).zip(ours(FDS_AFTER));
     check(
         "after the upgrade: memory ≤ 1.1× and descriptors ≤ before",
         rss.zip(fds).map(|((rb, ra), (fb, fa))| format!("{} → {} MiB, {fb:.0} → {fa:.0}", fmt(rb), fmt(ra))),
@@ -368,10 +368,7 @@ fn panels(r: &Results) -> Vec<Panel> {
         Panel {
             title: "1,000 live sessions: signal → serving again (ms); every websocketd session is lost".into(),
             bars: bars(
-                &[
-                    (crate::upgrade::UPGRADE_MS, WsSubprocess, "ws-sub upgrade"),
-                    (crate::upgrade::UPGRADE_MS, Websocketd, "websocketd restart"),
-                ],
+                &[(UPGRADE_MS, WsSubprocess, "ws-sub upgrade"), (UPGRADE_MS, Websocketd, "websocketd restart")],
                 "ms",
             ),
         },

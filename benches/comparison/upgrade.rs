@@ -14,20 +14,10 @@ use tokio::time::timeout;
 
 use crate::clients::{Conn, Rx, Tx};
 use crate::servers::{Kind, Server, fd_count, rss_kib};
-use crate::{Bench, Metric, Res, percentile, report};
-
-pub const UPGRADE_MS: Metric = ("upgrade_ms", "live sessions: signal → new program serving (ms)", "ms");
-pub const PAUSE_P50: Metric = ("pause_p50", "longest echo across it, per session, p50 (ms)", "ms");
-pub const PAUSE_P99: Metric = ("pause_p99", "longest echo across it, per session, p99 (ms)", "ms");
-pub const CALM_P99: Metric = ("calm_p99", "longest echo the second before, per session, p99 (ms)", "ms");
-pub const LOST: Metric = ("upgrade_lost", "sessions lost across it", "sessions");
-pub const RSS_BEFORE: Metric = ("upgrade_rss_before", "server memory before it (MiB)", "MiB");
-pub const RSS_AFTER: Metric = ("upgrade_rss_after", "server memory after it (MiB)", "MiB");
-pub const FDS_BEFORE: Metric = ("upgrade_fds_before", "server descriptors before it", "fds");
-pub const FDS_AFTER: Metric = ("upgrade_fds_after", "server descriptors after it", "fds");
-
-pub const METRICS: [Metric; 9] =
-    [UPGRADE_MS, PAUSE_P50, PAUSE_P99, CALM_P99, LOST, RSS_BEFORE, RSS_AFTER, FDS_BEFORE, FDS_AFTER];
+use crate::{
+    Bench, CALM_P99, FDS_AFTER, FDS_BEFORE, LOST, PAUSE_P50, PAUSE_P99, RSS_AFTER, RSS_BEFORE, Res, UPGRADE_MS,
+    percentile, report,
+};
 
 /// Each session echoes one line this often, so the longest echo across the
 /// upgrade is the pause its client sees, give or take this.
@@ -237,7 +227,7 @@ pub async fn run(bench: &mut Bench) {
         bench.complaints.entry(kind.name()).or_default().extend(complaints);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    for metric in METRICS {
+    for metric in [UPGRADE_MS, PAUSE_P50, PAUSE_P99, CALM_P99, LOST, RSS_BEFORE, RSS_AFTER, FDS_BEFORE, FDS_AFTER] {
         if let Some(row) = bench.results.rows.iter().find(|r| r.id == metric.0) {
             report::print_row(row);
         }

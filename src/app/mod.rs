@@ -466,7 +466,8 @@ async fn resume(
     lasting: &stack::Lasting,
     listener: &Listener,
 ) {
-    match service.resume(handoff, listener, Some(lasting.session_limit())).await {
+    let connection = |socket| listener.carried(socket);
+    match service.resume(handoff, &connection, Some(lasting.session_limit())).await {
         Ok(0) => {}
         Ok(resumed) => tracing::info!(sessions = resumed, "carried sessions run on"),
         Err(err) => tracing::error!(cause = %err, "cannot read the carried sessions; they are lost"),

@@ -16,7 +16,6 @@
 //! The bridge is written against `Sink`/`Stream`, not a socket type, so it
 //! runs on in-memory channels (see the tests below) as on a socket.
 
-use std::process::ExitStatus;
 use std::sync::Arc;
 
 use futures_util::{Sink, Stream};
@@ -29,25 +28,9 @@ use tokio_util::sync::CancellationToken;
 use super::attachment::{Joining, Start, attach};
 use super::detached::record::Recorder;
 use super::process::Process;
-use super::shared::{About, Engine, Kind, Run, Shared};
-use super::socket::Ending;
+use super::shared::{About, Engine, Kind, Outcome, Run, Shared};
 use crate::spec::{Role, TerminalSize};
 use crate::websocket::{Hold, Protocol};
-
-/// What a finished session did.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// Why it ended.
-    pub ending: Ending,
-    /// The process's exit status, once it was reaped.
-    pub status: Option<ExitStatus>,
-    /// Bytes written to the process's stdin.
-    pub bytes_in: u64,
-    /// Bytes of output sent to the client.
-    pub bytes_out: u64,
-    /// Whether the out-of-memory killer ended the process.
-    pub oom: bool,
-}
 
 /// Runs `process` against a WebSocket's halves until one side ends, then
 /// ends the other: a client that leaves gets its process group signalled

@@ -678,9 +678,9 @@ impl CarriedSessions {
 
     /// Reads the sessions of `handoff` (none in a hand-off without them).
     pub fn from_handoff(handoff: &Handoff) -> Result<Self, CarryError> {
-        if handoff.sessions.is_null() {
-            return Ok(Self::default());
+        match &handoff.sessions {
+            Some(sessions) => serde_json::from_str(sessions.get()).map_err(carry_error),
+            None => Ok(Self::default()),
         }
-        Self::deserialize(&handoff.sessions).map_err(carry_error)
     }
 }

@@ -41,7 +41,7 @@ mod settings;
 mod shared;
 mod socket;
 
-pub use bridge::{Outcome, bridge};
+pub use bridge::bridge;
 pub(crate) use carry::carry;
 pub use carry::{CarriedSession, CarriedSessions, CarryError};
 pub use detached::SharedSessions;
@@ -55,4 +55,5 @@ pub use settings::{
     EnvPolicy, InvalidSettings, KillSignal, Recording, SERVER_ENV_PREFIX, SessionContext, SessionSettings,
     SessionSettingsBuilder,
 };
+pub use shared::Outcome;
 pub use socket::Ending;

@@ -297,18 +297,21 @@ impl ServeSubprocess {
     /// Runs the sessions `handoff` carries (written by
     /// [`Sessions::hand_over`] in the program before this one, or in this
     /// one when its hand-over failed) on from where they stopped, taking
-    /// their descriptors from it. Their connections count as `listener`'s;
-    /// each takes a place in `limit` when given (beyond its maximum if need
-    /// be: it runs already). Returns how many sessions run on.
+    /// their descriptors from it. `connection` makes each carried socket a
+    /// connection of the server's (the binary's:
+    /// [`Listener::carried`](crate::server::Listener::carried), so it
+    /// counts among the listener's); each session takes a place in `limit`
+    /// when given (beyond its maximum if need be: it runs already). Returns
+    /// how many sessions run on.
     pub async fn resume(
         &self,
         handoff: &mut Handoff,
-        listener: &crate::server::Listener,
+        connection: &(dyn Fn(OwnedSocket) -> std::io::Result<Box<dyn Io>> + Sync),
         limit: Option<&super::SessionLimitLayer>,
     ) -> Result<usize, CarryError> {
         let carried = CarriedSessions::from_handoff(handoff)?;
         let permit = || limit.map(super::SessionLimitLayer::take_carried);
-        Ok(self.resume_carried(carried, handoff, &|socket| listener.carried(socket), &permit).await)
+        Ok(self.resume_carried(carried, handoff, connection, &permit).await)
     }
 
     async fn resume_carried(

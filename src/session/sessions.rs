@@ -105,11 +105,8 @@ impl Sessions {
         };
         let carried = super::carry(frozen, handoff, super::next_session_number()).await;
         let count = carried.sessions.len();
-        handoff.sessions = match serde_json::to_value(&carried) {
-            Ok(value) => value,
-            // Plain data always serializes.
-            Err(_) => serde_json::Value::Null,
-        };
+        // Plain data always serializes.
+        handoff.sessions = serde_json::value::to_raw_value(&carried).ok();
         if all { Ok(count) } else { Err(count) }
     }
 

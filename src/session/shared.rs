@@ -28,7 +28,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::bridge::Outcome;
 use super::detached::history::{History, Read};
 use super::detached::record::Recorder;
 use super::lifecycle::{ChunkSize, OutputTail, signal_stop, stop_by};
@@ -197,6 +196,21 @@ pub(crate) enum Phase {
     /// The leader is gone (it exited, or was stopped for `reason`); its
     /// outputs are read to their end.
     Draining { reason: Option<Ending> },
+}
+
+/// What a finished session did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Why it ended.
+    pub ending: Ending,
+    /// The process's exit status, once it was reaped.
+    pub status: Option<ExitStatus>,
+    /// Bytes written to the process's stdin.
+    pub bytes_in: u64,
+    /// Bytes of output its client took (the most any writer took).
+    pub bytes_out: u64,
+    /// Whether the out-of-memory killer ended the process.
+    pub oom: bool,
 }
 
 /// How [`Shared::run`] came back.

@@ -57,7 +57,7 @@
 //!     eprintln!("{}", upgrade::exec(successor, &args, &handoff));
 //! }
 //! // Still here: every session runs on.
-//! service.resume(&mut handoff, &listener, None).await?;
+//! service.resume(&mut handoff, &|socket| listener.carried(socket), None).await?;
 //!
 //! // The successor, started with `--upgrade-state FD`.
 //! # let fd = 3;
@@ -68,7 +68,7 @@
 //!     Some(fd) => Listener::adopt(&addr, fd)?,
 //!     None => Listener::bind(&addr).await?,
 //! };
-//! service.resume(&mut handoff, &listener, None).await?;
+//! service.resume(&mut handoff, &|socket| listener.carried(socket), None).await?;
 //! # Ok(()) }
 //! ```
 
@@ -78,7 +78,7 @@ pub(crate) use inherit::pty_master;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
@@ -194,8 +194,14 @@ pub struct Handoff {
     /// The sessions, with their processes and connections (see
     /// [`session::carry`](crate::session::CarriedSessions)); their
     /// descriptors are held here ([`Handoff::keep`]).
-    #[serde(default)]
-    pub sessions: serde_json::Value,
+    /// Kept as JSON text: read into its own types by whoever takes it,
+    /// with no tree of values in between.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Box<serde_json::value::RawValue>>,
+    /// Every carried descriptor's number, named or not (written by
+    /// [`Handoff::write`]).
+    #[serde(default, skip_serializing)]
+    held_numbers: Vec<RawFd>,
     #[serde(skip)]
     held: Vec<OwnedFd>,
 }
@@ -207,15 +213,6 @@ struct Written<'a> {
     #[serde(flatten)]
     handoff: &'a Handoff,
     held_numbers: &'a [RawFd],
-}
-
-/// A hand-off as read back.
-#[derive(Deserialize)]
-struct ReadBack {
-    #[serde(flatten)]
-    handoff: Handoff,
-    #[serde(default)]
-    held_numbers: Vec<RawFd>,
 }
 
 /// One carried descriptor.
@@ -282,9 +279,9 @@ impl Handoff {
     /// program does not read.
     pub fn adopt(fd: RawFd) -> Result<Self, UpgradeError> {
         let mut file = std::fs::File::from(inherit::adopt(fd).map_err(handoff_error)?);
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(handoff_error)?;
-        let ReadBack { mut handoff, held_numbers: mut numbers } = serde_json::from_str(&text).map_err(handoff_error)?;
+        let mut handoff: Handoff =
+            serde_json::from_reader(std::io::BufReader::new(&mut file)).map_err(handoff_error)?;
+        let mut numbers = std::mem::take(&mut handoff.held_numbers);
         if !READS.contains(&handoff.version) {
             return Err(handoff_error(format!("version {} is not one this program reads", handoff.version)));
         }
@@ -373,6 +370,8 @@ pub fn unblock_handled_signals() {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     #[test]

@@ -113,14 +113,7 @@ impl Client {
     }
 
     async fn type_in(&mut self, text: &str) {
-        let message = if self.v5 {
-            let mut data = vec![0u8];
-            data.extend_from_slice(text.as_bytes());
-            Message::Binary(data.into())
-        } else {
-            Message::Text(text.into())
-        };
-        self.ws.send(message).await.unwrap();
+        self.ws.send(input_message(self.v5, text)).await.unwrap();
     }
 
     fn close_code(&self) -> u16 {

@@ -35,7 +35,7 @@ use super::detached::history::History;
 use super::detached::record::{Recorder, RecorderParts};
 use super::process::{Feed, Process, ProcessInput, ProcessOutput, ProcessParts};
 use super::settings::KillSignal;
-use super::shared::{About, Control, Ended, Engine, Inlet, Kind, Phase, Reading, Restored, Shared};
+use super::shared::{About, Control, Ended, Engine, Inlet, Kind, Phase, Reading, Restored, Shared, Snapshot, Standing};
 use super::socket::Ending;
 use super::{SessionSettings, SessionSettingsBuilder};
 use crate::connection::{OwnedSocket, PeerAddr, Transport};
@@ -359,6 +359,7 @@ impl Gathered {
         let Self { shared, engine, settings, mut attachments } = self;
         let settings = settings.ok_or_else(|| carry_error("nothing of the session was frozen"))?;
         let snapshot = shared.snapshot();
+        let Snapshot { kind, cap, start, chunks, standing: snapshot } = snapshot;
         if engine.is_none() && snapshot.ended.is_none() {
             return Err(carry_error("a running session's connection without its engine"));
         }
@@ -375,13 +376,13 @@ impl Gathered {
         );
         let mut departure = snapshot.departure;
         let writer_carried = attachments.iter().any(|a| a.role == Role::Writer && a.closing.is_none());
-        if snapshot.kind == Kind::Plain && !writer_carried && departure.is_none() {
+        if kind == Kind::Plain && !writer_carried && departure.is_none() {
             departure = Some(Ending::ClientGone("the server restarted without its connection".into()));
         }
         Ok(CarriedSession {
             number: shared.about.number,
             id: shared.id.clone(),
-            keep: match snapshot.kind {
+            keep: match kind {
                 Kind::Plain => None,
                 Kind::Named { keep, .. } => Some(keep),
             },
@@ -400,9 +401,9 @@ impl Gathered {
             },
             engine,
             history: CarriedHistory {
-                cap: snapshot.cap,
-                start: snapshot.start,
-                chunks: snapshot.chunks.into_iter().map(|(stream, data)| (stream, B64(data))).collect(),
+                cap,
+                start,
+                chunks: chunks.into_iter().map(|(stream, data)| (stream, B64(data))).collect(),
             },
             screen: snapshot.screen.map(|(size, repaint)| (size, B64(repaint.into()))),
             last_activity: Mono::of(snapshot.last_activity),
@@ -561,9 +562,7 @@ impl CarriedSession {
             self.history.start,
             self.history.chunks.into_iter().map(|(stream, data)| (stream, data.0)),
         );
-        let restored = Restored {
-            inlet,
-            history,
+        let standing = Standing {
             screen: self.screen.map(|(size, repaint)| (size, repaint.0.to_vec())),
             ended: self.ended.map(|ended| Ended {
                 status: ended.status.map(std::os::unix::process::ExitStatusExt::from_raw),
@@ -575,6 +574,7 @@ impl CarriedSession {
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
         };
+        let restored = Restored { inlet, history, standing };
         let kind = match self.keep {
             Some(keep) => Kind::Named { keep, history: cap },
             None => Kind::Plain,

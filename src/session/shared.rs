@@ -243,14 +243,7 @@ pub(crate) struct Restored {
     /// The process's input, and what is still to be written to it.
     pub(crate) inlet: Inlet,
     pub(crate) history: History,
-    /// The screen's size and a repaint of it.
-    pub(crate) screen: Option<(TerminalSize, Vec<u8>)>,
-    pub(crate) ended: Option<Ended>,
-    pub(crate) stopping: Option<Ending>,
-    pub(crate) departure: Option<Ending>,
-    pub(crate) last_activity: Instant,
-    pub(crate) bytes_in: u64,
-    pub(crate) bytes_out: u64,
+    pub(crate) standing: Standing,
 }
 
 /// What [`Shared::snapshot`] reads off a frozen session.
@@ -261,6 +254,13 @@ pub(crate) struct Snapshot {
     pub(crate) cap: usize,
     pub(crate) start: u64,
     pub(crate) chunks: Vec<(OutputStream, Bytes)>,
+    pub(crate) standing: Standing,
+}
+
+/// Where a session stands beside its history and its input: what a
+/// snapshot reads and a restore puts back.
+#[derive(Debug)]
+pub(crate) struct Standing {
     /// The screen's size and a repaint of it.
     pub(crate) screen: Option<(TerminalSize, Vec<u8>)>,
     pub(crate) ended: Option<Ended>,
@@ -296,13 +296,15 @@ impl Shared {
         let restored = Restored {
             inlet: Inlet::new(Feed::new(process.stdin.take()), VecDeque::new()),
             history,
-            screen: None,
-            ended: None,
-            stopping: None,
-            departure: None,
-            last_activity: Instant::now(),
-            bytes_in: 0,
-            bytes_out: 0,
+            standing: Standing {
+                screen: None,
+                ended: None,
+                stopping: None,
+                departure: None,
+                last_activity: Instant::now(),
+                bytes_in: 0,
+                bytes_out: 0,
+            },
         };
         let shared = Self::restore(id, about, kind, restored, recorder, metrics);
         if let Some(screen) = screen {
@@ -321,7 +323,8 @@ impl Shared {
         recorder: Option<Arc<Recorder>>,
         metrics: Metrics,
     ) -> Arc<Self> {
-        let screen = restored.screen.map(|(size, repaint)| {
+        let Restored { inlet, history, standing } = restored;
+        let screen = standing.screen.map(|(size, repaint)| {
             let mut parser = Box::new(vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK));
             parser.process(&repaint);
             parser
@@ -332,24 +335,24 @@ impl Shared {
             about,
             kind,
             state: Mutex::new(State {
-                history: restored.history,
+                history,
                 screen,
-                ended: restored.ended,
-                stopping: restored.stopping,
-                departure: restored.departure,
+                ended: standing.ended,
+                stopping: standing.stopping,
+                departure: standing.departure,
                 taken: Vec::new(),
             }),
             changed: watch::Sender::new(0),
-            input: tokio::sync::Mutex::new(restored.inlet),
+            input: tokio::sync::Mutex::new(inlet),
             input_meter,
             writers: watch::Sender::new(0),
             next_writer: AtomicU64::new(0),
             room: Notify::new(),
             recorder,
             metrics,
-            activity: Progress::marked_at(restored.last_activity),
-            bytes_in: AtomicU64::new(restored.bytes_in),
-            bytes_out: AtomicU64::new(restored.bytes_out),
+            activity: Progress::marked_at(standing.last_activity),
+            bytes_in: AtomicU64::new(standing.bytes_in),
+            bytes_out: AtomicU64::new(standing.bytes_out),
         };
         Arc::new(shared)
     }
@@ -367,13 +370,15 @@ impl Shared {
             cap: state.history.cap(),
             start: state.history.start(),
             chunks: state.history.chunks().collect(),
-            screen,
-            ended: state.ended,
-            stopping: state.stopping.clone(),
-            departure: state.departure.clone(),
-            last_activity: self.activity.idle_since().unwrap_or_else(Instant::now),
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            standing: Standing {
+                screen,
+                ended: state.ended,
+                stopping: state.stopping.clone(),
+                departure: state.departure.clone(),
+                last_activity: self.activity.idle_since().unwrap_or_else(Instant::now),
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            },
         }
     }
 

@@ -698,6 +698,18 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// `text` as a client's input: a text message in the raw protocol, a
+/// binary one on channel 0 in the channel protocol.
+pub fn input_message(v5: bool, text: &str) -> Message {
+    if v5 {
+        let mut data = vec![0u8];
+        data.extend_from_slice(text.as_bytes());
+        Message::Binary(data.into())
+    } else {
+        Message::Text(text.into())
+    }
+}
+
 /// A client that reads its session in the background: the output (the raw
 /// protocol's binary messages, or channels 1 and 2), the session info and
 /// status, and how the connection ended. Input goes through [`Watcher::type_in`].
@@ -753,14 +765,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> W
 
     /// Sends `text` as input.
     pub async fn type_in(&mut self, text: &str) {
-        let message = if self.v5 {
-            let mut data = vec![0u8];
-            data.extend_from_slice(text.as_bytes());
-            Message::Binary(data.into())
-        } else {
-            Message::Text(text.into())
-        };
-        self.sink.send(message).await.unwrap();
+        self.sink.send(input_message(self.v5, text)).await.unwrap();
     }
 
     /// Sends `message` as it is.

@@ -49,8 +49,9 @@ pub struct Params {
     pub repetitions: usize,
     pub scale: scale::ScaleParams,
     pub detached_sessions: usize,
-    /// Live sessions across the upgrade.
+    /// Live sessions across the upgrades, and how many upgrades in a row.
     pub upgrade_sessions: usize,
+    pub upgrade_rounds: usize,
     /// `--only`: the groups of rows to run (for working on one).
     pub only: Option<Vec<String>>,
 }
@@ -92,6 +93,7 @@ impl Params {
             },
             detached_sessions: 1000,
             upgrade_sessions: 1000,
+            upgrade_rounds: 3,
             only: None,
         }
     }
@@ -116,6 +118,7 @@ impl Params {
             },
             detached_sessions: 20,
             upgrade_sessions: 20,
+            upgrade_rounds: 1,
             only: None,
         }
     }
@@ -242,11 +245,11 @@ pub const UPGRADE_MS: Metric = ("upgrade_ms", "live sessions: signal → new pro
 pub const PAUSE_P50: Metric = ("pause_p50", "longest echo across it, per session, p50 (ms)", "ms");
 pub const PAUSE_P99: Metric = ("pause_p99", "longest echo across it, per session, p99 (ms)", "ms");
 pub const CALM_P99: Metric = ("calm_p99", "longest echo the second before, per session, p99 (ms)", "ms");
-pub const LOST: Metric = ("upgrade_lost", "sessions lost across it", "sessions");
-pub const RSS_BEFORE: Metric = ("upgrade_rss_before", "server memory before it (MiB)", "MiB");
-pub const RSS_AFTER: Metric = ("upgrade_rss_after", "server memory after it (MiB)", "MiB");
-pub const FDS_BEFORE: Metric = ("upgrade_fds_before", "server descriptors before it", "fds");
-pub const FDS_AFTER: Metric = ("upgrade_fds_after", "server descriptors after it", "fds");
+pub const LOST: Metric = ("upgrade_lost", "sessions lost across them", "sessions");
+pub const RSS_BEFORE: Metric = ("upgrade_rss_before", "server memory before the first (MiB)", "MiB");
+pub const RSS_AFTER: Metric = ("upgrade_rss_after", "server memory after the last (MiB)", "MiB");
+pub const FDS_BEFORE: Metric = ("upgrade_fds_before", "server descriptors before the first", "fds");
+pub const FDS_AFTER: Metric = ("upgrade_fds_after", "server descriptors after the last", "fds");
 
 /// Everything one run needs.
 pub struct Bench {

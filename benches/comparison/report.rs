@@ -260,7 +260,8 @@ pub fn write(bench: &Bench, m: &Machine, elapsed: Duration, markdown: &Path, svg
          sessions, {} sessions for the rates, {} round trips; {} repetitions (3 for terminal, \
          detachable and echo throughput), median shown with the range. Scale: {} idle sessions, \
          {} in all opened at {}/s, each echoing 32 bytes once a second for {} s; {} starts timed \
-         before and with all of them live.\n\n",
+         before and with all of them live. Upgrade: {} sessions, {} in-place upgrades in a row \
+         (websocketd: one restart).\n\n",
         p.pipe_bytes >> 20,
         p.tty_bytes >> 20,
         p.echo_bytes >> 20,
@@ -272,7 +273,9 @@ pub fn write(bench: &Bench, m: &Machine, elapsed: Duration, markdown: &Path, svg
         p.scale.total,
         p.scale.rate,
         p.scale.active.as_secs(),
-        p.scale.probes
+        p.scale.probes,
+        p.upgrade_sessions,
+        p.upgrade_rounds
     ));
     md.push_str("## Targets\n\n| target | measured | |\n|---|---|---|\n");
     for t in targets(r) {

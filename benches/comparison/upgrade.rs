@@ -113,19 +113,19 @@ async fn serving_after(metrics: std::net::SocketAddr, n: usize) -> bool {
     body.contains(&format!("ws_subprocess_upgrades_total{{result=\"ok\"}} {n}"))
 }
 
-/// What one server did across its signal.
-struct Across {
+/// What one server did across one signal.
+struct Round {
     serving_ms: f64,
     pauses: Vec<f64>,
     calm: Vec<f64>,
-    lost: usize,
     before: (f64, f64),
     after: (f64, f64),
 }
 
-/// Opens `sessions` echoing sessions on `server`, then upgrades it (or
-/// restarts it, for the peer) and watches what each session sees.
-async fn across(bench: &Bench, server: &mut Server, sessions: usize) -> Res<Across> {
+/// Opens `sessions` echoing sessions on `server`, then upgrades it
+/// `rounds` times (or restarts it once, for the peer) and watches what
+/// each session sees; also how many were lost in all.
+async fn across(bench: &Bench, server: &mut Server, sessions: usize, rounds: usize) -> Res<(Vec<Round>, usize)> {
     let mut echoers = Vec::with_capacity(sessions);
     for batch in (0..sessions).collect::<Vec<_>>().chunks(OPEN_BATCH) {
         let opened = futures_util::future::join_all(batch.iter().map(|&n| Echoer::start(server, n))).await;
@@ -133,48 +133,67 @@ async fn across(bench: &Bench, server: &mut Server, sessions: usize) -> Res<Acro
             echoers.push(echoer?);
         }
     }
-    // Steady echoing for a while: the second before the signal is the
-    // reference.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = server.pid().ok_or("no server process")?;
     let usage = |pid| (rss_kib(pid).unwrap_or(0) as f64 / 1024.0, fd_count(pid).unwrap_or(0) as f64);
-    let before = usage(pid);
-    let signal = Instant::now();
-    let serving_ms = match server.kind {
-        Kind::WsSubprocess => {
-            let metrics = server.metrics.ok_or("no metrics address")?;
-            server.signal(rustix::process::Signal::USR2)?;
-            let deadline = signal + SERVE_LIMIT;
-            while !serving_after(metrics, 1).await {
-                if Instant::now() > deadline {
-                    return Err(format!("not serving {} s after SIGUSR2", SERVE_LIMIT.as_secs()));
+    let mut windows = Vec::new();
+    for round in 1..=rounds {
+        // Steady echoing for a while: the second before the signal is the
+        // reference.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = usage(server.pid().ok_or("no server process")?);
+        let signal = Instant::now();
+        let serving_ms = match server.kind {
+            Kind::WsSubprocess => {
+                let metrics = server.metrics.ok_or("no metrics address")?;
+                server.signal(rustix::process::Signal::USR2)?;
+                let deadline = signal + SERVE_LIMIT;
+                while !serving_after(metrics, round).await {
+                    if Instant::now() > deadline {
+                        return Err(format!("not serving {} s after SIGUSR2", SERVE_LIMIT.as_secs()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                signal.elapsed().as_secs_f64() * 1e3
             }
-            signal.elapsed().as_secs_f64() * 1e3
-        }
-        _ => server.restart(bench.websocketd.as_deref()).await?.as_secs_f64() * 1e3,
-    };
-    let served = Instant::now();
-    // Everything sent up to a little after serving again must come back.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let after = usage(server.pid().ok_or("no server process")?);
-    let mut pauses = Vec::new();
-    let mut calm = Vec::new();
+            _ => server.restart(bench.websocketd.as_deref()).await?.as_secs_f64() * 1e3,
+        };
+        let served = Instant::now();
+        // Everything sent up to a little after serving again must come back.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let after = usage(server.pid().ok_or("no server process")?);
+        windows.push((signal, served, serving_ms, before, after));
+    }
+    let mut rounds: Vec<Round> = windows
+        .iter()
+        .map(|&(_, _, serving_ms, before, after)| Round {
+            serving_ms,
+            pauses: Vec::new(),
+            calm: Vec::new(),
+            before,
+            after,
+        })
+        .collect();
     let mut lost = 0;
     for echoer in echoers {
         let _ = echoer.stop.send(true);
         let ended = timeout(Duration::from_secs(5), echoer.task).await;
         let failed = !matches!(ended, Ok(Ok(Ok(()))));
-        calm.extend(longest(&echoer.echoes, signal - Duration::from_secs(1), signal));
-        match longest(&echoer.echoes, signal, served + Duration::from_millis(300)) {
-            Some(pause) if !failed => pauses.push(pause),
-            _ => lost += 1,
+        let mut kept = !failed;
+        for (round, &(signal, served, ..)) in rounds.iter_mut().zip(&windows) {
+            round.calm.extend(longest(&echoer.echoes, signal - Duration::from_secs(1), signal));
+            match longest(&echoer.echoes, signal, served + Duration::from_millis(300)) {
+                Some(pause) if kept => round.pauses.push(pause),
+                _ => kept = false,
+            }
+        }
+        if !kept {
+            lost += 1;
         }
     }
-    pauses.sort_by(f64::total_cmp);
-    calm.sort_by(f64::total_cmp);
-    Ok(Across { serving_ms, pauses, calm, lost, before, after })
+    for round in &mut rounds {
+        round.pauses.sort_by(f64::total_cmp);
+        round.calm.sort_by(f64::total_cmp);
+    }
+    Ok((rounds, lost))
 }
 
 pub async fn run(bench: &mut Bench) {
@@ -191,11 +210,13 @@ pub async fn run(bench: &mut Bench) {
                 continue;
             }
         };
-        match across(bench, &mut server, sessions).await {
-            Ok(a) => {
+        // Several upgrades in a row, on the same sessions; the peer loses
+        // them at its first restart.
+        let rounds = if kind == Kind::WsSubprocess { bench.params.upgrade_rounds } else { 1 };
+        match across(bench, &mut server, sessions, rounds).await {
+            Ok((rounds, lost)) => {
                 let r = &mut bench.results;
-                r.add(UPGRADE_MS, kind, Ok(a.serving_ms));
-                r.add(LOST, kind, Ok(a.lost as f64));
+                r.add(LOST, kind, Ok(lost as f64));
                 let p = |samples: &[f64], q| {
                     if samples.is_empty() {
                         Err("every session was lost".to_string())
@@ -203,21 +224,26 @@ pub async fn run(bench: &mut Bench) {
                         Ok(percentile(samples, q))
                     }
                 };
-                r.add(PAUSE_P50, kind, p(&a.pauses, 0.5));
-                r.add(PAUSE_P99, kind, p(&a.pauses, 0.99));
-                r.add(CALM_P99, kind, p(&a.calm, 0.99));
-                r.add(RSS_BEFORE, kind, Ok(a.before.0));
-                r.add(RSS_AFTER, kind, Ok(a.after.0));
-                r.add(FDS_BEFORE, kind, Ok(a.before.1));
-                r.add(FDS_AFTER, kind, Ok(a.after.1));
+                for round in &rounds {
+                    r.add(UPGRADE_MS, kind, Ok(round.serving_ms));
+                    r.add(PAUSE_P50, kind, p(&round.pauses, 0.5));
+                    r.add(PAUSE_P99, kind, p(&round.pauses, 0.99));
+                    r.add(CALM_P99, kind, p(&round.calm, 0.99));
+                }
+                if let (Some(first), Some(last)) = (rounds.first(), rounds.last()) {
+                    r.add(RSS_BEFORE, kind, Ok(first.before.0));
+                    r.add(RSS_AFTER, kind, Ok(last.after.0));
+                    r.add(FDS_BEFORE, kind, Ok(first.before.1));
+                    r.add(FDS_AFTER, kind, Ok(last.after.1));
+                }
                 bench.notes.push(format!(
                     "{}: {sessions} `cat` sessions each echoing a line every {} ms across {}",
                     kind.name(),
                     INTERVAL.as_millis(),
                     if kind == Kind::WsSubprocess {
-                        "an in-place upgrade (SIGUSR2)"
+                        format!("{} in-place upgrades in a row (SIGUSR2)", rounds.len())
                     } else {
-                        "a restart (SIGTERM, start)"
+                        "a restart (SIGTERM, start)".to_string()
                     }
                 ));
             }

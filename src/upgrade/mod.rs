@@ -279,8 +279,12 @@ impl Handoff {
     /// program does not read.
     pub fn adopt(fd: RawFd) -> Result<Self, UpgradeError> {
         let mut file = std::fs::File::from(inherit::adopt(fd).map_err(handoff_error)?);
-        let mut handoff: Handoff =
-            serde_json::from_reader(std::io::BufReader::new(&mut file)).map_err(handoff_error)?;
+        // Read whole and parsed at once (a stream is parsed byte by byte):
+        // the sessions are kept as text, so this is the only large copy.
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut text).map_err(handoff_error)?;
+        let mut handoff: Handoff = serde_json::from_slice(&text).map_err(handoff_error)?;
+        drop(text);
         let mut numbers = std::mem::take(&mut handoff.held_numbers);
         if !READS.contains(&handoff.version) {
             return Err(handoff_error(format!("version {} is not one this program reads", handoff.version)));

@@ -29,7 +29,7 @@ pub const BIN_NAME: &str = "ws-subprocess";
 pub struct Cli {
     /// TOML configuration file (else $WS_SUBPROCESS_CONFIG, else
     /// ./ws-subprocess.toml if present)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
 
     /// Check that this binary can take over a running server in an in-place upgrade: read the
@@ -118,8 +118,8 @@ pub enum Subcommand {
     /// Print the configuration the server would run with, and where each value came from.
     ///
     /// Reads the file, the environment and the flags as a start does, and checks them the same
-    /// way (exit 2 naming the problem). Setting flags and --config go before `config`. Each
-    /// `key = value` line ends with its source: default, file PATH, env NAME or flag --NAME.
+    /// way (exit 2 naming the problem). Setting flags and --config go before or after `config`.
+    /// Each `key = value` line ends with its source: default, file PATH, env NAME or flag --NAME.
     /// Secrets (URL passwords, credential query parameters) print as `<redacted>`; paths of
     /// secret files are shown.
     ///
@@ -244,6 +244,9 @@ fn flag(setting: &Setting, default: &serde_json::Value) -> Arg {
         .long(setting.key.replace('_', "-"))
         .value_name(setting.value_name)
         .help(help)
+        .help_heading("Settings")
+        // Before or after a subcommand, as cargo's and kubectl's flags.
+        .global(true)
         .action(ArgAction::Set);
     if setting.value_name == "BOOL" { arg.num_args(0..=1).default_missing_value("true") } else { arg }
 }
@@ -347,6 +350,26 @@ mod tests {
             assert!(err.contains("`max_sessions`: must be at least 1"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn settings_and_config_are_read_after_a_subcommand_too() {
+        let max_sessions = |cli: Cli| {
+            let figment = figment::Figment::from(figment::providers::Serialized::defaults(Config::default()));
+            Config::from_figment(&figment.merge(cli.settings)).unwrap().max_sessions
+        };
+        for args in [
+            &["ws", "--config", "x.toml", "--max-sessions", "9", "config"][..],
+            &["ws", "config", "--config", "x.toml", "--max-sessions", "9"],
+            &["ws", "--config", "x.toml", "config", "--max-sessions=9"],
+            // The original program's single-dash flags as well.
+            &["ws", "config", "-config", "x.toml", "-max-sessions", "9"],
+        ] {
+            let cli = Cli::parse_args(args.iter().map(OsString::from));
+            assert!(matches!(cli.command, Some(Subcommand::Config)), "{args:?}");
+            assert_eq!(cli.config.as_deref(), Some(Path::new("x.toml")), "{args:?}");
+            assert_eq!(max_sessions(cli), 9, "{args:?}");
+        }
     }
 
     #[test]

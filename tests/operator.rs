@@ -60,6 +60,32 @@ fn config_names_the_source_of_each_value() {
 }
 
 #[test]
+fn flags_after_the_subcommand_are_read_as_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("operator.toml");
+    std::fs::write(&file, "path = \"/from-file\"\n").unwrap();
+    let file = file.to_str().unwrap();
+    let before = run(&["--config", file, "--max-sessions", "9", "config"], &[], dir.path());
+    assert!(before.status.success(), "{}", stderr(&before));
+    for args in [
+        &["config", "--config", file, "--max-sessions", "9"][..],
+        &["--config", file, "config", "--max-sessions=9"],
+        &["config", "-config", file, "-max-sessions", "9"],
+    ] {
+        let after = run(args, &[], dir.path());
+        assert!(after.status.success(), "{args:?}: {}", stderr(&after));
+        assert_eq!(stdout(&after), stdout(&before), "{args:?}");
+    }
+    let shown = stdout(&before);
+    assert_eq!(setting(&shown, "path").0, "\"/from-file\"");
+    assert_eq!(setting(&shown, "max_sessions"), ("9", "flag --max-sessions"));
+    // A bad value after the subcommand fails as one before it.
+    let bad = run(&["config", "--max-sessions", "0"], &[], dir.path());
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("`max_sessions`: must be at least 1"), "{}", stderr(&bad));
+}
+
+#[test]
 fn config_reads_the_environment_and_the_default_file_as_a_start_does() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ws-subprocess.toml"), "max_sessions = 7\n").unwrap();

@@ -175,6 +175,10 @@ pub struct MintToken {
     /// Omit `jti`, making the token reusable until it expires
     #[arg(long)]
     pub no_jti: bool,
+    /// Bind the token to this client certificate (PEM): only a TLS client that presents it may
+    /// use the token (the `cnf` claim `x5t#S256`, RFC 8705)
+    #[arg(long, value_name = "PATH")]
+    pub bind_cert: Option<PathBuf>,
     /// Environment variable for the process, NAME=VALUE (repeatable)
     #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
@@ -204,6 +208,13 @@ impl MintToken {
         claims.aud = self.aud.clone();
         if self.no_jti {
             claims.jti = None;
+        }
+        if let Some(path) = &self.bind_cert {
+            use tokio_rustls::rustls::pki_types::CertificateDer;
+            use tokio_rustls::rustls::pki_types::pem::PemObject;
+            let cert = CertificateDer::from_pem_file(path)
+                .map_err(|e| format!("--bind-cert {}: no PEM certificate ({e})", path.display()))?;
+            claims = claims.bound_to(&crate::connection::ClientCert::from_der(&cert));
         }
         let alg = |default: &str| -> Result<jsonwebtoken::Algorithm, BoxError> {
             let name = self.alg.as_deref().unwrap_or(default);

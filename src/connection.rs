@@ -1,6 +1,6 @@
 //! Facts about the connection a request came on, which the server puts in
-//! the request extensions for every layer below it: the peer's address and
-//! whether the connection is TLS.
+//! the request extensions for every layer below it: the peer's address,
+//! whether the connection is TLS, and the client certificate it verified.
 //!
 //! ```
 //! use ws_subprocess::connection::PeerAddr;
@@ -33,6 +33,85 @@ impl fmt::Display for PeerAddr {
 /// Whether the client's connection is TLS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Secure(pub bool);
+
+/// The request header that tells a controller the subject of the client's
+/// verified certificate. A client can never set it: the server drops it from
+/// every request, and the controller backend sends only its own.
+pub const X_CLIENT_CERT_SUBJECT: http::HeaderName = http::HeaderName::from_static("x-client-cert-subject");
+
+/// The request header that tells a controller the SHA-256 fingerprint of the
+/// client's verified certificate (64 lowercase hex digits); see
+/// [`X_CLIENT_CERT_SUBJECT`].
+pub const X_CLIENT_CERT_SHA256: http::HeaderName = http::HeaderName::from_static("x-client-cert-sha256");
+
+/// The certificate a TLS client presented and the server verified against
+/// `tls_client_ca_file`: in a request's extensions only then.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    subject: String,
+    sha256: [u8; 32],
+}
+
+impl ClientCert {
+    /// The identity of the DER certificate `der` (the end entity's, as
+    /// TLS gives it first).
+    pub fn from_der(der: &[u8]) -> Self {
+        use sha2::Digest;
+        use x509_cert::der::Decode;
+        let subject = match x509_cert::Certificate::from_der(der) {
+            Ok(cert) => printable(&cert.tbs_certificate.subject.to_string()),
+            // Verified certificates parse; an empty subject is never a match.
+            Err(_) => String::new(),
+        };
+        Self { subject, sha256: sha2::Sha256::digest(der).into() }
+    }
+
+    /// The subject's distinguished name as RFC 4514 writes it
+    /// (`CN=alice,O=Example`), anything outside printable ASCII escaped as
+    /// `\XX`, so it is always a valid header value.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The SHA-256 digest of the DER certificate.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
+    /// [`ClientCert::sha256`] as 64 lowercase hex digits (the
+    /// `X-Client-Cert-Sha256` header).
+    pub fn sha256_hex(&self) -> String {
+        crate::auth::hex(&self.sha256)
+    }
+
+    /// [`ClientCert::sha256`] as base64url without padding: the
+    /// `x5t#S256` confirmation of a certificate-bound token (RFC 8705 §3.1).
+    pub fn x5t_s256(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.sha256)
+    }
+}
+
+impl fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCert").field("subject", &self.subject).field("sha256", &self.sha256_hex()).finish()
+    }
+}
+
+/// `text` with every byte outside printable ASCII written as `\XX`
+/// (RFC 4514 §2.4 allows any character so escaped).
+fn printable(text: &str) -> String {
+    use fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..0x7f).contains(&byte) {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "\\{byte:02X}");
+        }
+    }
+    out
+}
 
 /// A connection's byte stream, whatever carries it (TCP, a Unix socket,
 /// TLS over either, or another server's upgraded connection): what a
@@ -124,6 +203,13 @@ impl fmt::Display for IpKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subjects_are_printable_ascii() {
+        assert_eq!(printable("CN=Zo\u{eb},O=a"), "CN=Zo\\C3\\AB,O=a");
+        assert_eq!(printable("CN=a\nb"), "CN=a\\0Ab");
+        assert!(http::HeaderValue::from_str(&printable("CN=\u{1F600}\u{7f}")).is_ok());
+    }
 
     #[test]
     fn ipv6_addresses_share_their_64_and_mapped_ipv4_is_ipv4() {

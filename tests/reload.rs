@@ -75,6 +75,48 @@ async fn a_renewed_certificate_serves_new_handshakes_while_an_old_connection_kee
 }
 
 #[tokio::test]
+async fn client_certificates_are_asked_for_after_a_reload_while_an_old_connection_keeps_working() {
+    let dir = scratch();
+    let (cert, key) = certificate(dir.path(), "server");
+    let ca = certificate_authority(dir.path(), "clients-ca");
+    let alice = client_certificate(dir.path(), "alice", "/CN=alice", &ca);
+    let controller = Controller::allowing("/bin/cat", &[]).await;
+    let tls = format!("tls_cert_file = \"{}\"\ntls_key_file = \"{}\"", cert.display(), key.display());
+    write_config(dir.path(), &controller.url(), &tls);
+    let server = start(dir.path(), &[]).await;
+    let url = format!("wss://localhost:{}/ws?token=t", server.tcp().port());
+    let session = |client: Option<&(PathBuf, PathBuf)>| {
+        let (url, client) = (url.clone(), client.cloned());
+        let (addr, cert) = (server.tcp(), cert.clone());
+        async move {
+            let stream = tls_connect_as(addr, &cert, client.as_ref()).await.ok()?;
+            tokio_tungstenite::client_async(url, stream).await.ok().map(|(ws, _)| ws)
+        }
+    };
+    let mut old = session(None).await.expect("no certificate needed yet");
+    echoes(&mut old, "before").await;
+
+    write_config(dir.path(), &controller.url(), &format!("{tls}\ntls_client_ca_file = \"{}\"", ca.0.display()));
+    reload(&server, 1).await;
+    assert!(server.log().contains("reloaded"), "{}", server.log());
+    assert!(session(None).await.is_none(), "a client without a certificate still gets in");
+    let mut new = session(Some(&alice)).await.expect("alice's certificate is accepted");
+    echoes(&mut new, "after").await;
+    assert_eq!(controller.requests().last().unwrap().headers["x-client-cert-subject"], "CN=alice");
+    echoes(&mut old, "still here").await;
+
+    // Optional now: a token alone gets in again.
+    write_config(
+        dir.path(),
+        &controller.url(),
+        &format!("{tls}\ntls_client_ca_file = \"{}\"\ntls_client_auth = \"optional\"", ca.0.display()),
+    );
+    reload(&server, 2).await;
+    let mut again = session(None).await.expect("optional");
+    echoes(&mut again, "token alone").await;
+}
+
+#[tokio::test]
 async fn an_invalid_reload_changes_nothing_and_says_why() {
     let dir = scratch();
     let controller = Controller::allowing("/bin/cat", &[]).await;

@@ -199,10 +199,7 @@ impl App {
         let serve = config
             .serve_settings(capacity.connections, metrics.clone())
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
-        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
-            (Some(cert), Some(key)) => Some(Live::new(server::tls_acceptor(cert, key)?)),
-            _ => None,
-        };
+        let tls = config.tls_acceptor()?.map(Live::new);
         let (listener, local_addr) = bind(&config.listen, handoff.as_mut(), "listen").await?;
         // A peer that vanished is noticed even while the server only sends.
         let mut listener = listener.with_tcp_user_timeout(config.pong_timeout);

@@ -12,7 +12,7 @@ use crate::config::{Config, ConfigError};
 use crate::live::Live;
 use crate::metrics::{Metrics, Outcome};
 use crate::report::Report;
-use crate::server::{self, ServeSettings};
+use crate::server::ServeSettings;
 
 /// Where a reload reads its configuration: the binary reads its file, its
 /// environment and its flags again.
@@ -181,9 +181,9 @@ impl Reloader {
         let serve = config
             .serve_settings(capacity.connections, self.0.metrics.clone())
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
-        let tls = match (&self.0.tls, &config.tls_cert_file, &config.tls_key_file) {
-            (Some(_), Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key).map_err(StartError::from)?),
-            _ => None,
+        let tls = match &self.0.tls {
+            Some(_) => config.tls_acceptor().map_err(StartError::from)?,
+            None => None,
         };
         // Everything is built: nothing can fail from here on.
         capacity.log(&config, self.0.open_files, self.0.threads);

@@ -44,6 +44,14 @@ impl Authorizer for Backend {
         }
     }
 
+    fn identifies_by_certificate(&self) -> bool {
+        match self {
+            Self::Controller(controller) => controller.identifies_by_certificate(),
+            #[cfg(feature = "jwt")]
+            Self::Jwt(jwt) => jwt.identifies_by_certificate(),
+        }
+    }
+
     async fn authorize(&self, token: &str, request: &Parts) -> Result<CommandSpec, AuthError> {
         match self {
             Self::Controller(controller) => controller.authorize(token, request).await,

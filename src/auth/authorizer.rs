@@ -24,9 +24,20 @@ pub trait Authorizer: Send + Sync + 'static {
         "custom"
     }
 
+    /// Whether a verified client certificate may stand for a token: then a
+    /// request that has a [`ClientCert`](crate::connection::ClientCert) but
+    /// no token is asked about with an empty `token`.
+    fn identifies_by_certificate(&self) -> bool {
+        false
+    }
+
     /// Checks `token`; `request` is the upgrade request it came with (its
-    /// headers, and [`PeerAddr`](crate::connection::PeerAddr) in its
-    /// extensions when the server knows it).
+    /// headers, and in its extensions the
+    /// [`PeerAddr`](crate::connection::PeerAddr) when the server knows it
+    /// and the [`ClientCert`](crate::connection::ClientCert) the
+    /// connection presented). `token` is empty only when
+    /// [`Authorizer::identifies_by_certificate`] allowed the certificate to
+    /// stand for one.
     fn authorize(
         &self,
         token: &str,

@@ -1,17 +1,22 @@
 //! The controller backend: the original ws-subprocess contract.
 //!
 //! `GET <controller_url>?token=<T>`; exactly `200` with a JSON
-//! [`CommandSpec`] allows, any other answer denies.
+//! [`CommandSpec`] allows, any other answer denies. A client's verified
+//! certificate is named in `X-Client-Cert-Subject` and
+//! `X-Client-Cert-Sha256`; with one, the request may carry no token (then
+//! there is no `token` parameter) and the controller decides by the
+//! certificate alone.
 
 use std::time::Duration;
 
 use http::header::{ORIGIN, USER_AGENT};
 use http::request::Parts;
-use http::{HeaderName, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use url::Url;
 
 use super::client::{BodyError, backend_client, read_capped};
 use super::{AuthError, Authorizer};
+use crate::connection::{ClientCert, X_CLIENT_CERT_SHA256, X_CLIENT_CERT_SUBJECT};
 use crate::forwarded::{Forwarded, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::spec::CommandSpec;
 
@@ -52,8 +57,9 @@ impl ControllerAuthorizer {
         Self { client, settings }
     }
 
-    /// The controller URL with `token=T` added; a `token` the configured
-    /// URL already has is replaced, so the controller sees exactly one.
+    /// The controller URL with `token=T` added (none for an empty token);
+    /// a `token` the configured URL already has is replaced, so the
+    /// controller sees exactly the client's.
     fn request_url(&self, token: &str) -> Url {
         let mut url = self.settings.url.clone();
         let kept: Vec<(String, String)> = url
@@ -61,13 +67,22 @@ impl ControllerAuthorizer {
             .filter(|(name, _)| name != "token")
             .map(|(n, v)| (n.into_owned(), v.into_owned()))
             .collect();
-        url.query_pairs_mut().clear().extend_pairs(kept).append_pair("token", token);
+        let mut query = url.query_pairs_mut();
+        query.clear().extend_pairs(kept);
+        if !token.is_empty() {
+            query.append_pair("token", token);
+        }
+        drop(query);
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
         url
     }
 
     /// The forwarding headers (believed only from trusted proxies, see
     /// [`Forwarded`]), plus `Origin`, `User-Agent` and the configured extra
-    /// headers of the client.
+    /// headers of the client, and the identity of its verified certificate
+    /// (never a client's own `X-Client-Cert-*` headers).
     fn forwarded_headers(&self, parts: &Parts) -> http::HeaderMap {
         let facts = Forwarded::of_request(parts);
         let mut headers = http::HeaderMap::new();
@@ -79,9 +94,21 @@ impl ControllerAuthorizer {
             headers.insert(X_FORWARDED_HOST, host);
         }
         for name in [ORIGIN, USER_AGENT].iter().chain(&self.settings.forward_headers) {
+            if *name == X_CLIENT_CERT_SUBJECT || *name == X_CLIENT_CERT_SHA256 {
+                continue;
+            }
             for value in parts.headers.get_all(name) {
                 headers.append(name.clone(), value.clone());
             }
+        }
+        if let Some(cert) = parts.extensions.get::<ClientCert>() {
+            if let Ok(subject) = HeaderValue::from_str(cert.subject()) {
+                headers.insert(X_CLIENT_CERT_SUBJECT, subject);
+            }
+            headers.insert(
+                X_CLIENT_CERT_SHA256,
+                HeaderValue::from_str(&cert.sha256_hex()).expect("hex is a header value"),
+            );
         }
         headers
     }
@@ -90,6 +117,10 @@ impl ControllerAuthorizer {
 impl Authorizer for ControllerAuthorizer {
     fn backend_name(&self) -> &'static str {
         "controller"
+    }
+
+    fn identifies_by_certificate(&self) -> bool {
+        true
     }
 
     async fn authorize(&self, token: &str, parts: &Parts) -> Result<CommandSpec, AuthError> {

@@ -12,6 +12,7 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use super::{AuthError, Authorizer, Policy, header_token, token_hash};
+use crate::connection::ClientCert;
 use crate::metrics::{AuthResult, Metrics};
 use crate::query::SessionQuery;
 use crate::reply;
@@ -21,7 +22,9 @@ use crate::websocket::WebSocketUpgrade;
 /// Puts an [`Authorizer`] in front of a service.
 ///
 /// For each request, in this order: parse the query string once into a
-/// [`SessionQuery`] (a malformed `since`: 400), find the token (none: 400), check the
+/// [`SessionQuery`] (a malformed `since`: 400), find the token (none: 400,
+/// unless the connection's verified client certificate may stand for one,
+/// see [`Authorizer::identifies_by_certificate`]), check the
 /// WebSocket handshake (bad: 400/426, the backend is not asked), ask the
 /// backend (see [`AuthError::status`]), apply the [`Policy`] (403). An
 /// allowed request reaches the inner service with the
@@ -140,7 +143,11 @@ where
                     return Ok(reply::plain(StatusCode::BAD_REQUEST, &err.to_string()));
                 }
             };
-            let Some(token) = query.token.take().or_else(|| header_token(&parts)) else {
+            let certified =
+                layer.authorizer.identifies_by_certificate() && parts.extensions.get::<ClientCert>().is_some();
+            let Some(token) =
+                query.token.take().or_else(|| header_token(&parts)).or_else(|| certified.then(String::new))
+            else {
                 tracing::info!(status = 400, "no token");
                 return Ok(reply::plain(StatusCode::BAD_REQUEST, "missing token"));
             };
@@ -151,7 +158,7 @@ where
                     return Ok(rejection.into_response());
                 }
             };
-            let token_hash = token_hash(&token);
+            let token_hash = if token.is_empty() { "none (client certificate)".into() } else { token_hash(&token) };
             let started = Instant::now();
             let result = layer.authorizer.authorize(&token, &parts).await.and_then(|spec| {
                 layer.policy.check(&spec)?;

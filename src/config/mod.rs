@@ -39,4 +39,4 @@ pub use load::{ConfigError, DEFAULT_CONFIG_FILE, ENV_PREFIX, FlagValues};
 pub use redact::REDACTED;
 pub use reload::UPGRADE_ONLY;
 pub use settings::{Config, SETTINGS, Setting};
-pub use values::{AuthBackend, JwtAlgorithm, KeyFamily, LogFormat, ReplayStoreAddr};
+pub use values::{AuthBackend, ClientAuth, JwtAlgorithm, KeyFamily, LogFormat, ReplayStoreAddr};

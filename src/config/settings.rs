@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::values::{AuthBackend, JwtAlgorithm, LogFormat, ReplayStoreAddr, cidrs, list, via_str};
+use super::values::{AuthBackend, ClientAuth, JwtAlgorithm, LogFormat, ReplayStoreAddr, cidrs, list, via_str};
 use crate::auth::Rate;
 use crate::contain::CgroupSetting;
 use crate::server::{ListenAddr, ServeSettings};
@@ -151,6 +151,12 @@ settings! {
     tls_cert_file: Option<PathBuf> ["PATH"] = None;
     /// PEM private key of tls_cert_file.
     tls_key_file: Option<PathBuf> ["PATH"] = None;
+    /// PEM CA certificates: ask TLS clients for a certificate that chains to one of them, and
+    /// tell the backend who it names.
+    tls_client_ca_file: Option<PathBuf> ["PATH"] = None;
+    /// With tls_client_ca_file: `required` (a client without a certificate is refused in the
+    /// handshake) or `optional` (it may send a token instead). [default: required]
+    tls_client_auth: Option<ClientAuth> ["MODE"] = None;
     /// Serve the files of this directory beside the endpoint (e.g. a terminal page).
     static_dir: Option<PathBuf> ["DIR"] = None;
     /// Serve Prometheus metrics at /metrics on this address.

@@ -72,6 +72,15 @@ impl Config {
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             problems.push(("tls_cert_file", "tls_cert_file and tls_key_file go together"));
         }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            problems.push((
+                "tls_client_ca_file",
+                "needs tls_cert_file and tls_key_file (client certificates come with TLS)",
+            ));
+        }
+        if self.tls_client_auth.is_some() && self.tls_client_ca_file.is_none() {
+            problems.push(("tls_client_auth", "needs tls_client_ca_file"));
+        }
         if self.allowed_commands.iter().any(|c| !c.is_absolute()) {
             problems.push(("allowed_commands", "must hold absolute paths"));
         }
@@ -162,6 +171,17 @@ impl Config {
                 input: self.record_input,
             }))
             .build()
+    }
+
+    /// The TLS acceptor of `tls_cert_file`, `tls_key_file` and the client
+    /// certificate settings; `None` without TLS.
+    pub fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, crate::server::TlsError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else { return Ok(None) };
+        let client_ca = self.tls_client_ca_file.as_ref().map(|file| crate::server::ClientCa {
+            file: file.clone(),
+            required: self.tls_client_auth != Some(super::values::ClientAuth::Optional),
+        });
+        crate::server::tls_acceptor(cert, key, client_ca.as_ref()).map(Some)
     }
 
     /// How connections are served, holding at most `max_connections`.

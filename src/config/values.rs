@@ -27,6 +27,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether TLS clients must present a certificate (`tls_client_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A client without one is refused in the handshake.
+    Required,
+    /// A client may connect without one (and then needs a token).
+    Optional,
+}
+
 /// Where a JWT backend remembers used token ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayStoreAddr {

@@ -33,4 +33,4 @@ mod tls;
 pub use listener::{ListenAddr, Listener};
 pub use serve::{Served, Stop, raise_open_file_limit, serve, serve_live, serve_until};
 pub use settings::{ServeSettings, ServeSettingsBuilder};
-pub use tls::{TlsError, tls_acceptor};
+pub use tls::{ClientCa, TlsError, tls_acceptor};

@@ -16,19 +16,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
-use tower_http::add_extension::AddExtension;
 use tracing::Instrument;
 
 use super::activity::Activity;
 use super::limits::{Caps, Counted};
 use super::{Listener, ServeSettings};
-use crate::connection::{Io, PeerAddr, Secure};
+use crate::connection::{ClientCert, Io, PeerAddr, Secure, X_CLIENT_CERT_SHA256, X_CLIENT_CERT_SUBJECT};
 use crate::live::Live;
 use crate::metrics::Refusal;
 use crate::session::Sessions;
 
 /// Serves `app` on `listener` until `shutdown` completes. Every request
-/// carries the connection's [`PeerAddr`] and [`Secure`] in its extensions.
+/// carries the connection's [`PeerAddr`] and [`Secure`] in its extensions,
+/// and its verified [`ClientCert`] when it presented one; the
+/// `X-Client-Cert-*` headers a client sends are dropped.
 ///
 /// Each connection must deliver a complete request head within
 /// `request_header_timeout` of being accepted (TLS handshake and protocol
@@ -172,9 +173,7 @@ where
         let activity = Activity::new();
         let deadline = Instant::now() + current.request_header_timeout;
         let io = Counted { io, _place: place };
-        let service =
-            activity.track(AddExtension::new(AddExtension::new(app.clone(), Secure(listener.tls.is_some())), peer));
-        let service = TowerToHyperService::new(service);
+        let app = app.clone();
         let tls = listener.tls.as_ref().map(Live::get);
         let (http, stop, metrics, handover) = (http.clone(), stop.clone(), current.metrics.clone(), handover.clone());
         let idle_timeout = current.request_header_timeout;
@@ -184,10 +183,21 @@ where
                 // The TLS handshake runs here, not in the accept loop, so a
                 // slow client delays only itself; it counts against the
                 // request head's deadline.
+                let mut facts = ConnectionFacts { peer, secure: Secure(tls.is_some()), cert: None };
                 let io: Box<dyn Io> = match tls {
                     None => Box::new(io),
                     Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
-                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Ok(stream)) => {
+                            // Only a certificate the verifier accepted is
+                            // there at all.
+                            facts.cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|der| ClientCert::from_der(der));
+                            Box::new(stream)
+                        }
                         Ok(Err(err)) => return tracing::debug!(cause = %err, "TLS handshake failed"),
                         Err(_) => {
                             metrics.refused(Refusal::header_timeout);
@@ -196,6 +206,7 @@ where
                     },
                 };
                 let io = TokioIo::new(io);
+                let service = TowerToHyperService::new(activity.track(WithFacts { inner: app, facts }));
                 let result = match &http {
                     Http::One(builder) => {
                         drive!(
@@ -429,4 +440,47 @@ pub fn raise_open_file_limit() -> io::Result<Option<u64>> {
         setrlimit(Resource::Nofile, limit)?;
     }
     Ok(limit.current)
+}
+
+/// What the server knows of a connection, for each of its requests.
+#[derive(Clone)]
+struct ConnectionFacts {
+    peer: PeerAddr,
+    secure: Secure,
+    cert: Option<ClientCert>,
+}
+
+/// `inner` with each request given the [`ConnectionFacts`] in its
+/// extensions, and rid of the identity headers only the server may state.
+#[derive(Clone)]
+struct WithFacts<S> {
+    inner: S,
+    facts: ConnectionFacts,
+}
+
+impl<S, B> Service<Request<B>> for WithFacts<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let headers = request.headers_mut();
+        // Forged identity: a controller must only ever see the server's.
+        headers.remove(X_CLIENT_CERT_SUBJECT);
+        headers.remove(X_CLIENT_CERT_SHA256);
+        let extensions = request.extensions_mut();
+        extensions.insert(self.facts.peer);
+        extensions.insert(self.facts.secure);
+        if let Some(cert) = &self.facts.cert {
+            extensions.insert(cert.clone());
+        }
+        self.inner.call(request)
+    }
 }

@@ -472,8 +472,101 @@ pub fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// Runs openssl with `args`; panics unless it succeeds.
+fn openssl(args: &[&std::ffi::OsStr]) {
+    let output = std::process::Command::new("openssl").args(args).output().unwrap();
+    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A certificate authority made by openssl: its certificate and key.
+pub fn certificate_authority(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let subject = format!("/CN={name}");
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+        ]
+        .map(std::ffi::OsStr::new)
+        .into_iter()
+        .chain([key.as_os_str(), "-out".as_ref(), cert.as_os_str()])
+        .collect::<Vec<_>>(),
+    );
+    (cert, key)
+}
+
+/// A client certificate for `subject` (openssl's `/O=…/CN=…` form) signed
+/// by the authority `ca`: its certificate and key.
+pub fn client_certificate(dir: &Path, name: &str, subject: &str, ca: &(PathBuf, PathBuf)) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let args: Vec<&std::ffi::OsStr> = [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        subject,
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-addext",
+        "extendedKeyUsage=clientAuth",
+    ]
+    .map(std::ffi::OsStr::new)
+    .into_iter()
+    .chain([
+        "-CA".as_ref(),
+        ca.0.as_os_str(),
+        "-CAkey".as_ref(),
+        ca.1.as_os_str(),
+        "-keyout".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        cert.as_os_str(),
+    ])
+    .collect();
+    openssl(&args);
+    (cert, key)
+}
+
+/// The SHA-256 fingerprint of the certificate in `cert` as openssl prints
+/// it, in lowercase hex without colons.
+pub fn fingerprint(cert: &Path) -> String {
+    let output = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    text.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase()
+}
+
 /// A TLS client that trusts only the certificate in `cert`.
 pub fn tls_connector(cert: &Path) -> tokio_rustls::TlsConnector {
+    tls_connector_as(cert, None)
+}
+
+/// A TLS client that trusts only the certificate in `cert` and presents
+/// `client` (certificate and key files), if given.
+pub fn tls_connector_as(cert: &Path, client: Option<&(PathBuf, PathBuf)>) -> tokio_rustls::TlsConnector {
     use tokio_rustls::rustls::pki_types::CertificateDer;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
@@ -484,16 +577,32 @@ pub fn tls_connector(cert: &Path) -> tokio_rustls::TlsConnector {
     let config = ClientConfig::builder_with_provider(Arc::new(crypto::aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+            let chain = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+            config.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap()).unwrap()
+        }
+    };
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// A TLS connection to `localhost` at `addr`, trusting only `cert`.
 pub async fn tls_connect(addr: SocketAddr, cert: &Path) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_as(addr, cert, None).await
+}
+
+/// [`tls_connect`] presenting the client certificate `client`, if given.
+pub async fn tls_connect_as(
+    addr: SocketAddr,
+    cert: &Path,
+    client: Option<&(PathBuf, PathBuf)>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use tokio_rustls::rustls::pki_types::ServerName;
     let tcp = TcpStream::connect(addr).await?;
-    tls_connector(cert).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+    tls_connector_as(cert, client).connect(ServerName::try_from("localhost").unwrap(), tcp).await
 }
 
 /// Appends every line of `stream` to `log`, and sends the first value

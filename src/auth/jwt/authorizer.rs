@@ -15,10 +15,12 @@ use sha2::{Digest, Sha256};
 use super::keys::{KeyError, KeyRing, KeySources};
 use super::replay::ReplayStore;
 use crate::auth::{AuthError, Authorizer, hex};
+use crate::connection::ClientCert;
 use crate::spec::CommandSpec;
 
-/// Claims that are about the token, not the command.
-const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+/// Claims that are about the token, not the command (`cnf` binds it to a
+/// client certificate, RFC 8705).
+const REGISTERED_CLAIMS: [&str; 8] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf"];
 
 /// How tokens are checked; see the `jwt_*` config keys.
 #[derive(Debug, Clone)]
@@ -147,6 +149,23 @@ fn unix_now_f64() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// A token with a confirmation claim `cnf` is bound to the client
+/// certificate whose SHA-256 thumbprint is its `x5t#S256` (RFC 8705 §3):
+/// only a connection that presented that certificate may use it. A `cnf`
+/// this server cannot check (no `x5t#S256`, another method) refuses the
+/// token rather than ignoring the binding.
+fn certificate_matches(claims: &Map<String, Value>, cert: Option<&ClientCert>) -> Result<(), AuthError> {
+    let Some(cnf) = claims.get("cnf") else { return Ok(()) };
+    let Some(thumbprint) = cnf.get("x5t#S256").and_then(Value::as_str) else {
+        return Err(deny("cnf without x5t#S256"));
+    };
+    match cert {
+        None => Err(deny("token is bound to a client certificate and the connection presented none")),
+        Some(cert) if cert.x5t_s256() == thumbprint => Ok(()),
+        Some(_) => Err(deny("token is bound to another client certificate")),
+    }
+}
+
 /// A denial for `why`.
 fn deny(why: impl Into<String>) -> AuthError {
     AuthError::Denied(why.into().into())
@@ -177,8 +196,11 @@ impl<R: ReplayStore> Authorizer for JwtAuthorizer<R> {
         "jwt"
     }
 
-    async fn authorize(&self, token: &str, _: &Parts) -> Result<CommandSpec, AuthError> {
+    async fn authorize(&self, token: &str, request: &Parts) -> Result<CommandSpec, AuthError> {
         let (spec, claims) = self.verify(token).await?;
+        // Before its id is used up: a bound token shown without its
+        // certificate stays good for the one who holds both.
+        certificate_matches(&claims, request.extensions.get::<ClientCert>())?;
         let jti = match claims.get("jti") {
             Some(Value::String(jti)) => Some(jti.as_str()),
             Some(_) => return Err(deny("jti is not a string")),

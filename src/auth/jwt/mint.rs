@@ -29,6 +29,10 @@ pub struct Claims {
     /// Token id; a token with one is single-use.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Confirmation: `{"x5t#S256": thumbprint}` binds the token to one
+    /// client certificate (RFC 8705); see [`Claims::bound_to`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Value>,
 }
 
 impl Claims {
@@ -36,6 +40,13 @@ impl Claims {
     pub fn expiring_in(ttl: Duration) -> Self {
         let now = unix_now();
         Self { iat: now, exp: now + ttl.as_secs(), jti: Some(random_id()), ..Self::default() }
+    }
+
+    /// Binds the token to the certificate `cert`: only a connection that
+    /// presented it may use the token.
+    pub fn bound_to(mut self, cert: &crate::connection::ClientCert) -> Self {
+        self.cnf = Some(serde_json::json!({ "x5t#S256": cert.x5t_s256() }));
+        self
     }
 }
 

@@ -115,6 +115,17 @@ pub enum Subcommand {
     ///
     /// Example: ws-subprocess mint-token --secret-file secret --ttl 60s -- /bin/echo hi
     MintToken(Box<MintToken>),
+    /// Open a terminal (or pipes) to a session on a server: the `kubectl exec -it` of it.
+    ///
+    /// On a terminal: raw mode, resizes, the remote exit status as this one's (a signal N is
+    /// 128 + N). Off one: stdin streamed, stdout and stderr kept apart. The token comes from
+    /// --token-file or $WS_SUBPROCESS_TOKEN (never from a flag: `ps` shows them). A named session
+    /// (--session) is joined again after a dropped connection, losing nothing; Ctrl-] then d
+    /// leaves it running. Exits 255 with one line saying why when no connection can be made.
+    ///
+    /// Example: WS_SUBPROCESS_TOKEN=… ws-subprocess connect wss://host/ws --session u42-main
+    #[cfg(feature = "client")]
+    Connect(Box<crate::client::ConnectArgs>),
     /// Print the configuration the server would run with, and where each value came from.
     ///
     /// Reads the file, the environment and the flags as a start does, and checks them the same

@@ -41,6 +41,8 @@
 //! - `jwt` (default): the JWT backend, [`auth::jwt`], with its in-memory and
 //!   Redis replay stores and token minting. Without it, `auth = "jwt"` is a
 //!   startup error and the `jsonwebtoken` and `redis` crates are not built.
+//! - `client` (default): [`client`], the `ws-subprocess connect` terminal
+//!   client, and the system trust store it verifies servers with.
 
 // Unsafe code is allowed in two modules only: `contain::exec` (starting a
 // child) and `upgrade::inherit` (taking over descriptors across `execve`).
@@ -50,6 +52,8 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod contain;

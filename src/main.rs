@@ -1,5 +1,5 @@
 //! The `ws-subprocess` binary: flags → [`Config`](ws_subprocess::Config) →
-//! logging → [`App`] → exit code; or a subcommand: `mint-token`, `config`,
+//! logging → [`App`] → exit code; or a subcommand: `connect`, `mint-token`, `config`,
 //! `completions`, `man`. `SIGHUP` reloads the configuration from the same
 //! file and flags; `SIGTERM` and `SIGINT` shut down.
 
@@ -31,6 +31,14 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => fail(&format!("cannot write man pages into {}", dir.display()), err.into(), 1),
             };
+        }
+        #[cfg(feature = "client")]
+        Some(Subcommand::Connect(args)) => {
+            // The client is no server: a server setting would be ignored, so it is refused.
+            if let Some(flag) = cli.settings.first_flag() {
+                return fail("connect", anyhow::anyhow!("--{flag} is a server setting, not one of connect's"), 2);
+            }
+            return ExitCode::from(ws_subprocess::client::run((**args).clone()));
         }
         Some(Subcommand::Config) | None => {}
     }

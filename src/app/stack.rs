@@ -1,7 +1,9 @@
 //! The binary's stack, built from a [`Config`]; and what a rebuilt stack
 //! shares with the one it replaces ([`Lasting`]).
 
+#[cfg(feature = "jwt")]
 use std::sync::Arc;
+#[cfg(feature = "jwt")]
 use std::time::Duration;
 
 use http::request::Parts;

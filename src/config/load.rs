@@ -169,6 +169,11 @@ impl FlagValues {
         self
     }
 
+    /// The flag (`kill-grace`) of one setting given, if any was.
+    pub fn first_flag(&self) -> Option<String> {
+        self.0.keys().next().map(|key| key.replace('_', "-"))
+    }
+
     /// Sets `key` to `text` as typed on a command line, read the way an
     /// environment variable is (`5` is a number, `true` a boolean, `[a, b]`
     /// a list, anything else a string).

@@ -28,7 +28,7 @@
 //! - [`app`]: the composition root, [`App`], built from a [`Config`];
 //! - [`cli`], [`config`]: flags, and settings from every source;
 //! - [`server`]: listening, connections, shutdown;
-//! - [`routes`], [`forwarded`], [`origin`]: the outer layers;
+//! - [`routes`], [`kubernetes`], [`forwarded`], [`origin`]: the outer layers;
 //! - [`auth`]: the token layer and its backends;
 //! - [`session`]: the session limit, the process, the bridge;
 //! - [`contain`]: cgroups, identities, the child's setup, reaping;
@@ -58,6 +58,7 @@ pub mod config;
 pub mod connection;
 pub mod contain;
 pub mod forwarded;
+pub mod kubernetes;
 pub mod live;
 pub mod metrics;
 pub mod notify;

@@ -21,6 +21,11 @@ use http::{HeaderMap, Response, StatusCode};
 /// [`ServeSubprocess`](crate::session::ServeSubprocess).
 pub type Body = http_body_util::Full<Bytes>;
 
+/// The message of a refusal made here, kept as a response extension so an
+/// outer layer can say it in another form (the Kubernetes API's `Status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Said(pub std::sync::Arc<str>);
+
 /// A `text/plain` response whose body is `message` and a newline.
 pub fn plain<B: From<Bytes>>(status: StatusCode, message: &str) -> Response<B> {
     with_headers(status, message, HeaderMap::new())
@@ -32,6 +37,7 @@ pub fn with_headers<B: From<Bytes>>(status: StatusCode, message: &str, headers: 
     *response.status_mut() = status;
     response.headers_mut().extend(headers);
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.extensions_mut().insert(Said(message.into()));
     response
 }
 

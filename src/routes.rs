@@ -1,5 +1,5 @@
-//! [`Routes`]: the endpoint, the health check, static files, and 404 for
-//! the rest.
+//! [`Routes`]: the endpoint, the health check, static files, the Kubernetes
+//! API of `kubectl exec` when asked for, and 404 for the rest.
 
 use std::future::Future;
 use std::path::Path;
@@ -14,6 +14,8 @@ use tower::{Service, ServiceExt};
 use tower_http::services::ServeDir;
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
+use crate::connection::ClientCert;
+use crate::kubernetes::{self, KubeRoute};
 use crate::reply;
 
 /// The response body of [`Routes`]: the inner service's, or a static file.
@@ -28,12 +30,24 @@ pub struct Routes<S> {
     path: Arc<str>,
     inner: S,
     files: Option<StaticFiles>,
+    /// The container names of the pods the Kubernetes API shows, when it
+    /// is served.
+    kubernetes: Option<Arc<[String]>>,
 }
 
 impl<S> Routes<S> {
     /// Serves `inner` at `path`.
     pub fn new(path: &str, inner: S) -> Self {
-        Self { path: path.into(), inner, files: None }
+        Self { path: path.into(), inner, files: None, kubernetes: None }
+    }
+
+    /// Also answers the Kubernetes API requests of `kubectl exec`, `attach`
+    /// and `cp` ([`crate::kubernetes`]): pods show one container per name
+    /// in `containers`, and an exec or attach reaches the endpoint with a
+    /// [`KubeExec`](crate::kubernetes::KubeExec) for the backend.
+    pub fn kubernetes_api(mut self, containers: impl IntoIterator<Item = String>) -> Self {
+        self.kubernetes = Some(containers.into_iter().collect());
+        self
     }
 
     /// Also serves the files under `dir` (for example a terminal page) at
@@ -97,6 +111,17 @@ fn resolves_inside(root: &Path, candidate: &Path) -> bool {
     true
 }
 
+/// Whether `request` carries credentials: a bearer token or a verified
+/// client certificate (what the API server asks before it shows a pod).
+fn has_credentials<B>(request: &Request<B>) -> bool {
+    let bearer = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer "));
+    bearer || request.extensions().get::<ClientCert>().is_some()
+}
+
 /// The future of [`Routes`].
 pub type RoutesFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 
@@ -116,17 +141,57 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let ready = |response: Response<ResBody>| {
+            Box::pin(std::future::ready(Ok(response.map(RoutesBody::Left)))) as Self::Future
+        };
+        if let Some(containers) = &self.kubernetes
+            && let Some(route) = kubernetes::route(&request)
+        {
+            return match route {
+                KubeRoute::Discovery(document) => ready(kubernetes::json_response(StatusCode::OK, &document)),
+                KubeRoute::Pod { namespace, pod } => ready(if has_credentials(&request) {
+                    kubernetes::json_response(StatusCode::OK, &kubernetes::pod(&namespace, &pod, containers))
+                } else {
+                    kubernetes::status(StatusCode::UNAUTHORIZED, "Unauthorized")
+                }),
+                KubeRoute::NotFound => {
+                    ready(kubernetes::status(StatusCode::NOT_FOUND, "the server could not find the requested resource"))
+                }
+                KubeRoute::Exec(mut exec) => {
+                    // The pod's containers are the configured ones, the
+                    // first being the default, as for an API server.
+                    match &exec.container {
+                        Some(name) if !containers.contains(name) => {
+                            let message = format!("container {name} is not valid for pod {}", exec.pod);
+                            return ready(kubernetes::status(StatusCode::BAD_REQUEST, &message));
+                        }
+                        Some(_) => {}
+                        None => exec.container = containers.first().cloned(),
+                    }
+                    // To the endpoint, with kubectl's query (no token is in
+                    // it: kubectl sends a header) and what it asked for.
+                    let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+                    match format!("{}{query}", self.path).parse() {
+                        Ok(uri) => *request.uri_mut() = uri,
+                        Err(_) => return ready(kubernetes::status(StatusCode::BAD_REQUEST, "malformed query")),
+                    }
+                    request.extensions_mut().insert(exec);
+                    let clone = self.inner.clone();
+                    let inner = std::mem::replace(&mut self.inner, clone);
+                    Box::pin(
+                        async move { Ok(kubernetes::as_status(inner.oneshot(request).await?).map(RoutesBody::Left)) },
+                    )
+                }
+            };
+        }
         let path = request.uri().path();
         if path == &*self.path {
             let clone = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, clone);
             return Box::pin(async move { Ok(inner.oneshot(request).await?.map(RoutesBody::Left)) });
         }
-        let answer = |status, text| {
-            let response: Response<ResBody> = reply::plain(status, text);
-            Box::pin(std::future::ready(Ok(response.map(RoutesBody::Left)))) as Self::Future
-        };
+        let answer = |status, text| ready(reply::plain(status, text));
         if path == "/healthz" {
             return answer(StatusCode::OK, "ok");
         }

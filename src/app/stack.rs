@@ -240,6 +240,8 @@ pub(super) fn build(
         )
         .service(service.clone());
     let routes = Routes::new(&config.path, stack);
+    let routes =
+        if config.kubernetes_api { routes.kubernetes_api(config.kubernetes_containers.clone()) } else { routes };
     let stack = match &config.static_dir {
         Some(dir) => routes.static_dir(dir),
         None => routes,

@@ -18,6 +18,7 @@ use super::client::{BodyError, backend_client, read_capped};
 use super::{AuthError, Authorizer};
 use crate::connection::{ClientCert, X_CLIENT_CERT_SHA256, X_CLIENT_CERT_SUBJECT};
 use crate::forwarded::{Forwarded, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::kubernetes::KubeExec;
 use crate::spec::CommandSpec;
 
 /// Largest controller answer read; a longer one is a failed backend.
@@ -60,7 +61,7 @@ impl ControllerAuthorizer {
     /// The controller URL with `token=T` added (none for an empty token);
     /// a `token` the configured URL already has is replaced, so the
     /// controller sees exactly the client's.
-    fn request_url(&self, token: &str) -> Url {
+    fn request_url(&self, token: &str, kube: Option<&KubeExec>) -> Url {
         let mut url = self.settings.url.clone();
         let kept: Vec<(String, String)> = url
             .query_pairs()
@@ -71,6 +72,20 @@ impl ControllerAuthorizer {
         query.clear().extend_pairs(kept);
         if !token.is_empty() {
             query.append_pair("token", token);
+        }
+        // What kubectl asked for: a request, for the controller to judge.
+        if let Some(exec) = kube {
+            query.append_pair("namespace", &exec.namespace).append_pair("pod", &exec.pod);
+            if let Some(container) = &exec.container {
+                query.append_pair("container", container);
+            }
+            for arg in &exec.command {
+                query.append_pair("command", arg);
+            }
+            query
+                .append_pair("tty", if exec.tty { "true" } else { "false" })
+                .append_pair("stdin", if exec.stdin { "true" } else { "false" })
+                .append_pair("subresource", exec.subresource());
         }
         drop(query);
         if url.query() == Some("") {
@@ -126,7 +141,7 @@ impl Authorizer for ControllerAuthorizer {
     async fn authorize(&self, token: &str, parts: &Parts) -> Result<CommandSpec, AuthError> {
         let response = self
             .client
-            .get(self.request_url(token))
+            .get(self.request_url(token, parts.extensions.get::<KubeExec>()))
             .headers(self.forwarded_headers(parts))
             .send()
             .await

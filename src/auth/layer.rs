@@ -13,6 +13,7 @@ use tower::{Layer, Service};
 
 use super::{AuthError, Authorizer, Policy, header_token, token_hash};
 use crate::connection::ClientCert;
+use crate::kubernetes::KubeExec;
 use crate::metrics::{AuthResult, Metrics};
 use crate::query::SessionQuery;
 use crate::reply;
@@ -148,11 +149,19 @@ where
             let Some(token) =
                 query.token.take().or_else(|| header_token(&parts)).or_else(|| certified.then(String::new))
             else {
+                // kubectl reads an API server's 401 as "You must be logged in".
+                if parts.extensions.get::<KubeExec>().is_some() {
+                    tracing::info!(status = 401, "no token (kubectl)");
+                    return Ok(reply::plain(StatusCode::UNAUTHORIZED, "Unauthorized"));
+                }
                 tracing::info!(status = 400, "no token");
                 return Ok(reply::plain(StatusCode::BAD_REQUEST, "missing token"));
             };
+            let spdy = parts.extensions.get::<KubeExec>().is_some_and(|exec| exec.spdy);
             let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts) {
-                Ok(upgrade) => upgrade,
+                Ok(upgrade) => Some(upgrade),
+                // Asked, so its refusal is the same as over WebSocket.
+                Err(_) if spdy => None,
                 Err(rejection) => {
                     tracing::info!(status = rejection.status().as_u16(), cause = %rejection, "not a WebSocket upgrade");
                     return Ok(rejection.into_response());
@@ -162,7 +171,7 @@ where
             let started = Instant::now();
             let result = layer.authorizer.authorize(&token, &parts).await.and_then(|spec| {
                 layer.policy.check(&spec)?;
-                session_matches(&query, &spec)?;
+                session_matches(&query, parts.extensions.get::<KubeExec>(), &spec)?;
                 Ok(spec)
             });
             drop(token);
@@ -174,7 +183,11 @@ where
                 Ok(spec) => {
                     tracing::debug!(token = %token_hash, latency_ms, command = %spec.command.display(), "token allowed");
                     parts.extensions.insert(spec);
-                    parts.extensions.insert(upgrade);
+                    // None for kubectl's SPDY, which the session service
+                    // refuses where it would have upgraded.
+                    if let Some(upgrade) = upgrade {
+                        parts.extensions.insert(upgrade);
+                    }
                     parts.extensions.insert(query);
                     inner.call(Request::from_parts(parts, body)).await
                 }
@@ -190,8 +203,14 @@ where
 /// A client repeats the id of the session it starts or attaches to as
 /// `?session=<id>` (so a balancer can route on it); when it does, the spec
 /// must name the same session.
-fn session_matches(query: &SessionQuery, spec: &crate::spec::CommandSpec) -> Result<(), AuthError> {
-    let Some(asked) = &query.session else { return Ok(()) };
+fn session_matches(
+    query: &SessionQuery,
+    kube: Option<&KubeExec>,
+    spec: &crate::spec::CommandSpec,
+) -> Result<(), AuthError> {
+    // `kubectl attach` joins the session its pod names.
+    let attach = kube.filter(|exec| exec.attach).map(|exec| &exec.pod);
+    let Some(asked) = query.session.as_ref().or(attach) else { return Ok(()) };
     let named = spec.attach.as_deref().or_else(|| spec.session.as_ref().and_then(|s| s.id.as_deref()));
     if named == Some(asked.as_str()) { Ok(()) } else { Err(AuthError::SessionMismatch) }
 }

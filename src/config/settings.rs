@@ -159,6 +159,11 @@ settings! {
     tls_client_auth: Option<ClientAuth> ["MODE"] = None;
     /// Serve the files of this directory beside the endpoint (e.g. a terminal page).
     static_dir: Option<PathBuf> ["DIR"] = None;
+    /// Answer the Kubernetes API requests of `kubectl exec`, `attach` and `cp` (discovery, the pod
+    /// GET, the exec/attach WebSocket), so a kubeconfig pointing here works with stock kubectl.
+    kubernetes_api: bool ["BOOL"] = false;
+    /// The container names every pod shows kubectl (`-c NAME`); the backend decides what each runs.
+    kubernetes_containers: Vec<String> ["NAMES"] = vec!["main".to_string()];
     /// Serve Prometheus metrics at /metrics on this address.
     #[serde(with = "via_str::option")]
     metrics_listen: Option<ListenAddr> ["ADDR"] = None;

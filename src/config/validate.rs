@@ -66,6 +66,15 @@ impl Config {
         if fixed && self.metrics_listen.as_ref().is_some_and(|m| *m == self.listen) {
             problems.push(("metrics_listen", "must differ from listen"));
         }
+        let container_name = |name: &String| {
+            (1..=63).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        if self.kubernetes_api
+            && (self.kubernetes_containers.is_empty() || !self.kubernetes_containers.iter().all(container_name))
+        {
+            problems.push(("kubernetes_containers", "needs at least one name of lowercase letters, digits and -"));
+        }
         if self.static_dir.as_ref().is_some_and(|dir| !dir.is_dir()) {
             problems.push(("static_dir", "is not a directory"));
         }

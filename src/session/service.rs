@@ -125,6 +125,10 @@ impl ServeSubprocess {
             },
         };
         let extensions = request.extensions_mut();
+        let spdy = extensions.get::<crate::kubernetes::KubeExec>().is_some_and(|exec| exec.spdy);
+        if spdy && let Some(spec) = extensions.remove::<CommandSpec>() {
+            return self.refuse_spdy(&spec);
+        }
         let (Some(spec), Some(upgrade)) = (extensions.remove::<CommandSpec>(), extensions.remove::<WebSocketUpgrade>())
         else {
             tracing::error!(
@@ -138,6 +142,8 @@ impl ServeSubprocess {
         }
         let permit = extensions.remove::<SessionPermit>();
         let peer = extensions.get::<PeerAddr>().copied().unwrap_or_default();
+        // `kubectl exec` without `-i`: the process reads no input, as in a pod.
+        let no_input = extensions.get::<crate::kubernetes::KubeExec>().is_some_and(|exec| !exec.stdin);
         if let Some(id) = &spec.attach {
             // An attachment is no session of its own: its place is free.
             drop(permit);
@@ -188,6 +194,10 @@ impl ServeSubprocess {
                 );
             }
         };
+        if no_input && !spec.tty {
+            // Its pipe closed: the process sees the end of its input.
+            process.stdin = None;
+        }
         let number = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("session", id = number, peer = %peer, command = %spec.command.display(), pid = process.id());
         let recorder = span.in_scope(|| self.recorder(&spec, number));
@@ -268,6 +278,23 @@ impl ServeSubprocess {
             shutdown: self.sessions.shutdown_token(),
             handover: self.sessions.handover_token(),
         }
+    }
+
+    /// kubectl's SPDY exec or attach, allowed by the backend: what the
+    /// WebSocket would have been refused for (a session missing or taken),
+    /// else 400 naming the kubectl it needs. Nothing starts.
+    fn refuse_spdy(&self, spec: &CommandSpec) -> Response<Body> {
+        if let Some(id) = &spec.attach
+            && self.detached.get(id).is_none()
+        {
+            return reply::plain(StatusCode::NOT_FOUND, "no such session");
+        }
+        let named = spec.session.as_ref().and_then(|session| session.id.as_deref());
+        if named.is_some_and(|id| self.detached.get(id).is_some()) {
+            return reply::plain(StatusCode::CONFLICT, "session exists");
+        }
+        tracing::info!(status = 400, "kubectl asked over SPDY");
+        reply::plain(StatusCode::BAD_REQUEST, crate::kubernetes::SPDY_REFUSED)
     }
 
     /// Joins the running session `id`: 404 when there is none.

@@ -16,11 +16,12 @@ use super::keys::{KeyError, KeyRing, KeySources};
 use super::replay::ReplayStore;
 use crate::auth::{AuthError, Authorizer, hex};
 use crate::connection::ClientCert;
+use crate::kubernetes::KubeExec;
 use crate::spec::CommandSpec;
 
 /// Claims that are about the token, not the command (`cnf` binds it to a
 /// client certificate, RFC 8705).
-const REGISTERED_CLAIMS: [&str; 8] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf"];
+const REGISTERED_CLAIMS: [&str; 9] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "k8s"];
 
 /// How tokens are checked; see the `jwt_*` config keys.
 #[derive(Debug, Clone)]
@@ -166,6 +167,29 @@ fn certificate_matches(claims: &Map<String, Value>, cert: Option<&ClientCert>) -
     }
 }
 
+/// A token with a `k8s` claim (`{"namespace", "pod", "container"}`, each
+/// optional) is for that pod only: a kubectl exec or attach of another
+/// namespace, pod or container, or a request that is no kubectl's, is
+/// refused. Anything but an object of strings refuses the token.
+fn pod_matches(claims: &Map<String, Value>, exec: Option<&KubeExec>) -> Result<(), AuthError> {
+    let Some(pinned) = claims.get("k8s") else { return Ok(()) };
+    let Some(pinned) = pinned.as_object() else { return Err(deny("k8s is not an object")) };
+    let Some(exec) = exec else { return Err(deny("token is for a Kubernetes pod and this is no exec or attach")) };
+    for (name, value) in pinned {
+        let asked = match name.as_str() {
+            "namespace" => Some(exec.namespace.as_str()),
+            "pod" => Some(exec.pod.as_str()),
+            "container" => exec.container.as_deref(),
+            other => return Err(deny(format!("k8s.{other} is not a field this server knows"))),
+        };
+        let Some(value) = value.as_str() else { return Err(deny(format!("k8s.{name} is not a string"))) };
+        if asked != Some(value) {
+            return Err(deny(format!("token is for another {name}")));
+        }
+    }
+    Ok(())
+}
+
 /// A denial for `why`.
 fn deny(why: impl Into<String>) -> AuthError {
     AuthError::Denied(why.into().into())
@@ -201,6 +225,7 @@ impl<R: ReplayStore> Authorizer for JwtAuthorizer<R> {
         // Before its id is used up: a bound token shown without its
         // certificate stays good for the one who holds both.
         certificate_matches(&claims, request.extensions.get::<ClientCert>())?;
+        pod_matches(&claims, request.extensions.get::<KubeExec>())?;
         let jti = match claims.get("jti") {
             Some(Value::String(jti)) => Some(jti.as_str()),
             Some(_) => return Err(deny("jti is not a string")),

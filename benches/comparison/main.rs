@@ -13,6 +13,7 @@ mod clients;
 mod report;
 mod scale;
 mod servers;
+mod terminal_clients;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -633,6 +634,7 @@ async fn main() {
     }
 
     upgrade::run(&mut bench).await;
+    terminal_clients::run(&mut bench).await;
 
     let elapsed = started.elapsed();
     report::print_footer(&bench, elapsed);

@@ -130,6 +130,12 @@ impl Server {
     /// default log level and [`WS_SUBPROCESS_FLAGS`]; its address comes from
     /// the "listening" line.
     async fn start_ws_subprocess(workload: &Workload) -> Res<Self> {
+        Self::start_ws_subprocess_with(workload, &[]).await
+    }
+
+    /// ws-subprocess as [`Server::start`] starts it, with `extra` flags
+    /// (TLS, the Kubernetes API).
+    pub async fn start_ws_subprocess_with(workload: &Workload, extra: &[&str]) -> Res<Self> {
         let controller = Controller::start(workload).await?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let url = format!("http://{}/ws-controller", controller.addr);
@@ -138,6 +144,7 @@ impl Server {
         cmd.args(["--listen", "127.0.0.1:0", "--controller-url", &url])
             .args(["--metrics-listen", &metrics.to_string()])
             .args(WS_SUBPROCESS_FLAGS)
+            .args(extra)
             .current_dir(dir.path())
             .env_remove("RUST_LOG");
         for (key, _) in std::env::vars_os() {

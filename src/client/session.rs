@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -638,7 +639,7 @@ impl Local {
         ];
         // An observer off a terminal reads nothing; on one, only its keys
         // to leave.
-        let stdin = (tty || !observer).then(read_stdin);
+        let stdin = (tty || !observer).then(|| read_stdin(tty));
         let watch = (tty && !args.detach_keys.is_none()).then(|| Watch::new(args.detach_keys.clone()));
         Ok(Self {
             tty,
@@ -740,10 +741,34 @@ fn libc_sigcont() -> i32 {
     rustix::process::Signal::CONT.as_raw()
 }
 
-/// Standard input, read on a thread of its own (a blocking read of a
-/// terminal cannot be cancelled); the channel closes at its end.
-fn read_stdin() -> mpsc::Receiver<Bytes> {
+/// Standard input: a pipe read on the runtime itself (no thread to wake
+/// per read), anything else (a terminal, a file) on a thread of its own,
+/// since a blocking read cannot be cancelled; the channel closes at its
+/// end.
+fn read_stdin(tty: bool) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel(4);
+    let pipe = (!tty)
+        .then(|| io::stdin().as_fd().try_clone_to_owned().ok())
+        .flatten()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+    if let Some(mut pipe) = pipe {
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buffer = BytesMut::with_capacity(16 << 10);
+            loop {
+                buffer.reserve(16 << 10);
+                match pipe.read_buf(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if tx.send(buffer.split().freeze()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        return rx;
+    }
     std::thread::spawn(move || {
         let mut stdin = io::stdin().lock();
         let mut buffer = vec![0; 16 << 10];

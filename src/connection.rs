@@ -81,7 +81,7 @@ impl ClientCert {
     /// [`ClientCert::sha256`] as 64 lowercase hex digits (the
     /// `X-Client-Cert-Sha256` header).
     pub fn sha256_hex(&self) -> String {
-        crate::auth::hex(&self.sha256)
+        hex(&self.sha256)
     }
 
     /// [`ClientCert::sha256`] as base64url without padding: the
@@ -198,6 +198,15 @@ impl fmt::Display for IpKey {
             IpAddr::V6(v6) => write!(f, "{v6}/64"),
         }
     }
+}
+
+/// Lowercase hexadecimal, two digits a byte (fingerprints, token hashes).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, b| {
+        let _ = write!(text, "{b:02x}");
+        text
+    })
 }
 
 #[cfg(test)]

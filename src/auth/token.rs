@@ -52,14 +52,7 @@ pub fn token_hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes())[..6])
 }
 
-/// Lowercase hexadecimal, two digits a byte.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, b| {
-        let _ = write!(text, "{b:02x}");
-        text
-    })
-}
+pub use crate::connection::hex;
 
 #[cfg(test)]
 mod tests {

@@ -29,8 +29,7 @@ mod tls;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use keys::{BadKey, DetachKeys, Typed, Watch};
-pub use tls::TlsOptions;
+pub use keys::{BadKey, DetachKeys};
 
 /// The status of a client whose connection failed.
 pub const CONNECTION_FAILED: u8 = 255;
@@ -89,7 +88,8 @@ pub fn run(args: ConnectArgs) -> u8 {
         Err(err) => return fail(&format!("cannot start: {err}")),
     };
     let status = runtime.block_on(session::run(args));
-    // Standard input may still be read by its thread: not waited for.
+    // Standard input may still be read by its thread (a terminal's): not
+    // waited for.
     runtime.shutdown_background();
     match status {
         Ok(code) => code,

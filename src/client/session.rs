@@ -13,6 +13,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use http::{HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::net::unix::pipe;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -28,17 +29,10 @@ use super::ConnectArgs;
 use super::keys::{Typed, Watch};
 use super::terminal::{self, RawMode};
 use super::tls::{self, TlsOptions};
+use crate::websocket::protocol::channel::{CLOSE, RESIZE, SESSION, STATUS, STDERR, STDIN, STDOUT};
 
 /// The subprotocol asked for: the channel protocol with stdin's end.
 const PROTOCOL: &str = "v5.channel.k8s.io";
-/// Channel bytes (the server's `websocket::protocol::channel`).
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const STATUS: u8 = 3;
-const RESIZE: u8 = 4;
-const SESSION: u8 = 5;
-const CLOSE: u8 = 255;
 /// A ping this often keeps proxies from timing the connection out and
 /// shows a dead one: nothing heard for [`SILENCE`] means it dropped.
 const KEEPALIVE: Duration = Duration::from_secs(10);
@@ -61,9 +55,10 @@ pub async fn run(args: ConnectArgs) -> Result<u8, String> {
         None
     };
     let observer = Cell::new(args.observer);
-    let mut local = Local::start(tty, raw, args.observer, &args)?;
+    let mut local = Local::start(tty, raw, &args)?;
     let mut position = Position::default();
     let mut pending = Pending::default();
+    let mut output = Output::new().map_err(|e| format!("cannot write the output: {e}"))?;
     let mut since = None;
     loop {
         let ws = match since {
@@ -73,7 +68,7 @@ pub async fn run(args: ConnectArgs) -> Result<u8, String> {
                 Reconnected::Left(code) => return Ok(code),
             },
         };
-        match drive(ws, &mut local, &mut position, &mut pending, &observer).await {
+        match drive(ws, &mut local, &mut output, &mut position, &mut pending, &observer).await {
             End::Exit(code) => return Ok(code),
             End::Failed(why) => return Err(why),
             End::Dropped(why) if position.named => {
@@ -188,7 +183,7 @@ impl Target {
             let config = WebSocketConfig::default().read_buffer_size(64 << 10).write_buffer_size(0);
             let (ws, response) = tokio_tungstenite::client_async_with_config(request, io, Some(config))
                 .await
-                .map_err(Refusal::handshake)?;
+                .map_err(|err| Refusal::handshake(&self.authority, err))?;
             let channel = response.headers().get("sec-websocket-protocol").is_some_and(|p| p == PROTOCOL);
             Ok(Connection { ws, channel })
         };
@@ -231,26 +226,30 @@ struct Connection {
 enum Refusal {
     Retry(String),
     Fatal(String),
+    /// 404: no such session (on a rejoin, it ended meanwhile).
+    Gone(String),
 }
 
 impl Refusal {
     fn into_reason(self) -> String {
         match self {
-            Self::Retry(why) | Self::Fatal(why) => why,
+            Self::Retry(why) | Self::Fatal(why) | Self::Gone(why) => why,
         }
     }
 
     fn io(authority: &str, err: io::Error) -> Self {
-        // A certificate the client does not trust, or one the server does
-        // not take, stays so: no point trying again.
-        let tls = err.get_ref().and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>()).cloned();
-        match tls {
-            Some(tls) => Self::Fatal(format!("TLS with {authority}: {tls}")),
-            None => Self::Retry(format!("cannot connect to {authority}: {err}")),
-        }
+        Self::tls(authority, &err).unwrap_or_else(|| Self::Retry(format!("cannot connect to {authority}: {err}")))
     }
 
-    fn handshake(err: WsError) -> Self {
+    /// A certificate the client does not trust, or one the server does not
+    /// take (told in the handshake, or with TLS 1.3 only at the first read),
+    /// stays so: no point trying again.
+    fn tls(authority: &str, err: &io::Error) -> Option<Self> {
+        let tls = err.get_ref()?.downcast_ref::<tokio_rustls::rustls::Error>()?;
+        Some(Self::Fatal(format!("TLS with {authority}: {tls}")))
+    }
+
+    fn handshake(authority: &str, err: WsError) -> Self {
         match err {
             WsError::Http(response) => {
                 let status = response.status();
@@ -263,10 +262,12 @@ impl Refusal {
                 };
                 match status.as_u16() {
                     429 | 502 | 503 | 504 => Self::Retry(why),
+                    404 => Self::Gone(why),
                     _ => Self::Fatal(why),
                 }
             }
-            WsError::Io(err) => Self::Retry(format!("the handshake failed: {err}")),
+            WsError::Io(err) => Self::tls(authority, &err)
+                .unwrap_or_else(|| Self::Retry(format!("the handshake with {authority} failed: {err}"))),
             WsError::Tls(err) => Self::Fatal(format!("TLS: {err}")),
             err => Self::Fatal(format!("the handshake failed: {err}")),
         }
@@ -299,8 +300,8 @@ async fn reconnect(
             tokio::select! {
                 () = &mut waited => break,
                 event = local.next(), if pending.bytes < PENDING_LIMIT => match event {
-                    Event::Input(data) => pending.push(local.stdin_message(&data)),
-                    Event::Eof => pending.push(close_stdin()),
+                    Event::Input(message) => pending.push(message),
+                    Event::Eof => pending.extend(local.end_of_input()),
                     Event::Resize | Event::Nothing => {}
                     Event::Detach => {
                         local.notice("detached; the session runs on");
@@ -322,7 +323,7 @@ async fn reconnect(
                 local.notice("connected again");
                 return Ok(Reconnected::Connection(Box::new(connection)));
             }
-            Err(Refusal::Fatal(why)) if why.contains(" 404") => {
+            Err(Refusal::Gone(why)) => {
                 return Err(format!("the session ended while the connection was down ({why})"));
             }
             Err(Refusal::Fatal(why)) => return Err(why),
@@ -358,7 +359,7 @@ struct Position {
 impl Position {
     /// The server's `{"offset", "repaint", "role"}`; whether it makes this
     /// connection an observer's.
-    fn learn(&mut self, info: &[u8], local: &Quiet) -> bool {
+    fn learn(&mut self, info: &[u8], tty: bool) -> bool {
         #[derive(serde::Deserialize)]
         struct Info {
             offset: u64,
@@ -369,10 +370,8 @@ impl Position {
         }
         let Ok(info) = serde_json::from_slice::<Info>(info) else { return false };
         if self.named && info.offset > self.offset {
-            local.notice(&format!(
-                "{} bytes of output were lost (older than the session's history)",
-                info.offset - self.offset
-            ));
+            let lost = info.offset - self.offset;
+            notice(tty, &format!("{lost} bytes of output were lost (older than the session's history)"));
         }
         self.named = true;
         self.offset = info.offset;
@@ -401,6 +400,12 @@ impl Pending {
         self.queue.push_back(message);
     }
 
+    fn extend(&mut self, message: Option<Message>) {
+        if let Some(message) = message {
+            self.push(message);
+        }
+    }
+
     fn sent(&mut self) {
         if let Some(message) = self.queue.pop_front() {
             self.bytes -= message.len();
@@ -408,14 +413,11 @@ impl Pending {
     }
 }
 
-fn close_stdin() -> Message {
-    Message::Binary(Bytes::from_static(&[CLOSE, STDIN]))
-}
-
 /// Bridges one connection until it ends.
 async fn drive(
     connection: Connection,
     local: &mut Local,
+    output: &mut Output,
     position: &mut Position,
     pending: &mut Pending,
     observer: &Cell<bool>,
@@ -423,7 +425,7 @@ async fn drive(
     let Connection { ws, channel } = connection;
     local.channel = channel;
     let (mut sink, mut stream) = ws.split();
-    let mut reading = std::pin::pin!(read_loop(&mut stream, channel, position, local.tty, observer));
+    let mut reading = std::pin::pin!(read_loop(&mut stream, channel, output, position, local.tty, observer));
     let writing = write_loop(&mut sink, local, pending, observer);
     tokio::select! {
         end = &mut reading => end,
@@ -440,7 +442,14 @@ async fn drive(
 }
 
 /// Server messages to the local stdout and stderr.
-async fn read_loop<S>(stream: &mut S, channel: bool, position: &mut Position, tty: bool, observer: &Cell<bool>) -> End
+async fn read_loop<S>(
+    stream: &mut S,
+    channel: bool,
+    output: &mut Output,
+    position: &mut Position,
+    tty: bool,
+    observer: &Cell<bool>,
+) -> End
 where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
 {
@@ -459,24 +468,23 @@ where
         };
         let written = match message {
             Message::Binary(data) if channel => match data.first() {
-                Some(&STDOUT) => out(io::stdout().lock(), &data[1..], position),
-                Some(&STDERR) => out(io::stderr().lock(), &data[1..], position),
+                Some(&STDOUT) => out(&mut output.stdout, &data[1..], position),
+                Some(&STDERR) => out(&mut output.stderr, &data[1..], position),
                 Some(&STATUS) => {
                     status = Some(exit_status(&data[1..], tty));
                     Ok(())
                 }
                 Some(&SESSION) => {
-                    let quiet = Local::quiet(tty);
-                    if position.learn(&data[1..], &quiet) {
+                    if position.learn(&data[1..], tty) {
                         observer.set(true);
                     }
                     Ok(())
                 }
                 _ => Ok(()),
             },
-            Message::Binary(data) => out(io::stdout().lock(), &data, position),
+            Message::Binary(data) => out(&mut output.stdout, &data, position),
             Message::Text(info) if !channel => {
-                if position.learn(info.as_bytes(), &Local::quiet(tty)) {
+                if position.learn(info.as_bytes(), tty) {
                     observer.set(true);
                 }
                 Ok(())
@@ -490,8 +498,24 @@ where
     }
 }
 
-fn out(mut to: impl Write, data: &[u8], position: &mut Position) -> Result<(), End> {
-    match to.write_all(data).and_then(|()| to.flush()) {
+/// The local stdout and stderr, unbuffered: each message is written whole
+/// as it comes, in one write where it fits.
+struct Output {
+    stdout: std::fs::File,
+    stderr: std::fs::File,
+}
+
+impl Output {
+    fn new() -> io::Result<Self> {
+        Ok(Self {
+            stdout: io::stdout().as_fd().try_clone_to_owned()?.into(),
+            stderr: io::stderr().as_fd().try_clone_to_owned()?.into(),
+        })
+    }
+}
+
+fn out(to: &mut std::fs::File, data: &[u8], position: &mut Position) -> Result<(), End> {
+    match to.write_all(data) {
         Ok(()) => {
             position.count(data.len());
             Ok(())
@@ -517,7 +541,7 @@ fn exit_status(status: &[u8], tty: bool) -> u8 {
     });
     code.unwrap_or_else(|| {
         if let Some(message) = status["message"].as_str() {
-            Local::quiet(tty).notice(message);
+            notice(tty, message);
         }
         1
     })
@@ -573,8 +597,8 @@ where
                 }
             }
             event = local.next() => match event {
-                Event::Input(data) => pending.push(local.stdin_message(&data)),
-                Event::Eof => pending.push(close_stdin()),
+                Event::Input(message) => pending.push(message),
+                Event::Eof => pending.extend(local.end_of_input()),
                 Event::Resize => {
                     if let Some(message) = resize(local) {
                         pending.push(message);
@@ -604,7 +628,8 @@ fn resize_message((columns, rows): (u16, u16)) -> Message {
 
 /// What happened locally.
 enum Event {
-    Input(Bytes),
+    /// Input, as the message that carries it.
+    Input(Message),
     Eof,
     Resize,
     Detach,
@@ -613,15 +638,15 @@ enum Event {
     Nothing,
 }
 
-/// The local side: standard input (read on a thread of its own, as tokio
-/// would), the detach keys, signals, notices.
+/// The local side: standard input, the detach keys, signals, notices.
 struct Local {
     tty: bool,
     raw: Option<RawMode>,
     /// `None` once input ended (or is not read at all).
-    stdin: Option<mpsc::Receiver<Bytes>>,
+    stdin: Option<Stdin>,
     watch: Option<Watch>,
-    signals: [(Signal, u8); 4],
+    /// SIGTERM, SIGHUP, SIGINT, SIGQUIT.
+    signals: [Signal; 4],
     winch: Option<Signal>,
     cont: Option<Signal>,
     /// The connection speaks the channel protocol.
@@ -629,17 +654,17 @@ struct Local {
 }
 
 impl Local {
-    fn start(tty: bool, raw: Option<RawMode>, observer: bool, args: &ConnectArgs) -> Result<Self, String> {
+    fn start(tty: bool, raw: Option<RawMode>, args: &ConnectArgs) -> Result<Self, String> {
         let listen = |kind: SignalKind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
         let signals = [
-            (listen(SignalKind::terminate())?, 15),
-            (listen(SignalKind::hangup())?, 1),
-            (listen(SignalKind::interrupt())?, 2),
-            (listen(SignalKind::quit())?, 3),
+            listen(SignalKind::terminate())?,
+            listen(SignalKind::hangup())?,
+            listen(SignalKind::interrupt())?,
+            listen(SignalKind::quit())?,
         ];
         // An observer off a terminal reads nothing; on one, only its keys
         // to leave.
-        let stdin = (tty || !observer).then(|| read_stdin(tty));
+        let stdin = (tty || !args.observer).then(|| read_stdin(tty));
         let watch = (tty && !args.detach_keys.is_none()).then(|| Watch::new(args.detach_keys.clone()));
         Ok(Self {
             tty,
@@ -648,18 +673,19 @@ impl Local {
             watch,
             signals,
             winch: if tty { Some(listen(SignalKind::window_change())?) } else { None },
-            cont: if tty { Some(listen(SignalKind::from_raw(libc_sigcont()))?) } else { None },
+            cont: if tty { Some(listen(SignalKind::from_raw(rustix::process::Signal::CONT.as_raw()))?) } else { None },
             channel: true,
         })
     }
 
-    /// Notices only, for where `Local` is not at hand.
-    fn quiet(tty: bool) -> Quiet {
-        Quiet(tty)
+    fn notice(&self, text: &str) {
+        notice(self.tty, text);
     }
 
-    fn notice(&self, text: &str) {
-        Quiet(self.tty).notice(text);
+    /// What ends the process's input: channel `255,0` (the raw protocol
+    /// has no way to say it).
+    fn end_of_input(&self) -> Option<Message> {
+        self.channel.then(|| Message::Binary(Bytes::from_static(&[CLOSE, STDIN])))
     }
 
     fn stdin_message(&self, data: &[u8]) -> Message {
@@ -673,19 +699,20 @@ impl Local {
     }
 
     async fn next(&mut self) -> Event {
-        let [(term, _), (hup, _), (int, _), (quit, _)] = &mut self.signals;
+        let [term, hup, int, quit] = &mut self.signals;
         tokio::select! {
-            input = recv(&mut self.stdin) => match input {
+            input = read(&mut self.stdin, self.channel) => match input {
                 None => {
                     self.stdin = None;
                     // A terminal's input that ends ends no session (a
                     // hang-up comes as SIGHUP).
                     if self.tty { Event::Nothing } else { Event::Eof }
                 }
-                Some(data) => match self.watch.as_mut().map(|watch| watch.feed(&data)) {
-                    None => Event::Input(data),
+                Some(Piece::Message(message)) => Event::Input(message),
+                Some(Piece::Typed(data)) => match self.watch.as_mut().map(|watch| watch.feed(&data)) {
+                    None => Event::Input(self.stdin_message(&data)),
                     Some(Typed::Input(data)) if data.is_empty() => Event::Nothing,
-                    Some(Typed::Input(data)) => Event::Input(Bytes::from(data)),
+                    Some(Typed::Input(data)) => Event::Input(self.stdin_message(&data)),
                     Some(Typed::Detach { .. }) => Event::Detach,
                 },
             },
@@ -706,24 +733,47 @@ impl Local {
     }
 }
 
-/// Notices for the user, on stderr: on a raw terminal each on a line of
-/// its own.
-struct Quiet(bool);
-
-impl Quiet {
-    fn notice(&self, text: &str) {
-        let mut err = io::stderr().lock();
-        let _ = if self.0 {
-            write!(err, "\r\n[ws-subprocess: {text}]\r\n")
-        } else {
-            writeln!(err, "ws-subprocess: {text}")
-        };
-    }
+/// A notice for the user, on stderr: on a raw terminal on a line of its
+/// own.
+fn notice(tty: bool, text: &str) {
+    let mut err = io::stderr().lock();
+    let _ = if tty { write!(err, "\r\n[ws-subprocess: {text}]\r\n") } else { writeln!(err, "ws-subprocess: {text}") };
 }
 
-async fn recv(stdin: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+/// Where standard input comes from.
+enum Stdin {
+    /// A pipe, read on the runtime itself (no thread to wake per read),
+    /// into a buffer that starts with the channel byte, so what is read is
+    /// the message without a copy.
+    Pipe(pipe::Receiver, BytesMut),
+    /// A terminal or a file, read on a thread of its own (a blocking read
+    /// cannot be cancelled); the channel closes at its end.
+    Thread(mpsc::Receiver<Bytes>),
+}
+
+/// A piece of input: a message ready to send, or typed bytes still to be
+/// watched for the detach keys.
+enum Piece {
+    Message(Message),
+    Typed(Bytes),
+}
+
+/// The next piece of input, `None` at its end (or never, with none).
+async fn read(stdin: &mut Option<Stdin>, channel: bool) -> Option<Piece> {
     match stdin {
-        Some(rx) => rx.recv().await,
+        Some(Stdin::Pipe(pipe, buffer)) => {
+            use tokio::io::AsyncReadExt;
+            // A read cancelled by another event leaves the prefix in place.
+            if buffer.is_empty() && channel {
+                buffer.put_u8(STDIN);
+            }
+            buffer.reserve(16 << 10);
+            match pipe.read_buf(buffer).await {
+                Ok(0) | Err(_) => None,
+                Ok(_) => Some(Piece::Message(Message::Binary(buffer.split().freeze()))),
+            }
+        }
+        Some(Stdin::Thread(rx)) => rx.recv().await.map(Piece::Typed),
         None => std::future::pending().await,
     }
 }
@@ -737,38 +787,17 @@ async fn recv_signal(signal: &mut Option<Signal>) {
     }
 }
 
-fn libc_sigcont() -> i32 {
-    rustix::process::Signal::CONT.as_raw()
-}
-
-/// Standard input: a pipe read on the runtime itself (no thread to wake
-/// per read), anything else (a terminal, a file) on a thread of its own,
-/// since a blocking read cannot be cancelled; the channel closes at its
-/// end.
-fn read_stdin(tty: bool) -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel(4);
+/// Standard input: a pipe when it is one (and not a terminal's), else a
+/// thread that reads it.
+fn read_stdin(tty: bool) -> Stdin {
     let pipe = (!tty)
         .then(|| io::stdin().as_fd().try_clone_to_owned().ok())
         .flatten()
-        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
-    if let Some(mut pipe) = pipe {
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut buffer = BytesMut::with_capacity(16 << 10);
-            loop {
-                buffer.reserve(16 << 10);
-                match pipe.read_buf(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        if tx.send(buffer.split().freeze()).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        return rx;
+        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
+    if let Some(pipe) = pipe {
+        return Stdin::Pipe(pipe, BytesMut::new());
     }
+    let (tx, rx) = mpsc::channel(4);
     std::thread::spawn(move || {
         let mut stdin = io::stdin().lock();
         let mut buffer = vec![0; 16 << 10];
@@ -785,5 +814,5 @@ fn read_stdin(tty: bool) -> mpsc::Receiver<Bytes> {
             }
         }
     });
-    rx
+    Stdin::Thread(rx)
 }

@@ -223,15 +223,24 @@ where
     // the client the end of its output.
     let exited = matches!(ending, Ending::Exited(_));
     let mut left = goodbye;
+    // The goodbye message being queued: a hand-over that stops the queuing
+    // finds it here, not lost with the future.
+    let mut sending = None;
     // Held until the writer is done: a dropped `finish` tells it to stop.
     let mut finish = Some(finish);
     let frozen = parts.writer.is_some() || {
         let said = async {
             if exited {
-                while !left.is_empty() {
-                    let message = left.remove(0);
-                    if let Err(message) = queue.send(message).await {
-                        left.insert(0, message);
+                loop {
+                    if sending.is_none() {
+                        if left.is_empty() {
+                            return;
+                        }
+                        sending = Some(left.remove(0));
+                    }
+                    queue.send_or_keep(&mut sending).await;
+                    if sending.is_some() {
+                        // The writer is gone.
                         return;
                     }
                 }
@@ -268,6 +277,9 @@ where
             _ = freeze.cancelled() => true,
         }
     };
+    if let Some(message) = sending.take() {
+        left.insert(0, message);
+    }
     if frozen {
         let closing_until = Some(Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
         let gathered =

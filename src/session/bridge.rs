@@ -10,7 +10,8 @@
 //! (the process exited and all its output is sent, the client left or broke
 //! the protocol, a limit was reached, the server shuts down) the other is
 //! ended: the client gets the exit status or a Close frame saying why, and a
-//! process whose client is gone is [stopped](super::lifecycle::stop). Then
+//! process whose client is gone is stopped (`lifecycle::signal_stop`, then
+//! `lifecycle::stop_by`). Then
 //! nothing of the process is left, and the [`Outcome`] says what happened.
 //!
 //! The bridge is written against `Sink`/`Stream`, not a socket type, so it

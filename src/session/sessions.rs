@@ -54,9 +54,10 @@ impl Sessions {
     }
 
     /// The token a session watches to stop where it can be carried on
-    /// ([`Sessions::freeze`]).
+    /// ([`Sessions::freeze`]): a child of the set's, so the sessions' loops,
+    /// which look at it for every message, do not all wait on one lock.
     pub(crate) fn handover_token(&self) -> CancellationToken {
-        self.lock().token.clone()
+        self.lock().token.child_token()
     }
 
     /// What a session task leaves when it stops for a hand-over.
@@ -73,7 +74,8 @@ impl Sessions {
     /// here or started anew. Fails if a session does not stop within
     /// `limit`: then what stopped is given anyway, and the rest run on.
     pub(crate) async fn freeze(&self, limit: Duration) -> Result<Vec<FrozenPart>, Vec<FrozenPart>> {
-        let token = self.handover_token();
+        // The set's own token: every session's is a child of it.
+        let token = self.lock().token.clone();
         token.cancel();
         self.tracker.close();
         let stopped = tokio::time::timeout(limit, self.tracker.wait()).await.is_ok();

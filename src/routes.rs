@@ -114,12 +114,7 @@ fn resolves_inside(root: &Path, candidate: &Path) -> bool {
 /// Whether `request` carries credentials: a bearer token or a verified
 /// client certificate (what the API server asks before it shows a pod).
 fn has_credentials<B>(request: &Request<B>) -> bool {
-    let bearer = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer "));
-    bearer || request.extensions().get::<ClientCert>().is_some()
+    crate::auth::bearer_token(request.headers()).is_some() || request.extensions().get::<ClientCert>().is_some()
 }
 
 /// The future of [`Routes`].
@@ -145,18 +140,24 @@ where
         let ready = |response: Response<ResBody>| {
             Box::pin(std::future::ready(Ok(response.map(RoutesBody::Left)))) as Self::Future
         };
+        // kubectl's exec and attach reach the endpoint below; the rest of
+        // the API is answered here.
+        let mut kubectl = false;
         if let Some(containers) = &self.kubernetes
             && let Some(route) = kubernetes::route(&request)
         {
-            return match route {
-                KubeRoute::Discovery(document) => ready(kubernetes::json_response(StatusCode::OK, &document)),
-                KubeRoute::Pod { namespace, pod } => ready(if has_credentials(&request) {
-                    kubernetes::json_response(StatusCode::OK, &kubernetes::pod(&namespace, &pod, containers))
-                } else {
-                    kubernetes::status(StatusCode::UNAUTHORIZED, "Unauthorized")
-                }),
+            match route {
+                KubeRoute::Discovery(document) => return ready(kubernetes::json_response(StatusCode::OK, &document)),
+                KubeRoute::Pod { namespace, pod } => {
+                    return ready(if has_credentials(&request) {
+                        kubernetes::json_response(StatusCode::OK, &kubernetes::pod(&namespace, &pod, containers))
+                    } else {
+                        kubernetes::status(StatusCode::UNAUTHORIZED, "Unauthorized")
+                    });
+                }
                 KubeRoute::NotFound => {
-                    ready(kubernetes::status(StatusCode::NOT_FOUND, "the server could not find the requested resource"))
+                    let message = "the server could not find the requested resource";
+                    return ready(kubernetes::status(StatusCode::NOT_FOUND, message));
                 }
                 KubeRoute::Exec(mut exec) => {
                     // The pod's containers are the configured ones, the
@@ -177,19 +178,20 @@ where
                         Err(_) => return ready(kubernetes::status(StatusCode::BAD_REQUEST, "malformed query")),
                     }
                     request.extensions_mut().insert(exec);
-                    let clone = self.inner.clone();
-                    let inner = std::mem::replace(&mut self.inner, clone);
-                    Box::pin(
-                        async move { Ok(kubernetes::as_status(inner.oneshot(request).await?).map(RoutesBody::Left)) },
-                    )
+                    kubectl = true;
                 }
-            };
+            }
         }
         let path = request.uri().path();
         if path == &*self.path {
             let clone = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, clone);
-            return Box::pin(async move { Ok(inner.oneshot(request).await?.map(RoutesBody::Left)) });
+            return Box::pin(async move {
+                let response = inner.oneshot(request).await?;
+                // kubectl reads refusals as Kubernetes `Status` objects.
+                let response = if kubectl { kubernetes::as_status(response) } else { response };
+                Ok(response.map(RoutesBody::Left))
+            });
         }
         let answer = |status, text| ready(reply::plain(status, text));
         if path == "/healthz" {

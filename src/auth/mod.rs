@@ -54,4 +54,4 @@ pub use controller::{ControllerAuthorizer, ControllerSettings, MAX_CONTROLLER_BO
 pub use layer::{ResponseFuture, TokenAuth, TokenAuthLayer};
 pub use limit::{AuthLimit, AuthLimitFuture, AuthLimitLayer, AuthLimits, Per, Rate};
 pub use policy::{Policy, SAFE_ENV};
-pub use token::{header_token, hex, token_hash, token_of};
+pub use token::{bearer_token, header_token, hex, token_hash, token_of};

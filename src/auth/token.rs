@@ -29,7 +29,12 @@ pub fn header_token(parts: &Parts) -> Option<String> {
 }
 
 fn from_authorization(parts: &Parts) -> Option<String> {
-    parts.headers.get_all(AUTHORIZATION).iter().find_map(|value| {
+    bearer_token(&parts.headers)
+}
+
+/// The token of an `Authorization: Bearer T` header.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<String> {
+    headers.get_all(AUTHORIZATION).iter().find_map(|value| {
         let value = value.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;
         let token = token.trim();

@@ -395,6 +395,17 @@ mod tests {
     }
 
     #[test]
+    fn the_package_upgrades_servers_and_no_subcommand() {
+        // debian/postinst sends SIGUSR2 to every running ws-subprocess but
+        // those running a subcommand (SIGUSR2 would kill a `connect`).
+        let postinst = include_str!("../debian/postinst");
+        let skipped = postinst.lines().find(|line| line.contains("grep -qx")).expect("the skip list");
+        for subcommand in Cli::command().get_subcommands().map(|c| c.get_name().to_string()).chain(["help".into()]) {
+            assert!(skipped.contains(&format!(" -e {subcommand} ")), "debian/postinst would upgrade `{subcommand}`");
+        }
+    }
+
+    #[test]
     fn bash_completion_states_match_their_cases() {
         let mut script = Vec::new();
         write_completions(clap_complete::Shell::Bash, &mut script).unwrap();

@@ -48,18 +48,8 @@ impl OnTerminal {
             .kill_on_drop(true)
             .spawn(pts)
             .unwrap();
-        let (mut output, input) = pty.into_split();
-        let shown = Arc::new(Mutex::new(Vec::new()));
-        let into = shown.clone();
-        tokio::spawn(async move {
-            let mut buffer = [0; 4096];
-            while let Ok(n) = output.read(&mut buffer).await {
-                if n == 0 {
-                    break;
-                }
-                into.lock().unwrap().extend_from_slice(&buffer[..n]);
-            }
-        });
+        let (output, input) = pty.into_split();
+        let (shown, _) = collect_bytes(output);
         Self { child, input, shown, pts: pts_copy }
     }
 
@@ -92,6 +82,23 @@ impl OnTerminal {
             .unwrap();
         status.code().unwrap_or_else(|| panic!("the client died: {status:?}"))
     }
+}
+
+/// `connect` with `args` and the token `t`, stdin closed, its stdout
+/// collected as it comes (stderr left to read at the end).
+fn spawn_connect(args: &[&str]) -> (tokio::process::Child, Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("connect")
+        .args(args)
+        .env("WS_SUBPROCESS_TOKEN", "t")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (output, reader) = collect_bytes(child.stdout.take().unwrap());
+    (child, output, reader)
 }
 
 /// `connect` on pipes: what it wrote on stdout and on stderr, and its
@@ -172,7 +179,7 @@ async fn on_a_terminal_size_resizes_typing_and_the_exit_status_pass_through_and_
     client.type_in(b"q\r").await;
     assert_eq!(client.exit_code().await, 7);
     assert_eq!(client.settings(), cooked, "the terminal was not put back");
-    // The bearer header carried the token.
+    // The URL had no token: the client sent the environment's in its header.
     assert_eq!(controller.requests()[0].token().as_deref(), Some("t"));
     server.stop().await;
 }
@@ -249,21 +256,9 @@ async fn stderr_bytes_arrive_unchanged() {
     // Binary bytes (not UTF-8) on stderr, compared as bytes.
     let controller = Controller::shell("head -c 100000 /dev/zero | tr '\\0' '\\377' >&2; printf out").await;
     let server = TestServer::for_controller(&controller).await;
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["connect", &endpoint(&server)])
-        .env("WS_SUBPROCESS_TOKEN", "t")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = Vec::new();
-    child.stderr.take().unwrap().read_to_end(&mut stderr).await.unwrap();
-    let output = child.wait_with_output().await.unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    assert_eq!(output.stdout, b"out");
-    assert_eq!(stderr, vec![0xff; 100000]);
+    let run = piped(&[&endpoint(&server)], &[("WS_SUBPROCESS_TOKEN", "t")], Vec::new()).await;
+    assert_eq!((run.status, run.stdout.as_slice()), (0, &b"out"[..]));
+    assert!(run.stderr_bytes == vec![0xff; 100000], "stderr differs: {} bytes", run.stderr_bytes.len());
     server.stop().await;
 }
 
@@ -392,27 +387,7 @@ async fn a_named_session_survives_cut_connections_with_nothing_lost_or_repeated(
     let server = TestServer::for_controller(&controller).await;
     let proxy = CuttingProxy::start(server.addr).await;
     let url = format!("ws://{}{}", proxy.addr, server.config.path);
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["connect", &url, "--session", "cut-1"])
-        .env("WS_SUBPROCESS_TOKEN", "t")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let into = output.clone();
-    let reader = tokio::spawn(async move {
-        let mut buffer = [0; 8192];
-        while let Ok(n) = stdout.read(&mut buffer).await {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buffer[..n]);
-        }
-    });
+    let (mut child, output, reader) = spawn_connect(&[&url, "--session", "cut-1"]);
     // Cut three times while output flows.
     for round in 1..=3 {
         let lines = round * 300;
@@ -448,9 +423,10 @@ async fn the_detach_keys_leave_the_session_running_and_connect_joins_it_again() 
     client.wait_for("started").await;
     client.type_in(b"one\r").await;
     client.wait_for("typed one").await;
-    // Ctrl-] alone reaches nobody yet; then d leaves.
+    // Ctrl-] alone is held (the client stays); then d leaves.
     client.type_in(b"\x1d").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(client.child.try_wait().unwrap().is_none(), "Ctrl-] alone left");
     client.type_in(b"d").await;
     assert_eq!(client.exit_code().await, 0);
     assert!(client.shown().contains("detached"), "{:?}", client.shown());
@@ -461,8 +437,9 @@ async fn the_detach_keys_leave_the_session_running_and_connect_joins_it_again() 
     again.wait_for("typed one").await;
     again.type_in(b"two\r").await;
     again.wait_for("typed two").await;
-    // Ctrl-] d is typing now; Ctrl-P Ctrl-Q leaves.
+    // Ctrl-] d is typing now (it reaches the shell); Ctrl-P Ctrl-Q leaves.
     again.type_in(b"\x1dd\r").await;
+    again.wait_for("typed \u{1d}d").await;
     again.type_in(b"\x10\x11").await;
     assert_eq!(again.exit_code().await, 0);
     server.stop().await;
@@ -496,7 +473,8 @@ async fn a_session_that_cannot_be_reached_again_ends_with_255_after_the_reconnec
     let output = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output()).await.unwrap().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(255), "{stderr}");
-    assert!(started.elapsed() >= Duration::from_millis(900), "gave up after {:?}", started.elapsed());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(8), "gave up after {waited:?}");
     assert!(stderr.trim_end().lines().last().unwrap().contains("cannot connect again within 1s"), "{stderr}");
     server.stop().await;
 }
@@ -553,9 +531,10 @@ async fn a_client_certificate_is_required_where_the_server_requires_one() {
     let server = TestServer::start(config).await;
     let url = format!("wss://127.0.0.1:{}{}", server.addr.port(), server.config.path);
     let ca_file = server_cert.0.display().to_string();
-    // No token at all: the certificate stands for it with the controller.
-    let run = piped(&[&url, "--ca-file", &ca_file], &[], Vec::new()).await;
+    // A token but no certificate: the handshake itself fails.
+    let run = piped(&[&url, "--ca-file", &ca_file], &[("WS_SUBPROCESS_TOKEN", "t")], Vec::new()).await;
     assert_eq!(run.status, 255, "{}", run.stderr);
+    assert!(run.stderr.starts_with("ws-subprocess: TLS with 127.0.0.1:"), "{}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     // The key in the certificate's file works as well as beside it.
     let both = dir.path().join("alice-both.pem");
@@ -589,27 +568,7 @@ async fn a_close_1012_from_an_upgrade_is_joined_again_gap_free() {
     .unwrap();
     let mut server = Binary::start(&["--config", config.to_str().unwrap()], &[], dir.path()).await;
     let url = format!("wss://localhost:{}/ws", server.tcp().port());
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["connect", &url, "--session", "up-1", "--ca-file", &cert_path])
-        .env("WS_SUBPROCESS_TOKEN", "t")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let into = output.clone();
-    let reader = tokio::spawn(async move {
-        let mut buffer = [0; 8192];
-        while let Ok(n) = stdout.read(&mut buffer).await {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buffer[..n]);
-        }
-    });
+    let (mut child, output, reader) = spawn_connect(&[&url, "--session", "up-1", "--ca-file", &cert_path]);
     assert!(eventually(Duration::from_secs(20), || line_numbers(&output.lock().unwrap()).len() >= 200).await);
     server.signal(rustix::process::Signal::USR2);
     server.wait_for_log("executing the new binary", 1).await;
@@ -631,4 +590,41 @@ async fn server_settings_are_refused_with_connect() {
     let run = piped(&["ws://127.0.0.1:1/ws", "--max-sessions", "3"], &[], Vec::new()).await;
     assert_eq!(run.status, 2);
     assert!(run.stderr.contains("--max-sessions is a server setting"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn an_observer_sees_the_session_sends_nothing_and_gets_its_exit_status() {
+    let script = "while read l; do [ \"$l\" = end ] && exit 3; echo \"got $l\"; done";
+    let controller = Controller::answering(&[
+        ("start", serde_json::json!({"command": "/bin/sh", "args": ["-c", script], "session": {"id": "obs-1"}})),
+        // The server would take its input: it is `--observer` that sends none.
+        ("t", serde_json::json!({"attach": "obs-1"})),
+    ])
+    .await;
+    let server = TestServer::for_controller(&controller).await;
+    let mut writer = Watcher::start(server.connect("start").await, false);
+    writer.type_in("one\n").await;
+    writer.wait_for("got one").await;
+    // The observer's own input, which must reach nobody.
+    let mut observer = tokio::process::Command::new(BIN)
+        .args(["connect", &endpoint(&server), "--session", "obs-1", "--observer"])
+        .env("WS_SUBPROCESS_TOKEN", "t")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    observer.stdin.take().unwrap().write_all(b"from-observer\n").await.unwrap();
+    let (seen, _) = collect_bytes(observer.stdout.take().unwrap());
+    let shows = |text: &str| contains(&seen.lock().unwrap(), text.as_bytes());
+    // Attached: the history came first.
+    assert!(eventually(Duration::from_secs(10), || shows("got one")).await);
+    writer.type_in("two\n").await;
+    assert!(eventually(Duration::from_secs(10), || shows("got two")).await);
+    writer.type_in("end\n").await;
+    let status = tokio::time::timeout(Duration::from_secs(20), observer.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert!(!shows("from-observer") && !contains(&writer.output(), b"from-observer"), "the observer's input arrived");
+    server.stop().await;
 }

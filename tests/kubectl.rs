@@ -15,13 +15,13 @@ mod common;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use base64::Engine;
 use common::*;
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use ws_subprocess::config::Config;
 
 const KUBECTL: &str = "/usr/bin/kubectl";
@@ -35,10 +35,28 @@ fn kubectl() -> Option<&'static str> {
         return Some(KUBECTL);
     }
     if std::env::var_os("WS_SUBPROCESS_NO_KUBECTL").is_some() {
-        eprintln!("SKIPPED: {KUBECTL} is missing (WS_SUBPROCESS_NO_KUBECTL is set)");
+        say(&format!("SKIPPED: {KUBECTL} is missing (WS_SUBPROCESS_NO_KUBECTL is set)"));
         return None;
     }
     panic!("{KUBECTL} is missing: install kubectl 1.30 or later, or set WS_SUBPROCESS_NO_KUBECTL=1 to skip");
+}
+
+/// A line on the test's stderr that the test harness does not capture, so
+/// a skip shows even when the test passes.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// What most tests use: kubectl, the controller for it, a server, and a
+/// kubeconfig with the token the controller allows; `None` when kubectl
+/// is missing and the tests are asked to skip.
+async fn everyday() -> Option<(&'static str, Controller, Cluster, PathBuf)> {
+    let kubectl = kubectl()?;
+    let controller = kube_controller().await;
+    let cluster = Cluster::start(&controller, |_, _| {}).await;
+    let config = cluster.kubeconfig("config", "token: good");
+    Some((kubectl, controller, cluster, config))
 }
 
 /// A TLS server with the Kubernetes API, a kubeconfig for it, and a home
@@ -137,10 +155,7 @@ impl Cluster {
 
 #[tokio::test]
 async fn kubectl_exec_runs_on_pipes_with_its_exit_code_and_what_it_asked_reaches_the_controller() {
-    let Some(kubectl) = kubectl() else { return };
-    let controller = kube_controller().await;
-    let cluster = Cluster::start(&controller, |_, _| {}).await;
-    let config = cluster.kubeconfig("config", "token: good");
+    let Some((kubectl, controller, cluster, config)) = everyday().await else { return };
 
     let (status, stdout, stderr) =
         cluster.run(kubectl, &config, &["exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 4"], b"").await;
@@ -178,10 +193,7 @@ async fn kubectl_exec_runs_on_pipes_with_its_exit_code_and_what_it_asked_reaches
 
 #[tokio::test]
 async fn kubectl_exec_it_on_a_terminal_gets_a_terminal_of_its_size() {
-    let Some(kubectl) = kubectl() else { return };
-    let controller = kube_controller().await;
-    let cluster = Cluster::start(&controller, |_, _| {}).await;
-    let config = cluster.kubeconfig("config", "token: good");
+    let Some((kubectl, controller, cluster, config)) = everyday().await else { return };
     let (pty, pts) = pty_process::open().unwrap();
     pty.resize(pty_process::Size::new(33, 111)).unwrap();
     let _pts_copy = pts.as_fd().try_clone_to_owned().unwrap();
@@ -193,18 +205,8 @@ async fn kubectl_exec_it_on_a_terminal_gets_a_terminal_of_its_size() {
         .kill_on_drop(true)
         .spawn(pts)
         .unwrap();
-    let (mut output, mut input) = pty.into_split();
-    let shown = Arc::new(Mutex::new(Vec::new()));
-    let into = shown.clone();
-    tokio::spawn(async move {
-        let mut buffer = [0; 4096];
-        while let Ok(n) = output.read(&mut buffer).await {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buffer[..n]);
-        }
-    });
+    let (output, mut input) = pty.into_split();
+    let (shown, _) = collect_bytes(output);
     let seen = |needle: &str| String::from_utf8_lossy(&shown.lock().unwrap()).contains(needle);
     let mut sized = false;
     for _ in 0..50 {
@@ -270,10 +272,7 @@ async fn kubectl_attach_joins_the_session_its_pod_names() {
 
 #[tokio::test]
 async fn kubectl_cp_copies_both_ways_through_tar() {
-    let Some(kubectl) = kubectl() else { return };
-    let controller = kube_controller().await;
-    let cluster = Cluster::start(&controller, |_, _| {}).await;
-    let config = cluster.kubeconfig("config", "token: good");
+    let Some((kubectl, _controller, cluster, config)) = everyday().await else { return };
     let local = cluster.dir.path().join("local");
     std::fs::create_dir_all(local.join("sub")).unwrap();
     let binary: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2246822519) >> 7) as u8).collect();
@@ -330,7 +329,7 @@ async fn refusals_read_as_an_api_servers_and_an_old_kubectl_is_told_what_it_need
         assert_eq!(status, 1);
         assert!(stderr.contains("use kubectl 1.30 or later"), "{stderr}");
     } else {
-        eprintln!("SKIPPED (part): {OLD_KUBECTL} is missing; the SPDY refusal is not tried");
+        say(&format!("SKIPPED (part): {OLD_KUBECTL} is missing; the SPDY refusal is not tried"));
     }
     cluster.server.stop().await;
 }

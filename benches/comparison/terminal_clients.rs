@@ -99,7 +99,8 @@ async fn direct_trips(url: &str, line: &str, trips: usize) -> Res<Vec<f64>> {
     message.extend_from_slice(line.as_bytes());
     let message = Bytes::from(message);
     let mut samples = Vec::with_capacity(trips);
-    for _ in 0..trips {
+    // One untimed round trip first, as for `connect`.
+    for trip in 0..=trips {
         let started = Instant::now();
         ws.send(Message::Binary(message.clone())).await.map_err(|e| e.to_string())?;
         let mut got = 0;
@@ -110,7 +111,9 @@ async fn direct_trips(url: &str, line: &str, trips: usize) -> Res<Vec<f64>> {
                 other => return Err(format!("direct client: {other:?}")),
             }
         }
-        samples.push(started.elapsed().as_secs_f64() * 1e6);
+        if trip > 0 {
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
     }
     let _ = ws.close(None).await;
     Ok(samples)
@@ -130,7 +133,8 @@ async fn connect_trips(url: &str, line: &str, trips: usize) -> Res<Vec<f64>> {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut samples = Vec::with_capacity(trips);
     let mut echoed = String::new();
-    for _ in 0..trips {
+    // The first round trip, untimed, waits for the connection and session.
+    for trip in 0..=trips {
         let started = Instant::now();
         stdin.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;
         echoed.clear();
@@ -138,7 +142,9 @@ async fn connect_trips(url: &str, line: &str, trips: usize) -> Res<Vec<f64>> {
             Ok(Ok(n)) if n == line.len() => {}
             other => return Err(format!("connect: {other:?}")),
         }
-        samples.push(started.elapsed().as_secs_f64() * 1e6);
+        if trip > 0 {
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
     }
     drop(stdin);
     let _ = tokio::time::timeout(LIMIT, child.wait()).await;

@@ -472,10 +472,11 @@ pub fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// Runs openssl with `args`; panics unless it succeeds.
-fn openssl(args: &[&std::ffi::OsStr]) {
+/// Runs openssl with `args`: its output; panics unless it succeeds.
+fn openssl(args: &[&std::ffi::OsStr]) -> String {
     let output = std::process::Command::new("openssl").args(args).output().unwrap();
     assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
 }
 
 /// A certificate authority made by openssl: its certificate and key.
@@ -550,12 +551,8 @@ pub fn client_certificate(dir: &Path, name: &str, subject: &str, ca: &(PathBuf, 
 /// The SHA-256 fingerprint of the certificate in `cert` as openssl prints
 /// it, in lowercase hex without colons.
 pub fn fingerprint(cert: &Path) -> String {
-    let output = std::process::Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(cert)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(output.stdout).unwrap();
+    let args = ["x509", "-noout", "-fingerprint", "-sha256", "-in"].map(std::ffi::OsStr::new);
+    let text = openssl(&[&args[..], &[cert.as_os_str()]].concat());
     text.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase()
 }
 
@@ -915,4 +912,24 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> W
         assert!(eventually(Duration::from_secs(20), || self.ended().is_some()).await, "the connection did not end");
         self.ended().unwrap()
     }
+}
+
+/// Collects everything `stream` gives, in the background, until its end
+/// (or an error, as a pseudo-terminal's once its last user left); the task
+/// ends then.
+pub fn collect_bytes(
+    mut stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> (Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
+    let collected = Arc::new(Mutex::new(Vec::new()));
+    let into = collected.clone();
+    let task = tokio::spawn(async move {
+        let mut buffer = [0; 8192];
+        while let Ok(n) = stream.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buffer[..n]);
+        }
+    });
+    (collected, task)
 }

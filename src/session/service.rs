@@ -211,62 +211,43 @@ impl ServeSubprocess {
         };
         let size = spec.size.unwrap_or_default();
         let metrics = context.metrics.clone();
-        match (&spec.session, reservation) {
-            (Some(session), reservation) => {
+        let (id, kind) = match &spec.session {
+            Some(session) => {
                 let keep = session.keep.unwrap_or(self.settings.max_keep).min(self.settings.max_keep);
                 let history = session
                     .history
                     .map_or(self.settings.max_history, |h| usize::try_from(h.as_u64()).unwrap_or(usize::MAX))
                     .min(self.settings.max_history);
-                let id = session.id.clone();
-                let shared =
-                    Shared::new(id, about, Kind::Named { keep, history }, &mut process, size, recorder, metrics);
-                // The client that started it is its first writer before any
-                // output is read, so it loses none.
-                let first_writer = shared.writer();
-                let mut reservation = reservation;
-                if let Some(reservation) = reservation.as_mut() {
-                    reservation.run(shared.clone());
-                }
-                span.in_scope(|| {
-                    tracing::info!(args = spec.args.len(), keep_s = keep.as_secs(), history, "named session started")
-                });
-                let engine = Engine::start(process, &self.settings);
-                let place = (permit, reservation);
-                let driver = run_engine(shared.clone(), engine, place, true, context.clone(), self.sessions.clone());
-                self.sessions.spawn(driver.instrument(span.clone()));
-                // The client that started it gets everything from the start.
-                let joining =
-                    Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: query.session.is_some() };
-                let connection = Connection { protocol, peer };
-                let attachment = run_attachment(
-                    shared,
-                    socket,
-                    connection,
-                    joining,
-                    Some(first_writer),
-                    context,
-                    self.sessions.clone(),
-                );
-                self.sessions.spawn(attachment.instrument(span));
+                (session.id.clone(), Kind::Named { keep, history })
             }
-            (None, _) => {
-                let shared = Shared::new(None, about, Kind::Plain, &mut process, size, recorder, metrics);
-                // The client is the writer before any output is read, so it
-                // loses none.
-                let writer = shared.writer();
-                span.in_scope(|| tracing::info!("session started"));
-                let engine = Engine::start(process, &self.settings);
-                let driver =
-                    run_engine(shared.clone(), engine, (permit, None), true, context.clone(), self.sessions.clone());
-                self.sessions.spawn(driver.instrument(span.clone()));
-                let joining = Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: false };
-                let connection = Connection { protocol, peer };
-                let attachment =
-                    run_attachment(shared, socket, connection, joining, Some(writer), context, self.sessions.clone());
-                self.sessions.spawn(attachment.instrument(span));
-            }
+            None => (None, Kind::Plain),
+        };
+        let shared = Shared::new(id, about, kind, &mut process, size, recorder, metrics);
+        // The client that started it is its first writer before any output
+        // is read, so it loses none.
+        let first_writer = shared.writer();
+        let mut reservation = reservation;
+        if let Some(reservation) = reservation.as_mut() {
+            reservation.run(shared.clone());
         }
+        span.in_scope(|| match kind {
+            Kind::Named { keep, history } => {
+                tracing::info!(args = spec.args.len(), keep_s = keep.as_secs(), history, "named session started")
+            }
+            _ => tracing::info!("session started"),
+        });
+        let engine = Engine::start(process, &self.settings);
+        let place = (permit, reservation);
+        let driver = run_engine(shared.clone(), engine, place, true, context.clone(), self.sessions.clone());
+        self.sessions.spawn(driver.instrument(span.clone()));
+        // The client that started it gets everything from the start (and
+        // where it starts, when it named the session, which only a named
+        // one may: see `session_matches`).
+        let joining = Joining { role: Role::Writer, start: Start::Since(Some(0)), wants_info: query.session.is_some() };
+        let connection = Connection { protocol, peer };
+        let attachment =
+            run_attachment(shared, socket, connection, joining, Some(first_writer), context, self.sessions.clone());
+        self.sessions.spawn(attachment.instrument(span));
         response
     }
 

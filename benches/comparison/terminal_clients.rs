@@ -20,6 +20,7 @@ use crate::{Bench, Metric, Res, report};
 
 const RTT_DIRECT: Metric = ("client_rtt_direct", "echo round trip p50, a WebSocket client (µs)", "µs");
 const RTT_CONNECT: Metric = ("client_rtt_connect", "echo round trip p50, `connect` on pipes (µs)", "µs");
+const RTT_HOP: Metric = ("client_rtt_hop", "the same through `cat` alone, no server (µs)", "µs");
 const FIRST_CONNECT: Metric = ("first_connect", "start → first byte, `connect` over TLS (ms)", "ms");
 const FIRST_KUBECTL: Metric = ("first_kubectl", "start → first byte, `kubectl exec` (ms)", "ms");
 const KUBECTL: &str = "/usr/bin/kubectl";
@@ -35,13 +36,15 @@ pub async fn run(bench: &mut Bench) {
     }
     let trips = bench.params.round_trips.min(2000);
     match echo_rows(trips).await {
-        Ok((direct, connect)) => {
+        Ok((direct, connect, hop)) => {
             bench.results.add(RTT_DIRECT, Kind::WsSubprocess, Ok(direct));
             bench.results.add(RTT_CONNECT, Kind::WsSubprocess, Ok(connect));
+            bench.results.add(RTT_HOP, Kind::WsSubprocess, Ok(hop));
             bench.notes.push(format!(
                 "clients: {trips} round trips of a 64-byte line through `cat`, one session each, \
-                 connect's overhead {:+.1}%",
-                (connect / direct - 1.0) * 100.0
+                 connect's overhead {:+.1}% ({:+.1}% beyond the pipes and process hop a local `cat` costs)",
+                (connect / direct - 1.0) * 100.0,
+                ((connect - hop) / direct - 1.0) * 100.0
             ));
         }
         Err(error) => bench.results.add(RTT_DIRECT, Kind::WsSubprocess, Err(error)),
@@ -63,7 +66,7 @@ pub async fn run(bench: &mut Bench) {
         }
         Err(error) => bench.results.add(FIRST_CONNECT, Kind::WsSubprocess, Err(error)),
     }
-    for metric in [RTT_DIRECT, RTT_CONNECT, FIRST_CONNECT, FIRST_KUBECTL] {
+    for metric in [RTT_DIRECT, RTT_CONNECT, RTT_HOP, FIRST_CONNECT, FIRST_KUBECTL] {
         if let Some(row) = bench.results.rows.iter().find(|r| r.id == metric.0) {
             report::print_row(row);
         }
@@ -76,19 +79,21 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 /// The p50 echo round trip (µs) of a direct client and of `connect`,
-/// alternating runs on the same server.
-async fn echo_rows(trips: usize) -> Res<(f64, f64)> {
+/// alternating runs on the same server, and of a local `cat` between the
+/// bench and itself: the floor of any client on pipes.
+async fn echo_rows(trips: usize) -> Res<(f64, f64, f64)> {
     let server = Server::start_ws_subprocess_with(&Workload::new("/bin/cat", &[]), &[]).await?;
     let Target::Ws { url, .. } = &server.target else { return Err("no URL".into()) };
     let url = format!("{url}?token=bench");
     let line = format!("{}\n", "x".repeat(63));
-    let (mut direct, mut connect) = (Vec::new(), Vec::new());
+    let (mut direct, mut connect, mut hop) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2 {
         direct.extend(direct_trips(&url, &line, trips / 2).await?);
-        connect.extend(connect_trips(&url, &line, trips / 2).await?);
+        connect.extend(pipe_trips(Command::new(bin()).args(["connect", &url]), &line, trips / 2).await?);
+        hop.extend(pipe_trips(&mut Command::new("cat"), &line, trips / 2).await?);
     }
     let _ = server.stop().await;
-    Ok((median(direct), median(connect)))
+    Ok((median(direct), median(connect), median(hop)))
 }
 
 async fn direct_trips(url: &str, line: &str, trips: usize) -> Res<Vec<f64>> {
@@ -119,9 +124,10 @@ async fn direct_trips(url: &str, line: &str, trips: usize) -> Res<Vec<f64>> {
     Ok(samples)
 }
 
-async fn connect_trips(url: &str, line: &str, trips: usize) -> Res<Vec<f64>> {
-    let mut child = Command::new(bin())
-        .args(["connect", url])
+/// Round trips of `line` written to `command`'s stdin and read back from
+/// its stdout.
+async fn pipe_trips(command: &mut Command, line: &str, trips: usize) -> Res<Vec<f64>> {
+    let mut child = command
         .env_remove("WS_SUBPROCESS_TOKEN")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -140,7 +146,7 @@ async fn connect_trips(url: &str, line: &str, trips: usize) -> Res<Vec<f64>> {
         echoed.clear();
         match tokio::time::timeout(LIMIT, stdout.read_line(&mut echoed)).await {
             Ok(Ok(n)) if n == line.len() => {}
-            other => return Err(format!("connect: {other:?}")),
+            other => return Err(format!("{command:?}: {other:?}")),
         }
         if trip > 0 {
             samples.push(started.elapsed().as_secs_f64() * 1e6);

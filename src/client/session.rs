@@ -425,10 +425,12 @@ async fn drive(
     let Connection { ws, channel } = connection;
     local.channel = channel;
     let (mut sink, mut stream) = ws.split();
-    let mut reading = std::pin::pin!(read_loop(&mut stream, channel, output, position, local.tty, observer));
+    let heard = Cell::new(Instant::now());
+    let mut reading = std::pin::pin!(read_loop(&mut stream, channel, output, position, (local.tty, &heard), observer));
     let writing = write_loop(&mut sink, local, pending, observer);
     tokio::select! {
         end = &mut reading => end,
+        end = silent(&heard) => end,
         end = writing => match end {
             // Leaving: the server's answer to the Close is not awaited
             // beyond a moment.
@@ -441,13 +443,25 @@ async fn drive(
     }
 }
 
+/// Ends once nothing (not even the answer to a keepalive ping) was heard
+/// from the server for [`SILENCE`]: one timer, set again only when it
+/// fires.
+async fn silent(heard: &Cell<Instant>) -> End {
+    loop {
+        tokio::time::sleep_until((heard.get() + SILENCE).into()).await;
+        if heard.get().elapsed() >= SILENCE {
+            return End::Dropped(format!("nothing heard from the server for {}", humantime::format_duration(SILENCE)));
+        }
+    }
+}
+
 /// Server messages to the local stdout and stderr.
 async fn read_loop<S>(
     stream: &mut S,
     channel: bool,
     output: &mut Output,
     position: &mut Position,
-    tty: bool,
+    (tty, heard): (bool, &Cell<Instant>),
     observer: &Cell<bool>,
 ) -> End
 where
@@ -455,17 +469,13 @@ where
 {
     let mut status = None;
     loop {
-        let message = match tokio::time::timeout(SILENCE, stream.next()).await {
-            Err(_) => {
-                return End::Dropped(format!(
-                    "nothing heard from the server for {}",
-                    humantime::format_duration(SILENCE)
-                ));
-            }
-            Ok(None) => return status.map_or_else(|| End::Dropped("the connection was closed".into()), End::Exit),
-            Ok(Some(Err(err))) => return status.map_or_else(|| End::Dropped(err.to_string()), End::Exit),
-            Ok(Some(Ok(message))) => message,
+        // Silence is watched by `silent`, not by a timer set per message.
+        let message = match stream.next().await {
+            None => return status.map_or_else(|| End::Dropped("the connection was closed".into()), End::Exit),
+            Some(Err(err)) => return status.map_or_else(|| End::Dropped(err.to_string()), End::Exit),
+            Some(Ok(message)) => message,
         };
+        heard.set(Instant::now());
         let written = match message {
             Message::Binary(data) if channel => match data.first() {
                 Some(&STDOUT) => out(&mut output.stdout, &data[1..], position),

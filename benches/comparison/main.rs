@@ -548,8 +548,21 @@ async fn run_scale(bench: &mut Bench) {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Re-run as the bench's own minimal client (see terminal_clients).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|arg| arg == terminal_clients::PIPE_CLIENT) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        if let Err(error) = runtime.block_on(terminal_clients::pipe_client(&args[i + 1])) {
+            eprintln!("pipe client: {error}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(bench_main());
+}
+
+async fn bench_main() {
     let params = Params::from_args();
     let open_files = raise_open_files();
     let websocketd = servers::find_in_path("websocketd");

@@ -1,6 +1,8 @@
 //! Terminal clients (issue 17), side by side against one server in one run:
 //! the echo round trip of `ws-subprocess connect` on pipes beside a direct
-//! WebSocket client speaking the same channel protocol, and the time from
+//! WebSocket client speaking the same channel protocol (in the bench's
+//! process, and in a process of its own on pipes as `connect` is), and the
+//! time from
 //! starting `kubectl exec` to its first output byte beside a `connect` of
 //! the same command (both over TLS, as kubectl needs for a bearer token).
 
@@ -8,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -19,6 +21,7 @@ use crate::servers::{Kind, Server, Target, Workload};
 use crate::{Bench, Metric, Res, report};
 
 const RTT_DIRECT: Metric = ("client_rtt_direct", "echo round trip p50, a WebSocket client (µs)", "µs");
+const RTT_PIPED: Metric = ("client_rtt_piped", "echo round trip p50, a WebSocket client on pipes (µs)", "µs");
 const RTT_CONNECT: Metric = ("client_rtt_connect", "echo round trip p50, `connect` on pipes (µs)", "µs");
 const RTT_HOP: Metric = ("client_rtt_hop", "the same through `cat` alone, no server (µs)", "µs");
 const FIRST_CONNECT: Metric = ("first_connect", "start → first byte, `connect` over TLS (ms)", "ms");
@@ -36,15 +39,18 @@ pub async fn run(bench: &mut Bench) {
     }
     let trips = bench.params.round_trips.min(2000);
     match echo_rows(trips).await {
-        Ok((direct, connect, hop)) => {
+        Ok([direct, piped, connect, hop]) => {
             bench.results.add(RTT_DIRECT, Kind::WsSubprocess, Ok(direct));
+            bench.results.add(RTT_PIPED, Kind::WsSubprocess, Ok(piped));
             bench.results.add(RTT_CONNECT, Kind::WsSubprocess, Ok(connect));
             bench.results.add(RTT_HOP, Kind::WsSubprocess, Ok(hop));
             bench.notes.push(format!(
-                "clients: {trips} round trips of a 64-byte line through `cat`, one session each, \
-                 connect's overhead {:+.1}% ({:+.1}% beyond the pipes and process hop a local `cat` costs)",
+                "clients: {trips} round trips of a 64-byte line through `cat`, one session each; \
+                 connect adds {:+.1}% to a direct client on pipes ({:+.1}% to one in the bench's process, \
+                 where a local `cat` between pipes alone costs {:.0} µs)",
+                (connect / piped - 1.0) * 100.0,
                 (connect / direct - 1.0) * 100.0,
-                ((connect - hop) / direct - 1.0) * 100.0
+                hop
             ));
         }
         Err(error) => bench.results.add(RTT_DIRECT, Kind::WsSubprocess, Err(error)),
@@ -66,7 +72,7 @@ pub async fn run(bench: &mut Bench) {
         }
         Err(error) => bench.results.add(FIRST_CONNECT, Kind::WsSubprocess, Err(error)),
     }
-    for metric in [RTT_DIRECT, RTT_CONNECT, RTT_HOP, FIRST_CONNECT, FIRST_KUBECTL] {
+    for metric in [RTT_DIRECT, RTT_PIPED, RTT_CONNECT, RTT_HOP, FIRST_CONNECT, FIRST_KUBECTL] {
         if let Some(row) = bench.results.rows.iter().find(|r| r.id == metric.0) {
             report::print_row(row);
         }
@@ -81,19 +87,21 @@ fn median(mut samples: Vec<f64>) -> f64 {
 /// The p50 echo round trip (µs) of a direct client and of `connect`,
 /// alternating runs on the same server, and of a local `cat` between the
 /// bench and itself: the floor of any client on pipes.
-async fn echo_rows(trips: usize) -> Res<(f64, f64, f64)> {
+async fn echo_rows(trips: usize) -> Res<[f64; 4]> {
     let server = Server::start_ws_subprocess_with(&Workload::new("/bin/cat", &[]), &[]).await?;
     let Target::Ws { url, .. } = &server.target else { return Err("no URL".into()) };
     let url = format!("{url}?token=bench");
     let line = format!("{}\n", "x".repeat(63));
-    let (mut direct, mut connect, mut hop) = (Vec::new(), Vec::new(), Vec::new());
+    let this = std::env::current_exe().map_err(|e| e.to_string())?;
+    let [mut direct, mut piped, mut connect, mut hop] = [(); 4].map(|()| Vec::new());
     for _ in 0..2 {
         direct.extend(direct_trips(&url, &line, trips / 2).await?);
+        piped.extend(pipe_trips(Command::new(&this).args([PIPE_CLIENT, &url]), &line, trips / 2).await?);
         connect.extend(pipe_trips(Command::new(bin()).args(["connect", &url]), &line, trips / 2).await?);
         hop.extend(pipe_trips(&mut Command::new("cat"), &line, trips / 2).await?);
     }
     let _ = server.stop().await;
-    Ok((median(direct), median(connect), median(hop)))
+    Ok([direct, piped, connect, hop].map(median))
 }
 
 async fn direct_trips(url: &str, line: &str, trips: usize) -> Res<Vec<f64>> {
@@ -246,4 +254,56 @@ async fn first_byte(mut command: Command) -> Res<f64> {
             Err(format!("{read:?} {status:?}: {}", stderr.trim()))
         }
     }
+}
+
+/// The argument that makes the bench binary [`pipe_client`].
+pub const PIPE_CLIENT: &str = "--pipe-client";
+
+/// The least a WebSocket client on pipes does, in a process of its own as
+/// `connect` is (one thread, as `connect`): stdin to channel 0, channel 1
+/// to stdout, until either ends; no terminal, no reconnection, no pings.
+pub async fn pipe_client(url: &str) -> Res<()> {
+    use std::os::fd::AsFd;
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
+    let (mut sink, mut stream) = ws.split();
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| e.to_string());
+    let mut stdin =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(dup(std::io::stdin().as_fd())?).map_err(|e| e.to_string())?;
+    let mut stdout = std::fs::File::from(dup(std::io::stdout().as_fd())?);
+    let reading = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Binary(data) = message
+                && data.first() == Some(&1)
+            {
+                use std::io::Write;
+                if stdout.write_all(&data[1..]).is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let writing = async {
+        let mut buffer = bytes::BytesMut::new();
+        loop {
+            buffer.put_u8(0);
+            buffer.reserve(16 << 10);
+            match stdin.read_buf(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if sink.send(Message::Binary(buffer.split().freeze())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sink.send(Message::Binary(Bytes::from_static(&[255, 0]))).await;
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = reading => {}
+        () = writing => {}
+    }
+    Ok(())
 }

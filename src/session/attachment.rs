@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::SessionContext;
-use super::detached::history::Read;
+use super::detached::history::{Hidden, Read, Viewer};
+use super::detached::transfer::Span;
 use super::queue::{self, Sender};
 use super::shared::{Control, Ended, Kind, Shared, StartPoint, WriterGuard};
 use super::socket::{
@@ -111,7 +112,9 @@ where
         (&*context.settings, &context.metrics, &context.shutdown, &context.handover);
     let start = match joining.start {
         Start::Since(since) => shared.start_point(since),
-        Start::Resume { offset } => StartPoint { offset, repaint: None },
+        // A connection carried on from the program before: what it reads
+        // next is as live as it was.
+        Start::Resume { offset } => StartPoint { offset, repaint: None, live_from: 0 },
     };
     let resumed = matches!(joining.start, Start::Resume { .. });
     let writer_guard = guard.or_else(|| (joining.role == Role::Writer).then(|| shared.writer_at(start.offset)));
@@ -147,10 +150,11 @@ where
     )));
     let offset = AtomicU64::new(start.offset);
     let mut parts = Parts { writer: None, rx: None, in_hand: None };
-    let is_writer = writer_guard.is_some();
-    let mut input = pin!(read_input(rx, protocol, settings.pong_timeout, progress, is_writer, &shared, freeze).fuse());
+    let mut input = pin!(read_input(rx, protocol, settings.pong_timeout, progress, writer_id, &shared, freeze).fuse());
     let ended = {
-        let follow = follow(&shared, &offset, queue.clone(), protocol, writer_id, freeze);
+        let viewer = Viewer { writer: writer_id, live_from: start.live_from };
+        let announce = joining.wants_info.then_some(joining.role);
+        let follow = follow(&shared, &offset, queue.clone(), protocol, (viewer, announce), freeze);
         tokio::select! {
             followed = follow => match followed {
                 Followed::Ended(Ended { status: Some(status), oom }) => {
@@ -386,7 +390,7 @@ async fn read_input<Rx>(
     protocol: Protocol,
     pong_timeout: Duration,
     progress: Progress,
-    writes: bool,
+    writer: Option<u64>,
     shared: &Shared,
     freeze: &CancellationToken,
 ) -> (Rx, InputEnd)
@@ -401,8 +405,13 @@ where
         };
         let control = match input {
             Err(ending) => return (rx, InputEnd::Ended(ending)),
-            Ok(_) if !writes => continue,
-            Ok(Input::Stdin(data)) => Control::Stdin(data),
+            Ok(_) if writer.is_none() => continue,
+            Ok(Input::Stdin(data)) => {
+                if let Some(id) = writer {
+                    shared.input_from(id);
+                }
+                Control::Stdin(data)
+            }
             Ok(Input::EndStdin) => Control::EndStdin,
             Ok(Input::Resize(size)) => Control::Resize(size),
             Ok(Input::Close | Input::Ignored(_)) => continue,
@@ -428,45 +437,92 @@ enum Followed {
     Frozen,
 }
 
-/// Queues the session's output from `offset` on, as it comes; `offset`
-/// moves past each message once it is queued.
+/// Queues the session's output from `offset` on, as it comes, as `viewer`
+/// may receive it; `offset` moves past each message once it is queued. A
+/// file transfer it does not receive becomes one line, told (with the
+/// session info, when `announce` names the role to say) as repaint bytes
+/// that are not session output, and a second info when it is over.
 async fn follow(
     shared: &Shared,
     offset: &AtomicU64,
     queue: Sender<Message>,
     protocol: Protocol,
-    writer: Option<u64>,
+    (viewer, announce): (Viewer, Option<Role>),
     freeze: &CancellationToken,
 ) -> Followed {
     let mut changed = shared.subscribe();
     let took = |offset| {
-        if let Some(id) = writer {
+        if let Some(id) = viewer.writer {
             shared.took(id, offset);
         }
     };
+    let send = async |message: Message| -> Option<Followed> {
+        tokio::select! {
+            biased;
+            sent = queue.send(message) => sent.is_err().then_some(Followed::Gone),
+            _ = freeze.cancelled() => Some(Followed::Frozen),
+        }
+    };
+    let info = |at: u64, repaint: usize, span: Option<&Span>| {
+        let mut info = serde_json::json!({"session": shared.id, "offset": at, "repaint": repaint, "role": announce});
+        if let Some(span) = span {
+            info["transfer"] = serde_json::json!({"protocol": span.protocol, "direction": span.direction});
+        }
+        protocol.session_info(info.to_string().as_bytes())
+    };
+    // The transfer whose note went out.
+    let mut noted = None;
     took(offset.load(Ordering::Relaxed));
     loop {
         changed.mark_unchanged();
-        let (read, ended, stopping) = shared.read(offset.load(Ordering::Relaxed));
+        let (read, ended, stopping) = shared.read(offset.load(Ordering::Relaxed), viewer);
         if let Some(reason @ (Ending::Idle | Ending::TimeLimit | Ending::Shutdown)) = stopping {
             return Followed::Stopped(reason);
         }
-        match read {
+        let at_end = match read {
             Read::Chunk(stream, data) => {
                 let len = data.len() as u64;
                 // The history keeps its own reference; the message shares it.
-                tokio::select! {
-                    biased;
-                    sent = queue.send(protocol.output(stream, data)) => if sent.is_err() {
-                        return Followed::Gone;
-                    },
-                    _ = freeze.cancelled() => return Followed::Frozen,
+                if let Some(stopped) = send(protocol.output(stream, data)).await {
+                    return stopped;
                 }
                 offset.fetch_add(len, Ordering::Relaxed);
                 took(offset.load(Ordering::Relaxed));
+                false
+            }
+            Read::Hidden(Hidden { span, skip_to }) => {
+                if noted != Some(span.start) {
+                    noted = Some(span.start);
+                    let note = span.note();
+                    if announce.is_some()
+                        && let Some(stopped) = send(info(span.start, note.len(), Some(&span))).await
+                    {
+                        return stopped;
+                    }
+                    if let Some(stopped) = send(protocol.output(OutputStream::Stdout, note.into())).await {
+                        return stopped;
+                    }
+                }
+                let moved = skip_to > offset.load(Ordering::Relaxed);
+                offset.store(skip_to, Ordering::Relaxed);
+                took(skip_to);
+                if span.end.is_some() {
+                    // Past it: the client's count of session bytes is right again.
+                    if announce.is_some()
+                        && let Some(stopped) = send(info(skip_to, 0, None)).await
+                    {
+                        return stopped;
+                    }
+                    false
+                } else {
+                    !moved
+                }
             }
             Read::Dropped { .. } => return Followed::TooSlow,
-            Read::AtEnd => match ended {
+            Read::AtEnd => true,
+        };
+        if at_end {
+            match ended {
                 Some(ended) => return Followed::Ended(ended),
                 None => tokio::select! {
                     changed = changed.changed() => if changed.is_err() {
@@ -474,7 +530,7 @@ async fn follow(
                     },
                     _ = freeze.cancelled() => return Followed::Frozen,
                 },
-            },
+            }
         }
     }
 }

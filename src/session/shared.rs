@@ -28,8 +28,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::detached::history::{History, Read};
+use super::detached::history::{History, Read, Viewer};
 use super::detached::record::Recorder;
+use super::detached::transfer::Piece;
 use super::lifecycle::{ChunkSize, OutputTail, signal_stop, stop_by};
 use super::process::{Feed, Process, ProcessOutput};
 use super::socket::{Ending, Progress, sleep_until_some};
@@ -124,7 +125,15 @@ pub(crate) struct Shared {
     bytes_in: AtomicU64,
     /// Bytes of output the writers took (the most any one took).
     bytes_out: AtomicU64,
+    /// The writer whose input came last ([`NOBODY`] before any): the one a
+    /// file transfer that starts is for.
+    last_input: AtomicU64,
+    /// Whether a file transfer runs (its input is not recorded).
+    transferring: std::sync::atomic::AtomicBool,
 }
+
+/// No writer (see `Shared::last_input`).
+const NOBODY: u64 = u64::MAX;
 
 struct State {
     history: History,
@@ -156,6 +165,8 @@ pub(crate) struct StartPoint {
     /// Bytes that redraw the current screen, sent first (no offset of
     /// their own).
     pub(crate) repaint: Option<Vec<u8>>,
+    /// Where its live output starts (what is before is a replay).
+    pub(crate) live_from: u64,
 }
 
 /// What a session's engine runs from: its process and where the session
@@ -323,7 +334,12 @@ impl Shared {
         recorder: Option<Arc<Recorder>>,
         metrics: Metrics,
     ) -> Arc<Self> {
-        let Restored { inlet, history, standing } = restored;
+        let Restored { inlet, mut history, standing } = restored;
+        // Transfers are kept from observers, replays and recordings; a
+        // plain session unrecorded has none of them.
+        if kind != Kind::Plain || recorder.is_some() {
+            history.watch_transfers();
+        }
         let screen = standing.screen.map(|(size, repaint)| {
             let mut parser = Box::new(vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK));
             parser.process(&repaint);
@@ -353,6 +369,8 @@ impl Shared {
             activity: Progress::marked_at(standing.last_activity),
             bytes_in: AtomicU64::new(standing.bytes_in),
             bytes_out: AtomicU64::new(standing.bytes_out),
+            last_input: AtomicU64::new(NOBODY),
+            transferring: Default::default(),
         };
         Arc::new(shared)
     }
@@ -433,13 +451,36 @@ impl Shared {
             return None;
         }
         let data = data.take()?;
-        if let Some(screen) = state.screen.as_mut() {
-            screen.process(&data);
+        let owner = Some(self.last_input.load(Ordering::Relaxed)).filter(|&id| id != NOBODY);
+        let input_total = self.bytes_in.load(Ordering::Relaxed);
+        let pushed = state.history.push_from(stream, data.clone(), owner, input_total);
+        // The screen and the recording get what is not a file transfer.
+        let show = |bytes: &[u8], state: &mut State| {
+            if let Some(screen) = state.screen.as_mut() {
+                screen.process(bytes);
+            }
+            if let Some(recorder) = &self.recorder {
+                recorder.output(bytes);
+            }
+        };
+        match &pushed.pieces {
+            None => show(&data, &mut state),
+            Some(pieces) => {
+                for piece in pieces {
+                    match piece {
+                        Piece::Shown(range) => show(&data[range.clone()], &mut state),
+                        Piece::Ended(span) => {
+                            if let Some(recorder) = &self.recorder {
+                                recorder.marker(&span.marker(input_total));
+                            }
+                        }
+                        Piece::Started(_) | Piece::Hidden(_) => {}
+                    }
+                }
+                self.transferring.store(state.history.transfer().is_some(), Ordering::Relaxed);
+            }
         }
-        if let Some(recorder) = &self.recorder {
-            recorder.output(&data);
-        }
-        Some(state.history.push(stream, data))
+        Some(pushed.dropped)
     }
 
     /// Where an attachment starts: at `since` when given (or the oldest
@@ -448,18 +489,26 @@ impl Shared {
     /// the whole history.
     pub(crate) fn start_point(&self, since: Option<u64>) -> StartPoint {
         let state = self.lock();
+        let live_from = state.history.end();
         match (since, &state.screen) {
-            (Some(since), _) => StartPoint { offset: since.max(state.history.start()), repaint: None },
-            (None, Some(screen)) => StartPoint { offset: state.history.end(), repaint: Some(repaint(screen.screen())) },
-            (None, None) => StartPoint { offset: state.history.start(), repaint: None },
+            (Some(since), _) => StartPoint { offset: since.max(state.history.start()), repaint: None, live_from },
+            (None, Some(screen)) => {
+                StartPoint { offset: live_from, repaint: Some(repaint(screen.screen())), live_from }
+            }
+            (None, None) => StartPoint { offset: state.history.start(), repaint: None, live_from },
         }
     }
 
     /// The output at `offset`, and how the session ended if it did, or
     /// why it is being stopped.
-    pub(crate) fn read(&self, offset: u64) -> (Read, Option<Ended>, Option<Ending>) {
+    pub(crate) fn read(&self, offset: u64, viewer: Viewer) -> (Read, Option<Ended>, Option<Ending>) {
         let state = self.lock();
-        (state.history.read(offset), state.ended, state.stopping.clone())
+        (state.history.read_as(offset, viewer), state.ended, state.stopping.clone())
+    }
+
+    /// Writer `id` sent input: a file transfer that starts now is for it.
+    pub(crate) fn input_from(&self, id: u64) {
+        self.last_input.store(id, Ordering::Relaxed);
     }
 
     /// What kind of session it is.
@@ -862,7 +911,10 @@ impl Inlet {
             match control {
                 // Written at the top of the loop.
                 Control::Stdin(data) => {
-                    if let Some(recorder) = &shared.recorder {
+                    // An upload's bytes stay out of the recording.
+                    if let Some(recorder) = &shared.recorder
+                        && !shared.transferring.load(Ordering::Relaxed)
+                    {
                         recorder.input(&data);
                     }
                     shared.activity.mark();

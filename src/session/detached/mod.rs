@@ -5,11 +5,14 @@
 //!
 //! - `history`: the output kept for replay;
 //! - `registry`: [`SharedSessions`], the named sessions by id;
-//! - `record`: the asciicast v2 recording.
+//! - `record`: the asciicast v2 recording;
+//! - `transfer`: file transfers found in the output, kept from observers,
+//!   replays and recordings.
 
 pub(crate) mod history;
 pub mod record;
 mod registry;
+pub(crate) mod transfer;
 
 pub(crate) use registry::Reservation;
 pub use registry::SharedSessions;

@@ -1,0 +1,290 @@
+//! File transfers in a session (SPEC §12), with lrzsz on both ends: `sz`
+//! or `rz` in the session, the other one on the client's side of a real
+//! WebSocket. The writer that started a transfer gets its bytes; an
+//! observer, and a writer replaying with `since`, get one line instead and
+//! session info that keeps their offsets right; the recording holds a
+//! marker, not the file, and asciinema still reads it. (The browser side:
+//! tests/transfer.rs.)
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// What a client of the session received.
+#[derive(Default, Debug)]
+struct Received {
+    output: Vec<u8>,
+    infos: Vec<Value>,
+    close: Option<u16>,
+}
+
+impl Received {
+    /// Takes one v5 message; `false` at the Close.
+    fn take(&mut self, message: Message) -> bool {
+        match message {
+            Message::Binary(data) if !data.is_empty() => match data[0] {
+                1 | 2 => self.output.extend_from_slice(&data[1..]),
+                5 => self.infos.push(serde_json::from_slice(&data[1..]).unwrap()),
+                _ => {}
+            },
+            Message::Close(frame) => {
+                self.close = Some(frame.map_or(0, |f| u16::from(f.code)));
+                return false;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Where this client stands in the session's output, as the browser
+    /// module counts it: the last info's offset, plus what came after it
+    /// past the info's repaint bytes.
+    fn position(&self, after_last_info: usize) -> u64 {
+        let info = self.infos.last().expect("session info");
+        info["offset"].as_u64().unwrap() + after_last_info as u64 - info["repaint"].as_u64().unwrap()
+    }
+}
+
+async fn v5(addr: std::net::SocketAddr, token: &str, query: &str) -> Ws {
+    let mut request = format!("ws://{addr}/ws?token={token}{query}").into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.expect("upgrade").0
+}
+
+/// Reads `ws` until `needle` is in its output (or the Close).
+async fn read_until(ws: &mut Ws, received: &mut Received, needle: &[u8]) {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while !contains(&received.output, needle) {
+            match ws.next().await {
+                Some(Ok(message)) => {
+                    if !received.take(message) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "never saw {:?} in {:?}",
+        String::from_utf8_lossy(needle),
+        String::from_utf8_lossy(&received.output)
+    );
+}
+
+/// Reads `ws` to its Close.
+async fn read_to_end(ws: &mut Ws, received: &mut Received) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(message)) = ws.next().await {
+            if !received.take(message) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the session ended");
+}
+
+/// Runs the local half of the transfer (`rz` or `sz` here, in `dir`)
+/// against the session through `ws`, a v5 writer: the session's output goes
+/// to its input and its output to the session's input, until it exits.
+/// Returns what else the writer received.
+async fn bridge(ws: &mut Ws, program: &[&str], dir: &std::path::Path) -> Received {
+    let mut child = tokio::process::Command::new(program[0])
+        .args(&program[1..])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut received = Received::default();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut stdout_open = true;
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                read = stdout.read(&mut buffer), if stdout_open => match read.unwrap() {
+                    0 => stdout_open = false,
+                    n => {
+                        let mut message = vec![0u8];
+                        message.extend_from_slice(&buffer[..n]);
+                        ws.send(Message::Binary(message.into())).await.unwrap();
+                    }
+                },
+                message = ws.next() => {
+                    let Some(Ok(message)) = message else { return };
+                    let mut chunk = Received::default();
+                    let open = chunk.take(message);
+                    // The transfer's bytes go to the local program; the
+                    // rest is kept.
+                    if !chunk.output.is_empty() {
+                        let _ = stdin.write_all(&chunk.output).await;
+                    }
+                    received.output.extend_from_slice(&chunk.output);
+                    received.infos.extend(chunk.infos);
+                    if !open {
+                        received.close = chunk.close;
+                        return;
+                    }
+                }
+                status = child.wait() => {
+                    assert!(status.unwrap().success(), "{} failed", program[0]);
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "{} did not finish", program[0]);
+    received
+}
+
+const NOTE_DOWNLOAD: &[u8] = b"[ws-subprocess: zmodem download not shown here]";
+const NOTE_UPLOAD: &[u8] = b"[ws-subprocess: zmodem upload not shown here]";
+
+/// The events of the one recording in `dir`, after its header; and what
+/// asciinema's own reader makes of its output.
+fn recording(dir: &std::path::Path) -> (Vec<Value>, String) {
+    let file = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let events = text.lines().skip(1).map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let reader = "import sys\nfrom asciinema import asciicast\n\
+                  with asciicast.open_from_url(sys.argv[1]) as cast:\n    \
+                  sys.stdout.write(''.join(text for _, _, text in cast.stdout_events()))\n";
+    let script =
+        std::fs::read_to_string("/usr/bin/asciinema").expect("asciinema is installed (scripts/test installs it)");
+    let python = script.lines().next().unwrap().trim_start_matches("#!").trim().to_string();
+    let cat = std::process::Command::new(python).arg("-c").arg(reader).arg(&file).output().unwrap();
+    assert!(cat.status.success(), "asciinema reads it: {}", String::from_utf8_lossy(&cat.stderr));
+    (events, String::from_utf8(cat.stdout).unwrap())
+}
+
+#[tokio::test]
+async fn a_zmodem_download_reaches_its_writer_only_and_the_recording_holds_a_marker() {
+    let dir = scratch();
+    let (records, remote, local) = (dir.path().join("records"), dir.path().join("remote"), dir.path().join("local"));
+    for d in [&records, &remote, &local] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let file: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(remote.join("f.bin"), &file).unwrap();
+    // sz waits for the writer's rz; then the session goes on a while.
+    let script = "sz -q f.bin; echo after-transfer; read line; echo \"bye $line\"";
+    let spec = json!({"command": "/bin/sh", "args": ["-c", script], "cwd": remote,
+                      "session": {"id": "zd", "record": true, "history": "4MiB"}});
+    let controller = Controller::answering(&[
+        ("start", spec),
+        ("watch", json!({"attach": "zd", "role": "observer"})),
+        ("again", json!({"attach": "zd", "role": "writer"})),
+    ])
+    .await;
+    let mut config = config_for(&controller);
+    config.record_dir = Some(records.clone());
+    let server = TestServer::start(config).await;
+
+    let mut writer = v5(server.addr, "start", "&session=zd").await;
+    let mut observer = v5(server.addr, "watch", "&session=zd").await;
+    let mut watched = Received::default();
+    let got = bridge(&mut writer, &["rz", "-q", "-E"], &local).await;
+    assert_eq!(std::fs::read(local.join("f.bin")).expect("rz saved the file"), file, "bytes are bytes");
+    assert!(!contains(&got.output, NOTE_DOWNLOAD), "the writer got the transfer itself");
+
+    // The observer: the note, not the bytes; offsets right after it.
+    read_until(&mut observer, &mut watched, b"after-transfer\n").await;
+    assert!(contains(&watched.output, NOTE_DOWNLOAD), "{:?}", String::from_utf8_lossy(&watched.output));
+    assert!(!contains(&watched.output, b"**\x18B0"), "an observer got a transfer's header");
+    assert!(watched.output.len() < 1000, "an observer got {} bytes", watched.output.len());
+    let transfer = watched.infos.iter().find(|i| i.get("transfer").is_some()).expect("an info naming the transfer");
+    assert_eq!(transfer["transfer"], json!({"protocol": "zmodem", "direction": "download"}));
+    assert_eq!(transfer["role"], "observer");
+    let after = watched.output.len() - find(&watched.output, b"after-transfer").unwrap();
+
+    // A writer replaying from the start: the note again, no transfer.
+    let mut replay = v5(server.addr, "again", "&session=zd&since=0").await;
+    let mut replayed = Received::default();
+    read_until(&mut replay, &mut replayed, b"after-transfer\n").await;
+    assert!(contains(&replayed.output, NOTE_DOWNLOAD));
+    assert!(!contains(&replayed.output, b"**\x18B0"), "a replay started a transfer");
+    let replay_after = replayed.output.len() - find(&replayed.output, b"after-transfer").unwrap();
+    // Both count the session's bytes as the server does.
+    let end = watched.position(after);
+    assert_eq!(replayed.position(replay_after), end);
+    assert!(end > file.len() as u64, "the transfer's bytes count as session output ({end})");
+
+    replay.send(Message::Binary(b"\x00done\n".to_vec().into())).await.unwrap();
+    read_to_end(&mut observer, &mut watched).await;
+    read_to_end(&mut replay, &mut replayed).await;
+    assert!(contains(&watched.output, b"bye done"));
+
+    let (events, cat) = recording(&records);
+    let markers: Vec<&str> = events.iter().filter(|e| e[1] == "m").map(|e| e[2].as_str().unwrap()).collect();
+    let marker = markers.iter().find(|m| m.starts_with("transfer: ")).expect("a transfer marker");
+    let bytes: u64 =
+        marker.strip_prefix("transfer: zmodem download ").unwrap().strip_suffix(" bytes").unwrap().parse().unwrap();
+    assert!(bytes >= file.len() as u64 && bytes < file.len() as u64 * 11 / 10, "{marker}");
+    assert!(!cat.contains('\u{18}'), "transfer bytes in the recording");
+    assert!(cat.len() < 1000, "{} bytes of output recorded", cat.len());
+    assert!(cat.contains("after-transfer") && cat.contains("bye done"), "{cat:?}");
+}
+
+#[tokio::test]
+async fn a_zmodem_upload_keeps_its_input_out_of_the_recording() {
+    let dir = scratch();
+    let (records, remote, local) = (dir.path().join("records"), dir.path().join("remote"), dir.path().join("local"));
+    for d in [&records, &remote, &local] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let file: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(40_503) >> 7) as u8).collect();
+    std::fs::write(local.join("up.bin"), &file).unwrap();
+    let script = "rz -q -E; echo uploaded; read line";
+    let spec = json!({"command": "/bin/sh", "args": ["-c", script], "cwd": remote,
+                      "session": {"id": "zu", "record": true}});
+    let controller =
+        Controller::answering(&[("start", spec), ("watch", json!({"attach": "zu", "role": "observer"}))]).await;
+    let mut config = config_for(&controller);
+    config.record_dir = Some(records.clone());
+    config.record_input = true;
+    let server = TestServer::start(config).await;
+
+    let mut writer = v5(server.addr, "start", "").await;
+    let mut observer = v5(server.addr, "watch", "").await;
+    bridge(&mut writer, &["sz", "-q", "up.bin"], &local).await;
+    let mut watched = Received::default();
+    read_until(&mut observer, &mut watched, b"uploaded").await;
+    assert_eq!(std::fs::read(remote.join("up.bin")).expect("rz saved the file"), file);
+    assert!(contains(&watched.output, NOTE_UPLOAD), "{:?}", String::from_utf8_lossy(&watched.output));
+    assert!(!contains(&watched.output, b"**\x18B0"));
+    writer.send(Message::Binary(b"\x00x\n".to_vec().into())).await.unwrap();
+    read_to_end(&mut observer, &mut watched).await;
+
+    let (events, cat) = recording(&records);
+    let marker =
+        events.iter().filter(|e| e[1] == "m").map(|e| e[2].as_str().unwrap()).find(|m| m.starts_with("transfer: "));
+    let marker = marker.expect("a transfer marker");
+    let bytes: u64 =
+        marker.strip_prefix("transfer: zmodem upload ").unwrap().strip_suffix(" bytes").unwrap().parse().unwrap();
+    assert!(bytes >= file.len() as u64, "{marker}");
+    let input: usize = events.iter().filter(|e| e[1] == "i").map(|e| e[2].as_str().unwrap().len()).sum();
+    assert!(input < 1000, "{input} bytes of an upload recorded as input");
+    assert!(events.iter().any(|e| e[1] == "i" && e[2] == "x\n"), "input after the transfer is recorded");
+    assert!(cat.contains("uploaded") && !cat.contains('\u{18}'), "{cat:?}");
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

@@ -210,7 +210,9 @@ async fn a_zmodem_download_reaches_its_writer_only_and_the_recording_holds_a_mar
     assert!(!contains(&watched.output, b"**\x18B0"), "an observer got a transfer's header");
     assert!(watched.output.len() < 1000, "an observer got {} bytes", watched.output.len());
     let transfer = watched.infos.iter().find(|i| i.get("transfer").is_some()).expect("an info naming the transfer");
-    assert_eq!(transfer["transfer"], json!({"protocol": "zmodem", "direction": "download"}));
+    assert_eq!(transfer["transfer"], json!({"protocol": "zmodem", "direction": "download", "over": false}));
+    let over = watched.infos.last().unwrap();
+    assert_eq!(over["transfer"]["over"], true, "{:?}", watched.infos);
     assert_eq!(transfer["role"], "observer");
     let after = watched.output.len() - find(&watched.output, b"after-transfer").unwrap();
 

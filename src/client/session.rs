@@ -367,9 +367,13 @@ impl Position {
             repaint: u64,
             #[serde(default)]
             role: Option<String>,
+            /// A file transfer this client does not get (SPEC §12): its
+            /// bytes are skipped, not lost.
+            #[serde(default)]
+            transfer: Option<serde_json::Value>,
         }
         let Ok(info) = serde_json::from_slice::<Info>(info) else { return false };
-        if self.named && info.offset > self.offset {
+        if self.named && info.offset > self.offset && info.transfer.is_none() {
             let lost = info.offset - self.offset;
             notice(tty, &format!("{lost} bytes of output were lost (older than the session's history)"));
         }

@@ -463,11 +463,11 @@ async fn follow(
             _ = freeze.cancelled() => Some(Followed::Frozen),
         }
     };
-    let info = |at: u64, repaint: usize, span: Option<&Span>| {
-        let mut info = serde_json::json!({"session": shared.id, "offset": at, "repaint": repaint, "role": announce});
-        if let Some(span) = span {
-            info["transfer"] = serde_json::json!({"protocol": span.protocol, "direction": span.direction});
-        }
+    // Where the client stands before and after a transfer it does not get.
+    let info = |at: u64, repaint: usize, span: &Span, over: bool| {
+        let transfer = serde_json::json!({"protocol": span.protocol, "direction": span.direction, "over": over});
+        let info = serde_json::json!({"session": shared.id, "offset": at, "repaint": repaint, "role": announce,
+                                      "transfer": transfer});
         protocol.session_info(info.to_string().as_bytes())
     };
     // The transfer whose note went out.
@@ -495,7 +495,7 @@ async fn follow(
                     noted = Some(span.start);
                     let note = span.note();
                     if announce.is_some()
-                        && let Some(stopped) = send(info(span.start, note.len(), Some(&span))).await
+                        && let Some(stopped) = send(info(span.start, note.len(), &span, false)).await
                     {
                         return stopped;
                     }
@@ -509,7 +509,7 @@ async fn follow(
                 if span.end.is_some() {
                     // Past it: the client's count of session bytes is right again.
                     if announce.is_some()
-                        && let Some(stopped) = send(info(skip_to, 0, None)).await
+                        && let Some(stopped) = send(info(skip_to, 0, &span, true)).await
                     {
                         return stopped;
                     }

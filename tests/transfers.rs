@@ -287,6 +287,31 @@ async fn a_zmodem_upload_keeps_its_input_out_of_the_recording() {
     assert!(cat.contains("uploaded") && !cat.contains('\u{18}'), "{cat:?}");
 }
 
+#[tokio::test]
+async fn the_client_that_started_a_session_gets_a_transfer_announced_before_it_read() {
+    // `sz` as the session's own program announces itself at once, perhaps
+    // before the connection that started it reads anything: that is still
+    // its live output.
+    let dir = scratch();
+    let (remote, local) = (dir.path().join("remote"), dir.path().join("local"));
+    for d in [&remote, &local] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let file: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8).collect();
+    std::fs::write(remote.join("f.bin"), &file).unwrap();
+    for round in 0..3 {
+        let id = format!("direct-{round}");
+        let spec = json!({"command": "/usr/bin/sz", "args": ["-q", remote.join("f.bin")], "session": {"id": id}});
+        let controller = Controller::answering(&[("start", spec)]).await;
+        let server = TestServer::for_controller(&controller).await;
+        let mut writer = v5(server.addr, "start", &format!("&session={id}")).await;
+        let _ = std::fs::remove_file(local.join("f.bin"));
+        let got = bridge(&mut writer, &["rz", "-q", "-y"], &local).await;
+        assert!(!contains(&got.output, NOTE_DOWNLOAD), "round {round}: the note instead of the transfer");
+        assert_eq!(std::fs::read(local.join("f.bin")).expect("rz saved the file"), file);
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -14,6 +14,7 @@ mod report;
 mod scale;
 mod servers;
 mod terminal_clients;
+mod transfers;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -648,6 +649,7 @@ async fn bench_main() {
 
     upgrade::run(&mut bench).await;
     terminal_clients::run(&mut bench).await;
+    transfers::run(&mut bench).await;
 
     let elapsed = started.elapsed();
     report::print_footer(&bench, elapsed);

@@ -116,6 +116,9 @@ where
         // next is as live as it was.
         Start::Resume { offset } => StartPoint { offset, repaint: None, live_from: 0 },
     };
+    // The client that started the session reads it live from its first
+    // byte, whenever it got to reading.
+    let start = if guard.is_some() { StartPoint { live_from: 0, ..start } } else { start };
     let resumed = matches!(joining.start, Start::Resume { .. });
     let writer_guard = guard.or_else(|| (joining.role == Role::Writer).then(|| shared.writer_at(start.offset)));
     let writer_id = writer_guard.as_ref().map(WriterGuard::id);

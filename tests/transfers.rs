@@ -181,7 +181,7 @@ async fn a_zmodem_download_reaches_its_writer_only_and_the_recording_holds_a_mar
     for d in [&records, &remote, &local] {
         std::fs::create_dir(d).unwrap();
     }
-    let file: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let file: Vec<u8> = random_bytes(300_000, 2_654_435_761);
     std::fs::write(remote.join("f.bin"), &file).unwrap();
     // sz waits for the writer's rz; then the session goes on a while.
     let script = "sz -q f.bin; echo after-transfer; read line; echo \"bye $line\"";
@@ -251,7 +251,7 @@ async fn a_zmodem_upload_keeps_its_input_out_of_the_recording() {
     for d in [&records, &remote, &local] {
         std::fs::create_dir(d).unwrap();
     }
-    let file: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(40_503) >> 7) as u8).collect();
+    let file: Vec<u8> = random_bytes(200_000, 40_503);
     std::fs::write(local.join("up.bin"), &file).unwrap();
     let script = "rz -q -E; echo uploaded; read line";
     let spec = json!({"command": "/bin/sh", "args": ["-c", script], "cwd": remote,
@@ -297,7 +297,7 @@ async fn the_client_that_started_a_session_gets_a_transfer_announced_before_it_r
     for d in [&remote, &local] {
         std::fs::create_dir(d).unwrap();
     }
-    let file: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8).collect();
+    let file: Vec<u8> = random_bytes(100_000, 2_246_822_519);
     std::fs::write(remote.join("f.bin"), &file).unwrap();
     for round in 0..3 {
         let id = format!("direct-{round}");
@@ -310,6 +310,90 @@ async fn the_client_that_started_a_session_gets_a_transfer_announced_before_it_r
         assert!(!contains(&got.output, NOTE_DOWNLOAD), "round {round}: the note instead of the transfer");
         assert_eq!(std::fs::read(local.join("f.bin")).expect("rz saved the file"), file);
     }
+}
+
+/// The Python that has PyPI's trzsz (scripts/test installs it), and the
+/// trzsz client on pipes (the npm package's, as the page uses it).
+fn trzsz() -> (String, String) {
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import sys, trzsz.svr.send; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    assert!(python.status.success(), "PyPI's trzsz is not installed (scripts/test installs it)");
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("example/web");
+    assert!(web.join("node_modules/trzsz").is_dir(), "run `npm ci --prefix example/web` (scripts/test does)");
+    (String::from_utf8(python.stdout).unwrap().trim().to_string(), web.join("trzsz-pipe.mjs").display().to_string())
+}
+
+#[tokio::test]
+async fn trzsz_both_ways_on_a_terminal_reaches_only_its_writer() {
+    let (python, client) = trzsz();
+    let dir = scratch();
+    let (records, remote, local) = (dir.path().join("records"), dir.path().join("remote"), dir.path().join("local"));
+    for d in [&records, &remote, &local] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let down: Vec<u8> = random_bytes(300_000, 2_654_435_761);
+    let up: Vec<u8> = random_bytes(200_000, 40_503);
+    std::fs::write(remote.join("down.bin"), &down).unwrap();
+    std::fs::write(local.join("up.bin"), &up).unwrap();
+    let program =
+        |module: &str| format!("{python} -c 'import sys; from trzsz.svr.{module} import main; sys.exit(main())'");
+    let script = format!(
+        "{} down.bin; echo after-download; {} .; echo after-upload; read line; echo \"bye $line\"",
+        program("send"),
+        program("recv")
+    );
+    let spec = json!({"command": "/bin/sh", "args": ["-c", script], "cwd": remote, "tty": true,
+                      "session": {"id": "tz", "record": true}});
+    let controller =
+        Controller::answering(&[("start", spec), ("watch", json!({"attach": "tz", "role": "observer"}))]).await;
+    let mut config = config_for(&controller);
+    config.record_dir = Some(records.clone());
+    let server = TestServer::start(config).await;
+
+    let mut writer = v5(server.addr, "start", "&session=tz").await;
+    let mut observer = v5(server.addr, "watch", "&session=tz").await;
+    let local_dir = local.display().to_string();
+    let got = bridge(&mut writer, &["node", &client, "download", &local_dir], &local).await;
+    assert_eq!(std::fs::read(local.join("down.bin")).expect("trzsz saved the file"), down, "bytes are bytes");
+    assert!(!contains(&got.output, b"not shown here"));
+    let up_path = local.join("up.bin").display().to_string();
+    bridge(&mut writer, &["node", &client, "upload", &up_path], &local).await;
+    let mut watched = Received::default();
+    read_until(&mut observer, &mut watched, b"after-upload").await;
+    assert_eq!(std::fs::read(remote.join("up.bin")).expect("trz saved the file"), up);
+    assert!(contains(&watched.output, b"[ws-subprocess: trzsz download not shown here]"));
+    assert!(contains(&watched.output, b"[ws-subprocess: trzsz upload not shown here]"));
+    assert!(!contains(&watched.output, b"::TRZSZ:TRANSFER:"), "an observer got trzsz's announcement");
+    assert!(watched.output.len() < 2000, "an observer got {} bytes", watched.output.len());
+    writer.send(Message::Binary(b"\x00x\r".to_vec().into())).await.unwrap();
+    read_to_end(&mut observer, &mut watched).await;
+
+    let (events, cat) = recording(&records);
+    let markers: Vec<&str> = events.iter().filter(|e| e[1] == "m").map(|e| e[2].as_str().unwrap()).collect();
+    let bytes = |prefix: &str| -> u64 {
+        let marker = markers.iter().find_map(|m| m.strip_prefix(prefix)).unwrap_or_else(|| panic!("{markers:?}"));
+        marker.strip_suffix(" bytes").unwrap().parse().unwrap()
+    };
+    // base64 of compressed random bytes: a third more.
+    assert!(bytes("transfer: trzsz download ") > down.len() as u64, "{markers:?}");
+    assert!(bytes("transfer: trzsz upload ") > up.len() as u64, "{markers:?}");
+    assert!(!cat.contains("TRZSZ") && !cat.contains("#DATA"), "transfer bytes in the recording: {cat:?}");
+    assert!(cat.contains("after-upload") && cat.contains("bye x"), "{cat:?}");
+}
+
+/// `len` bytes that do not compress (xorshift from `seed`).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

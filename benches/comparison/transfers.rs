@@ -1,6 +1,7 @@
-//! File transfers through a session (issue 18): lrzsz's `sz` and `rz` in
-//! the session with their other half on the client's side of the
-//! connection, each way, beside the ceiling of the same file written to
+//! File transfers through a session (issue 18): lrzsz's `sz` and `rz`, and
+//! trzsz's `tsz` and `trz`, in the session with their other half on the
+//! client's side of the connection (lrzsz; the npm package trzsz.js in
+//! Node), each way, beside the ceiling of the same file written to
 //! the terminal as base64 text (what a transfer protocol has to beat), on
 //! every server in one run. A detachable session adds the server's
 //! transfer detector (ws-subprocess only). Every transfer's file is
@@ -23,6 +24,8 @@ const DOWNLOAD: Metric = ("zmodem_down", "ZMODEM download, `sz` → `rz` (MiB/s 
 const UPLOAD: Metric = ("zmodem_up", "ZMODEM upload, `sz` → `rz` in the session (MiB/s of file)", "MiB/s");
 const DOWNLOAD_NAMED: Metric =
     ("zmodem_down_named", "ZMODEM download, detachable session: detector on (MiB/s of file)", "MiB/s");
+const TRZSZ_DOWNLOAD: Metric = ("trzsz_down", "trzsz download, `tsz` → trzsz.js in Node (MiB/s of file)", "MiB/s");
+const TRZSZ_UPLOAD: Metric = ("trzsz_up", "trzsz upload, trzsz.js in Node → `trz` (MiB/s of file)", "MiB/s");
 const BASE64: Metric = ("base64_ceiling", "the same file as base64 text, the ceiling (MiB/s of file)", "MiB/s");
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -83,6 +86,42 @@ pub async fn run(bench: &mut Bench) {
             Ok(vec![size as f64 / MIB / seconds])
         })
         .await;
+    match trzsz() {
+        Some((python, client)) => {
+            let program = |module: &str, arg: &str| {
+                format!("{python} -c 'import sys; from trzsz.svr.{module} import main; sys.exit(main())' {arg}")
+            };
+            let download = Workload::shell(&format!("cd {} && {}", remote.display(), program("send", "f.bin")));
+            bench
+                .compare(&[TRZSZ_DOWNLOAD], &all, download, repetitions, async |server, _| {
+                    let got = local.join("got-trzsz");
+                    let _ = std::fs::remove_dir_all(&got);
+                    std::fs::create_dir(&got).map_err(|e| e.to_string())?;
+                    let got_dir = got.display().to_string();
+                    let seconds = transfer(server, &["node", &client, "download", &got_dir], &got).await?;
+                    same(&got.join("f.bin"), &file)?;
+                    Ok(vec![size as f64 / MIB / seconds])
+                })
+                .await;
+            let upload = Workload::shell(&format!("cd {}/up-trzsz && {}", remote.display(), program("recv", ".")));
+            let local_file = local.join("f.bin").display().to_string();
+            bench
+                .compare(&[TRZSZ_UPLOAD], &all, upload, repetitions, async |server, _| {
+                    let up = remote.join("up-trzsz");
+                    let _ = std::fs::remove_dir_all(&up);
+                    std::fs::create_dir(&up).map_err(|e| e.to_string())?;
+                    let seconds = transfer(server, &["node", &client, "upload", &local_file], &local).await?;
+                    same(&up.join("f.bin"), &file)?;
+                    Ok(vec![size as f64 / MIB / seconds])
+                })
+                .await;
+        }
+        None => bench.notes.push(
+            "transfers: PyPI's trzsz or example/web's npm packages are missing; trzsz rows skipped \
+             (scripts/test installs both)"
+                .into(),
+        ),
+    }
     let base64 = Workload::new("/usr/bin/base64", &[&remote_file]);
     let encoded = (size as u64).div_ceil(3) * 4;
     bench
@@ -99,12 +138,27 @@ pub async fn run(bench: &mut Bench) {
         })
         .await;
     bench.notes.push(format!(
-        "transfers: a {} MiB file of random bytes, lrzsz at both ends (the session's `sz`/`rz` on pipes, \
-         its other half here), from connecting to both halves done; the base64 row writes the same file \
-         as text. The browser's own rates (zmodem.js, trzsz.js in Chromium) are in tests/transfer.rs's \
-         summary",
+        "transfers: a {} MiB file of random bytes, the session's `sz`/`rz` (lrzsz) or `tsz`/`trz` (PyPI's \
+         trzsz) on pipes, their other half here (lrzsz; trzsz.js in Node), from connecting to both halves \
+         done; the base64 row writes the same file as text. The browser's own rates (zmodem.js, trzsz.js \
+         in Chromium) are in tests/transfer.rs's summary",
         size >> 20
     ));
+}
+
+/// The Python that has PyPI's trzsz, and the npm package's client on pipes.
+fn trzsz() -> Option<(String, String)> {
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import sys, trzsz.svr.send; print(sys.executable)"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())?;
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("example/web");
+    if !web.join("node_modules/trzsz").is_dir() {
+        return None;
+    }
+    let python = String::from_utf8(python.stdout).ok()?.trim().to_string();
+    Some((python, web.join("trzsz-pipe.mjs").display().to_string()))
 }
 
 /// Bytes that look random (a fixed xorshift; no file compresses).

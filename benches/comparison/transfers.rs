@@ -183,8 +183,10 @@ fn same(path: &Path, expected: &[u8]) -> Res<()> {
 }
 
 /// Opens a session with `server` and runs `program` here in `dir`, its
-/// input the session's output and its output the session's input, until
-/// it exits and the session ends; seconds from connecting.
+/// input the session's output and its output the session's input; seconds
+/// from connecting to the program's exit (both ends have the whole file
+/// then: it exits once the other end confirmed), after which the session
+/// must end (trzsz's server half waits for 0.5 s of quiet input first).
 async fn transfer(server: &Server, program: &[&str], dir: &Path) -> Res<f64> {
     let start = Instant::now();
     let (tx, rx) = Conn::open(server).await?.split();
@@ -198,18 +200,32 @@ async fn transfer(server: &Server, program: &[&str], dir: &Path) -> Res<f64> {
         .spawn()
         .map_err(|e| format!("{}: {e}", program[0]))?;
     let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
-    let bridged = async {
-        let (sent, received) = tokio::join!(upstream(stdout, tx), downstream(rx, stdin));
-        sent.and(received)
-    };
-    let (bridged, status) = timeout(LIMIT, async { tokio::join!(bridged, child.wait()) })
-        .await
-        .map_err(|_| format!("{} did not finish", program[0]))?;
-    bridged?;
+    let sending = tokio::spawn(upstream(stdout, tx));
+    let mut receiving = tokio::spawn(downstream(rx, stdin));
+    let finished = timeout(LIMIT, async {
+        tokio::select! {
+            status = child.wait() => Ok::<_, String>(status),
+            // The session ended first: the program gets what it has.
+            received = &mut receiving => {
+                received.map_err(|e| e.to_string())??;
+                Ok(child.wait().await)
+            }
+        }
+    });
+    let status: std::io::Result<_> = finished.await.map_err(|_| format!("{} did not finish", program[0]))??;
+    let seconds = start.elapsed().as_secs_f64();
     match status {
-        Ok(status) if status.success() => Ok(start.elapsed().as_secs_f64()),
-        other => Err(format!("{} failed: {other:?}", program[0])),
+        Ok(status) if status.success() => {}
+        other => return Err(format!("{} failed: {other:?}", program[0])),
     }
+    let _ = sending.await;
+    if !receiving.is_finished() {
+        timeout(Duration::from_secs(10), receiving)
+            .await
+            .map_err(|_| "the session did not end after the transfer")?
+            .map_err(|e| e.to_string())??;
+    }
+    Ok(seconds)
 }
 
 /// The local program's output into the session.

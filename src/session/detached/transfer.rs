@@ -302,11 +302,24 @@ impl Detector {
         match &mut self.mode {
             Mode::Idle => (0, true),
             Mode::Zmodem { matched, cans, after } => {
-                for (i, &byte) in data.iter().enumerate() {
+                let mut i = 0;
+                while i < data.len() {
+                    // Between frames' ends only `*` (a header) and CAN (a
+                    // cancel) matter: jump to the next one.
+                    if *matched == 0 && *after == ZmodemAfter::Frames {
+                        let skip = memchr::memchr2(b'*', CAN, &data[i..]).unwrap_or(data.len() - i);
+                        if skip > 0 {
+                            *cans = 0;
+                            i += skip;
+                            continue;
+                        }
+                    }
+                    let byte = data[i];
+                    i += 1;
                     match *after {
                         ZmodemAfter::Cancelled => {
                             if byte != CAN && byte != 0x08 {
-                                return (i, true);
+                                return (i - 1, true);
                             }
                             continue;
                         }
@@ -314,12 +327,12 @@ impl Detector {
                             if byte == b'O' && seen < 2 {
                                 *after = ZmodemAfter::Over(seen + 1);
                                 if seen + 1 == 2 {
-                                    return (i + 1, true);
+                                    return (i, true);
                                 }
                                 continue;
                             }
                             if byte != b'*' || seen > 0 {
-                                return (i, true);
+                                return (i - 1, true);
                             }
                             // The ZFIN again: the receiver was slow.
                             *after = ZmodemAfter::Frames;
@@ -336,7 +349,7 @@ impl Detector {
                         *matched = 0;
                         match direction {
                             Some(Direction::Download) => *after = ZmodemAfter::Over(0),
-                            _ => return (i + 1, true),
+                            _ => return (i, true),
                         }
                     }
                 }

@@ -346,8 +346,12 @@ async fn trzsz_both_ways_on_a_terminal_reaches_only_its_writer() {
     );
     let spec = json!({"command": "/bin/sh", "args": ["-c", script], "cwd": remote, "tty": true,
                       "session": {"id": "tz", "record": true}});
-    let controller =
-        Controller::answering(&[("start", spec), ("watch", json!({"attach": "tz", "role": "observer"}))]).await;
+    let controller = Controller::answering(&[
+        ("start", spec),
+        ("watch", json!({"attach": "tz", "role": "observer"})),
+        ("again", json!({"attach": "tz"})),
+    ])
+    .await;
     let mut config = config_for(&controller);
     config.record_dir = Some(records.clone());
     let server = TestServer::start(config).await;
@@ -367,6 +371,13 @@ async fn trzsz_both_ways_on_a_terminal_reaches_only_its_writer() {
     assert!(contains(&watched.output, b"[ws-subprocess: trzsz upload not shown here]"));
     assert!(!contains(&watched.output, b"::TRZSZ:TRANSFER:"), "an observer got trzsz's announcement");
     assert!(watched.output.len() < 2000, "an observer got {} bytes", watched.output.len());
+    // A writer attaching now gets the screen repainted: the screen model
+    // never saw the transfers, so the repaint starts none.
+    let mut again = v5(server.addr, "again", "&session=tz").await;
+    let mut repainted = Received::default();
+    read_until(&mut again, &mut repainted, b"after-upload").await;
+    assert_eq!(repainted.infos[0]["repaint"].as_u64(), Some(repainted.output.len() as u64), "only the repaint came");
+    assert!(!contains(&repainted.output, b"TRZSZ") && !contains(&repainted.output, b"#DATA"));
     writer.send(Message::Binary(b"\x00x\r".to_vec().into())).await.unwrap();
     read_to_end(&mut observer, &mut watched).await;
 

@@ -8,7 +8,11 @@
 //! `example/web/ws-subprocess.js` (the channel protocol: output on channels
 //! 1 and 2, keystrokes on 0, resizes on 4, the exit status on 3), so a
 //! reloaded tab or a dropped connection gets the same session back, and
-//! `/?watch=ID` watches it as an observer.
+//! `/?watch=ID` watches it as an observer. Through the module's
+//! `connectTerminal` the page moves files (`trz`/`tsz`, `rz`/`sz`; pick or
+//! drop files, downloads are saved by the browser), shows pictures (Sixel,
+//! iTerm2), the title, links, and searches (Ctrl+Shift+F); `/?clipboard=1`
+//! lets programs write the clipboard (OSC 52).
 //!
 //! ```text
 //! npm ci --prefix example/web                                  # once: xterm.js
@@ -52,11 +56,63 @@ pub struct Demo {
 }
 
 /// Files the page loads, by URL path: where they are under `node_modules`.
-const ASSETS: [(&str, &str, &str); 3] = [
+/// Under `/assets/modules/` the paths mirror `node_modules` itself, the
+/// layout `connectTerminal`'s `assets` option expects: the page's optional
+/// peers (transfers, pictures, links, search, Unicode widths, clipboard).
+const ASSETS: [(&str, &str, &str); 10] = [
     ("/assets/xterm.js", "@xterm/xterm/lib/xterm.js", "text/javascript"),
     ("/assets/xterm.css", "@xterm/xterm/css/xterm.css", "text/css"),
     ("/assets/addon-fit.js", "@xterm/addon-fit/lib/addon-fit.js", "text/javascript"),
+    (
+        "/assets/modules/@xterm/addon-image/lib/addon-image.mjs",
+        "@xterm/addon-image/lib/addon-image.mjs",
+        "text/javascript",
+    ),
+    (
+        "/assets/modules/@xterm/addon-search/lib/addon-search.mjs",
+        "@xterm/addon-search/lib/addon-search.mjs",
+        "text/javascript",
+    ),
+    (
+        "/assets/modules/@xterm/addon-web-links/lib/addon-web-links.mjs",
+        "@xterm/addon-web-links/lib/addon-web-links.mjs",
+        "text/javascript",
+    ),
+    (
+        "/assets/modules/@xterm/addon-unicode11/lib/addon-unicode11.mjs",
+        "@xterm/addon-unicode11/lib/addon-unicode11.mjs",
+        "text/javascript",
+    ),
+    (
+        "/assets/modules/@xterm/addon-clipboard/lib/addon-clipboard.mjs",
+        "@xterm/addon-clipboard/lib/addon-clipboard.mjs",
+        "text/javascript",
+    ),
+    ("/assets/modules/trzsz/lib/trzsz.mjs", "trzsz/lib/trzsz.mjs", "text/javascript"),
+    // zmodem.js's entry point; the CommonJS sources it requires come
+    // through MODULE_DIRS.
+    ("/assets/modules/zmodem.js/src/zmodem.js", "zmodem.js/src/zmodem.js", "text/javascript"),
 ];
+
+/// Directories under `node_modules` whose scripts are served file by file
+/// at `/assets/modules/<dir><name>`: zmodem.js is CommonJS sources that
+/// require each other and `crc-32`, which the page loads without a build
+/// step.
+const MODULE_DIRS: [&str; 2] = ["zmodem.js/src/", "crc-32/"];
+
+/// The `node_modules` file a `/assets/modules/<dir><name>` path names when
+/// `dir` is one of [`MODULE_DIRS`] and `name` a plain script name (only
+/// `[A-Za-z0-9_.-]`, not starting with a dot, ending `.js` or `.mjs`): no
+/// path leads anywhere else.
+fn module_file(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/assets/modules/")?;
+    let dir = MODULE_DIRS.iter().find(|dir| rest.starts_with(*dir))?;
+    let name = &rest[dir.len()..];
+    let plain = !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && (name.ends_with(".js") || name.ends_with(".mjs"));
+    plain.then_some(rest)
+}
 
 impl Demo {
     /// A demo whose page connects to `ws_url` and runs `command`.
@@ -129,13 +185,15 @@ impl Demo {
             let module = self.assets.parent().map(|web| web.join("ws-subprocess.js")).unwrap_or_default();
             return match std::fs::read_to_string(module) {
                 Ok(body) => respond(StatusCode::OK, "text/javascript", body),
-                Err(_) => respond(StatusCode::NOT_FOUND, "text/plain", "no example/web/ws-subprocess.js\n".into()),
+                Err(_) => respond(StatusCode::NOT_FOUND, "text/plain", "no example/web/ws-subprocess.js\n"),
             };
         }
-        if let Some((_, file, content_type)) = ASSETS.iter().find(|(path, _, _)| *path == request.uri().path()) {
-            return match std::fs::read_to_string(self.assets.join(file)) {
+        let path = request.uri().path();
+        let asset = ASSETS.iter().find(|(url, _, _)| *url == path).map(|(_, file, kind)| (*file, *kind));
+        if let Some((file, content_type)) = asset.or_else(|| Some((module_file(path)?, "text/javascript"))) {
+            return match std::fs::read(self.assets.join(file)) {
                 Ok(body) => respond(StatusCode::OK, content_type, body),
-                Err(_) => respond(StatusCode::NOT_FOUND, "text/plain", "run `npm ci --prefix example/web`\n".into()),
+                Err(_) => respond(StatusCode::NOT_FOUND, "text/plain", "run `npm ci --prefix example/web`\n"),
             };
         }
         let param = |name: &str| {
@@ -153,18 +211,18 @@ impl Demo {
                     let token = self.mint(&id, param("role").as_deref() == Some("observer"));
                     respond(StatusCode::OK, "text/plain", token)
                 }
-                None => respond(StatusCode::BAD_REQUEST, "text/plain", "session=ID is required\n".into()),
+                None => respond(StatusCode::BAD_REQUEST, "text/plain", "session=ID is required\n"),
             },
             "/ws-controller" => match param("token").and_then(|token| self.redeem(&token)) {
                 Some(spec) => respond(StatusCode::OK, "application/json", spec),
-                None => respond(StatusCode::FORBIDDEN, "text/plain", "unknown or used token\n".into()),
+                None => respond(StatusCode::FORBIDDEN, "text/plain", "unknown or used token\n"),
             },
-            _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+            _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     Response::builder().status(status).header("content-type", content_type).body(Full::new(body.into())).unwrap()
 }
 
@@ -186,42 +244,53 @@ pub async fn serve(listener: TcpListener, demo: Demo) {
 const PAGE: &str = r#"<!doctype html>
 <meta charset="utf-8">
 <title>ws-subprocess demo</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/assets/xterm.css">
 <style>
   html, body { height: 100%; margin: 0; background: #111; color: #ddd; font-family: system-ui, sans-serif; }
   body { display: flex; flex-direction: column; }
   #terminal { flex: 1; padding: 4px; min-height: 0; }
-  #status { padding: 4px 8px; font-size: 13px; }
+  #bar { padding: 4px 8px; font-size: 13px; display: flex; gap: 1em; }
+  #bar a { color: #8cf; }
+  #note { color: #fc6; }
+  #hint { margin-left: auto; color: #888; }
 </style>
 <div id="terminal"></div>
-<div id="status">connecting…</div>
+<div id="bar"><span id="status">connecting…</span><span id="note"></span><span id="hint"></span></div>
 <script src="/assets/xterm.js"></script>
 <script src="/assets/addon-fit.js"></script>
 <script type="module">
-  import { Session } from "/assets/ws-subprocess.js";
+  import { Session, connectTerminal } from "/assets/ws-subprocess.js";
   const status = document.getElementById("status");
-  const watching = new URLSearchParams(location.search).get("watch");
+  const note = document.getElementById("note");
+  const params = new URLSearchParams(location.search);
+  const watching = params.get("watch");
   const newId = () => "demo-" + Math.random().toString(36).slice(2, 10);
   // This tab's session: kept across reloads; a watcher names the one it watches.
   let id = watching || sessionStorage.getItem("demo-session") || newId();
   if (!watching) sessionStorage.setItem("demo-session", id);
-  const term = new Terminal({ convertEol: false, cursorBlink: true });
+  // allowProposedApi: Unicode 11 widths and search highlights need it.
+  const term = new Terminal({ convertEol: false, cursorBlink: true, allowProposedApi: true });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
   term.open(document.getElementById("terminal"));
   fit.fit();
   const role = watching ? "observer" : "writer";
+  const transfers = [];
   const session = new Session({
     url: WS_URL,
     token: () => fetch(`/token?session=${encodeURIComponent(session.session)}&role=${role}`).then((r) => r.text()),
     session: id,
-    onOutput: (bytes) => term.write(bytes),
     onExit: ({ code }) => {
       status.textContent = "exited: " + code;
       if (!watching) sessionStorage.removeItem("demo-session");
     },
-    onState: (state, detail) => {
-      if (state === "attached") {
+    onState: (change, detail) => {
+      if (change === "attached") {
+        // The first session info, or a later one: after a reattach, or in
+        // the middle of the output around a transfer (the server shows
+        // observers and replays a note instead of its bytes). Each one
+        // only updates the status line.
         status.innerHTML = "";
         status.append((watching ? "watching " : "running ") + id + " ");
         if (!watching) {
@@ -231,23 +300,45 @@ const PAGE: &str = r#"<!doctype html>
           link.textContent = "watch in another tab";
           status.append(link);
         }
+        if (watching) {
+          // A transfer's start (and, "over", its end): observers get a
+          // note in the terminal instead of its bytes.
+          const transfer = detail && detail.transfer;
+          const running = transfer && !transfer.over;
+          note.textContent = running ? `a ${transfer.protocol} ${transfer.direction} is running (not shown here)` : "";
+        }
         status.dataset.state = "running";
-      } else if (state === "reattaching" && !detail.opened && session.position === null && !watching) {
+      } else if (change === "reattaching" && !detail.opened && session.position === null && !watching) {
         // The session this tab had has ended: start a new one.
         id = newId();
         session.session = id;
         sessionStorage.setItem("demo-session", id);
-      } else if (state !== "open") {
-        status.textContent = state + (detail && detail.code ? " (" + detail.code + ")" : "");
-        status.dataset.state = state;
+      } else if (change !== "open") {
+        status.textContent = change + (detail && detail.code ? " (" + detail.code + ")" : "");
+        status.dataset.state = change;
       }
     },
   });
-  term.onData((text) => { if (!watching) session.write(text); });
-  term.onResize(({ cols, rows }) => { if (!watching) session.resize(cols, rows); });
-  if (!watching) session.size = { cols: term.cols, rows: term.rows };
+  // Files (trzsz, ZMODEM), pictures, links, search, the title; clipboard
+  // writes by OSC 52 only with ?clipboard=1.
+  const terminal = await connectTerminal(term, session, {
+    assets: "/assets/modules/",
+    observer: !!watching,
+    clipboard: params.get("clipboard") === "1",
+    onTransfer: (event) => {
+      transfers.push(event);
+      if (event.state === "start") note.textContent = `${event.protocol} ${event.direction}…`;
+      else if (event.state === "done" || event.state === "failed" || event.state === "aborted") {
+        note.textContent = `${event.protocol} ${event.direction}: ${event.state}`;
+      }
+    },
+  });
+  const hints = [];
+  if (terminal.features.search) hints.push("Ctrl+Shift+F searches");
+  if (terminal.features.trzsz) hints.push("drop files here to upload (trz)");
+  document.getElementById("hint").textContent = hints.join(" · ");
   window.addEventListener("resize", () => fit.fit());
-  window.demo = { term, session, get id() { return id; } };
+  window.demo = { term, session, terminal, transfers, get id() { return id; } };
   session.start();
 </script>
 "#;

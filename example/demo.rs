@@ -18,7 +18,9 @@
 //! secret made for this run: no callback, as in a stateless deployment.
 //!
 //! Options (before the command): `--jwt`, `--listen ADDR` (the page;
-//! default `127.0.0.1:5000`, another free port when that one is taken).
+//! default `127.0.0.1:5000`, another free port when that one is taken),
+//! `--record DIR` (record every session as asciicast into `DIR`: the
+//! server's `record_dir` with `record_all`).
 
 #[path = "controller.rs"]
 #[allow(dead_code)]
@@ -32,21 +34,24 @@ use ws_subprocess::config::{AuthBackend, JwtAlgorithm};
 use ws_subprocess::server::ListenAddr;
 use ws_subprocess::{App, Config};
 
-const USAGE: &str = "usage: demo [--jwt] [--listen ADDR] [--] [/absolute/command [args...]]";
+const USAGE: &str = "usage: demo [--jwt] [--listen ADDR] [--record DIR] [--] [/absolute/command [args...]]";
 
 /// What the command line asked for.
 struct Options {
     jwt: bool,
     listen: Option<String>,
+    /// Where every session is recorded, if anywhere.
+    record: Option<PathBuf>,
     command: Vec<String>,
 }
 
 fn options(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut options = Options { jwt: false, listen: None, command: Vec::new() };
+    let mut options = Options { jwt: false, listen: None, record: None, command: Vec::new() };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--jwt" => options.jwt = true,
             "--listen" => options.listen = Some(args.next().ok_or("--listen needs ADDR")?),
+            "--record" => options.record = Some(args.next().ok_or("--record needs DIR")?.into()),
             "--" => {}
             "-h" | "--help" => return Err(String::new()),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -164,6 +169,11 @@ async fn run(options: Options) -> Result<(), String> {
         allowed_origins: vec![format!("http://{page_addr}")],
         ..Config::default()
     };
+    if let Some(dir) = options.record {
+        std::fs::create_dir_all(&dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+        config.record_dir = Some(dir);
+        config.record_all = true;
+    }
     let mut secret = None;
     if options.jwt {
         let (path, bytes) = secret_file(scratch.path()).map_err(|err| format!("cannot write the secret: {err}"))?;

@@ -1063,8 +1063,11 @@ class TerminalLink {
     }
     this.pendingDrop = null;
     if (this.picker) this.picker.resolve(null);
-    if (this.options.nativePickers && savedPickers?.showOpenFilePicker?.value && !directory) {
-      const native = savedPickers.showOpenFilePicker.value;
+    // The browser's own picker, when the page keeps it (another terminal
+    // may have put stand-ins on window: the saved one is the browser's).
+    const native = !this.options.nativePickers ? null
+      : savedPickers ? savedPickers.showOpenFilePicker?.value : window.showOpenFilePicker;
+    if (typeof native === "function" && !directory) {
       return native.call(window, { multiple }).then(
         (handles) => Promise.all(handles.map((handle) => handle.getFile())),
         () => null,

@@ -11,8 +11,9 @@
 //! Needs `chromium`, lrzsz, libsixel-bin, PyPI's trzsz and
 //! `npm ci --prefix example/web` (scripts/test installs them all).
 //! `example/web/transfer-test.mjs` drives the page and prints what it saw
-//! as JSON; the screenshots become docs/transfer.png, docs/sixel.png,
-//! docs/search.png and docs/links.png.
+//! as JSON; its screenshots (under target/tmp) are docs/transfer.png,
+//! docs/sixel.png, docs/search.png and docs/links.png
+//! (`UPDATE_SCREENSHOTS=1` copies them there again).
 
 mod common;
 
@@ -225,11 +226,15 @@ async fn files_pictures_title_links_and_search_in_chromium() {
         assert_eq!(got, status, "{path}");
     }
 
-    // The README's pictures.
+    // The README's pictures: copied to docs/ when missing there, or with
+    // UPDATE_SCREENSHOTS=1 (not on every run: each differs a little).
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("transfer-screenshots");
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let update = std::env::var_os("UPDATE_SCREENSHOTS").is_some_and(|v| v == "1");
     for shot in ["transfer.png", "sixel.png", "search.png", "links.png"] {
-        std::fs::copy(shots.join(shot), docs.join(shot)).unwrap();
+        if update || !docs.join(shot).exists() {
+            std::fs::copy(shots.join(shot), docs.join(shot)).unwrap();
+        }
     }
     assert_eq!(demo.interrupt(Duration::from_secs(10)).await, Some(0), "{}", demo.output());
 }

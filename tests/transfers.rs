@@ -312,6 +312,58 @@ async fn the_client_that_started_a_session_gets_a_transfer_announced_before_it_r
     }
 }
 
+#[tokio::test]
+async fn a_download_its_receiver_cancels_ends_and_the_prompt_is_shown_again() {
+    // After the receiver's cancel (the page aborting: ten CANs), lrzsz's sz
+    // sometimes answers with CANs of its own, and sometimes stops in the
+    // middle of its data and exits without a word.
+    let dir = scratch();
+    std::fs::write(dir.path().join("big.bin"), random_bytes(8 << 20, 77)).unwrap();
+    for round in 0..3 {
+        let id = format!("cancelled-{round}");
+        let script = "sz -q big.bin; echo after-cancel-$((6*7)); read line";
+        let spec = json!({"command": "/bin/sh", "args": ["-c", script], "cwd": dir.path(), "tty": true,
+                          "session": {"id": id, "record": true}});
+        let watch = json!({"attach": id, "role": "observer"});
+        let controller = Controller::answering(&[("start", spec), ("watch", watch)]).await;
+        let records = dir.path().join(format!("records-{round}"));
+        std::fs::create_dir(&records).unwrap();
+        let mut config = config_for(&controller);
+        config.record_dir = Some(records.clone());
+        let server = TestServer::start(config).await;
+        let query = format!("&session={id}");
+        let mut writer = v5(server.addr, "start", &query).await;
+        let mut observer = v5(server.addr, "watch", &query).await;
+        // The receiver: asks for the file, takes 1 MB of it, gives up.
+        let mut received = Received::default();
+        read_until(&mut writer, &mut received, b"**\x18B00").await;
+        let zrinit = b"\x00**\x18B0100000023be50\r\x8a\x11";
+        writer.send(Message::Binary(zrinit.to_vec().into())).await.unwrap();
+        let zrpos = b"\x00**\x18B0900000000a87c\r\x8a\x11";
+        writer.send(Message::Binary(zrpos.to_vec().into())).await.unwrap();
+        while received.output.len() < 1 << 20 {
+            let message = tokio::time::timeout(Duration::from_secs(10), writer.next()).await.unwrap().unwrap().unwrap();
+            assert!(received.take(message));
+        }
+        let mut cancel = vec![0u8];
+        cancel.extend_from_slice(&[0x18; 10]);
+        cancel.extend_from_slice(&[0x08; 10]);
+        writer.send(Message::Binary(cancel.into())).await.unwrap();
+        read_until(&mut writer, &mut received, b"after-cancel-42").await;
+        let mut watched = Received::default();
+        read_until(&mut observer, &mut watched, b"after-cancel-42").await;
+        assert!(contains(&watched.output, NOTE_DOWNLOAD), "round {round}");
+        writer.send(Message::Binary(b"\x00x\r".to_vec().into())).await.unwrap();
+        read_to_end(&mut observer, &mut watched).await;
+        let (events, cat) = recording(&records);
+        let marker =
+            events.iter().filter(|e| e[1] == "m").map(|e| e[2].as_str().unwrap()).find(|m| m.starts_with("transfer: "));
+        // Ended by the cancel, or by the CANs sz answered it with.
+        assert!(marker.is_some_and(|m| m.starts_with("transfer: zmodem download ")), "{events:?}");
+        assert!(cat.contains("after-cancel-42"), "round {round}: the recording stopped at the transfer");
+    }
+}
+
 /// The Python that has PyPI's trzsz (scripts/test installs it), and the
 /// trzsz client on pipes (the npm package's, as the page uses it).
 fn trzsz() -> (String, String) {

@@ -411,7 +411,7 @@ where
             Ok(_) if writer.is_none() => continue,
             Ok(Input::Stdin(data)) => {
                 if let Some(id) = writer {
-                    shared.input_from(id);
+                    shared.input_from(id, &data);
                 }
                 Control::Stdin(data)
             }

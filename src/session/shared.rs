@@ -30,7 +30,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::detached::history::{History, Read, Viewer};
 use super::detached::record::Recorder;
-use super::detached::transfer::Piece;
+use super::detached::transfer::{self, Piece};
 use super::lifecycle::{ChunkSize, OutputTail, signal_stop, stop_by};
 use super::process::{Feed, Process, ProcessOutput};
 use super::socket::{Ending, Progress, sleep_until_some};
@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     last_input: AtomicU64,
     /// Whether a file transfer runs (its input is not recorded).
     transferring: std::sync::atomic::AtomicBool,
+    /// The CANs that ended the last input (a ZMODEM cancel is five).
+    input_cans: std::sync::atomic::AtomicUsize,
 }
 
 /// No writer (see `Shared::last_input`).
@@ -371,6 +373,7 @@ impl Shared {
             bytes_out: AtomicU64::new(standing.bytes_out),
             last_input: AtomicU64::new(NOBODY),
             transferring: Default::default(),
+            input_cans: Default::default(),
         };
         Arc::new(shared)
     }
@@ -506,9 +509,28 @@ impl Shared {
         (state.history.read_as(offset, viewer), state.ended, state.stopping.clone())
     }
 
-    /// Writer `id` sent input: a file transfer that starts now is for it.
-    pub(crate) fn input_from(&self, id: u64) {
+    /// Writer `id` sent `data`: a file transfer that starts now is for it,
+    /// and a ZMODEM cancel in it ends the one running.
+    pub(crate) fn input_from(&self, id: u64, data: &[u8]) {
         self.last_input.store(id, Ordering::Relaxed);
+        if !self.transferring.load(Ordering::Relaxed) {
+            return;
+        }
+        let (cancels, run) = transfer::cancels(self.input_cans.load(Ordering::Relaxed), data);
+        self.input_cans.store(run, Ordering::Relaxed);
+        if !cancels {
+            return;
+        }
+        {
+            let mut state = self.lock();
+            let Some(span) = state.history.transfer_cancelled() else { return };
+            if let Some(recorder) = &self.recorder {
+                let input_total = self.bytes_in.load(Ordering::Relaxed) + data.len() as u64;
+                recorder.marker(&format!("{} (cancelled)", span.marker(input_total)));
+            }
+            self.transferring.store(false, Ordering::Relaxed);
+        }
+        self.changed.send_modify(|version| *version += 1);
     }
 
     /// What kind of session it is.

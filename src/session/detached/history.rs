@@ -110,6 +110,14 @@ impl History {
         self.detector = Some(detector);
     }
 
+    /// The running ZMODEM transfer was cancelled by the session's input: it
+    /// ends here (see [`Detector::cancelled`]).
+    pub(crate) fn transfer_cancelled(&mut self) -> Option<Span> {
+        let span = self.detector.as_mut()?.cancelled(self.end)?;
+        Self::note_spans(&mut self.spans, [Piece::Ended(span.clone())]);
+        Some(span)
+    }
+
     /// The transfer running, if one is (and transfers are watched).
     pub(crate) fn transfer(&self) -> Option<&Span> {
         self.detector.as_ref()?.open()

@@ -252,6 +252,17 @@ impl Detector {
         pieces
     }
 
+    /// The session's input cancelled the running ZMODEM transfer (its
+    /// receiver gave up): it ends at `end`, the output so far. The sender
+    /// may stop in the middle of its data without a word, so what it still
+    /// prints is output again: no end could be read from it.
+    pub(crate) fn cancelled(&mut self, end: u64) -> Option<Span> {
+        match self.mode {
+            Mode::Zmodem { .. } => Some(self.finish(end)),
+            _ => None,
+        }
+    }
+
     fn ends_after_quiet(&self, first: u8) -> bool {
         match &self.mode {
             Mode::Zmodem { .. } => !matches!(first, b'*' | CAN | b'O'),
@@ -425,6 +436,19 @@ impl Detector {
     }
 }
 
+/// Whether input `data`, after `run` CANs that ended the input before it,
+/// cancels a ZMODEM transfer (five CANs in a row); and the CANs that end
+/// it, for the next input.
+pub(crate) fn cancels(run: usize, data: &[u8]) -> (bool, usize) {
+    let mut run = run;
+    let mut cancels = false;
+    for &byte in data {
+        run = if byte == CAN { run + 1 } else { 0 };
+        cancels |= run >= 5;
+    }
+    (cancels, run)
+}
+
 /// One more byte into the ZFIN matcher that had matched `matched` bytes.
 fn zfin_step(matched: usize, byte: u8) -> usize {
     let fits = match matched {
@@ -559,6 +583,21 @@ mod tests {
         let pieces = detector.scan(0, data, Instant::now(), None, 0);
         assert_eq!(shown(data, &pieces), b"$ ");
         assert_eq!(ended(&pieces).len(), 1);
+    }
+
+    #[test]
+    fn five_cans_of_input_in_a_row_cancel_even_across_messages() {
+        assert_eq!(cancels(0, b"ab\x18\x18\x18"), (false, 3));
+        assert_eq!(cancels(3, b"\x18\x18\x08\x08"), (true, 0));
+        assert_eq!(cancels(0, b"\x18X\x18\x18\x18\x18"), (false, 4));
+        let mut detector = Detector::new();
+        detector.scan(0, b"**\x18B00000000000000\r\x8a\x11*\x18Cdata", Instant::now(), None, 0);
+        let span = detector.cancelled(40).unwrap();
+        assert_eq!(span.end, Some(40));
+        assert!(detector.open().is_none() && detector.cancelled(50).is_none());
+        // What the sender still prints is output.
+        let pieces = detector.scan(40, b"\xbd\x18Q$ ", Instant::now(), None, 0);
+        assert_eq!(shown(b"\xbd\x18Q$ ", &pieces), b"\xbd\x18Q$ ");
     }
 
     #[test]

@@ -306,6 +306,7 @@ function partialSuffix(bytes, needle) {
   return 0;
 }
 
+/** `parts` (Uint8Arrays or arrays of numbers) one after another, as one Uint8Array. */
 function concatBytes(parts) {
   let length = 0;
   for (const part of parts) length += part.length;
@@ -916,15 +917,7 @@ class TerminalLink {
     queueMicrotask(() => {
       const parts = this.zout;
       this.zout = null;
-      let length = 0;
-      for (const part of parts) length += part.length;
-      const message = new Uint8Array(length);
-      let at = 0;
-      for (const part of parts) {
-        message.set(part, at);
-        at += part.length;
-      }
-      this.session.write(message);
+      this.session.write(concatBytes(parts));
     });
   }
 

@@ -2,17 +2,18 @@
 //! headless Chromium against the demo, with the real programs typed into
 //! bash: lrzsz's `sz`/`rz` (ZMODEM) and trzsz's `tsz`/`trz`, 10 MB of random
 //! bytes each way at 5 MB/s or more, the same SHA-256 at both ends; a file
-//! dropped on the terminal; a Sixel picture drawn by `img2sixel`; the
-//! title; a link; search. And what the writer's live output alone may
-//! carry: an observer tab gets a note, not the transfer's bytes, and starts
-//! no transfer of its own; a reattach in the middle of a download gets a
-//! note too (the page aborts the transfer); the recording gets a marker.
+//! dropped on the terminal; a Sixel picture drawn by `img2sixel` and a PNG
+//! sent with the iTerm2 protocol; the title; a link; search. And what the
+//! writer's live output alone may carry: an observer tab gets a note, not
+//! the transfer's bytes, and starts no transfer of its own; a reattach in
+//! the middle of a download gets a note too (the page aborts the
+//! transfer); the recording gets a marker.
 //!
 //! Needs `chromium`, lrzsz, libsixel-bin, PyPI's trzsz and
 //! `npm ci --prefix example/web` (scripts/test installs them all).
 //! `example/web/transfer-test.mjs` drives the page and prints what it saw
 //! as JSON; its screenshots (under target/tmp) are docs/transfer.png,
-//! docs/sixel.png, docs/search.png and docs/links.png
+//! docs/images.png, docs/search.png and docs/links.png
 //! (`UPDATE_SCREENSHOTS=1` copies them there again).
 
 mod common;
@@ -33,6 +34,8 @@ const BIG: usize = 10 * 1024 * 1024;
 /// The Sixel picture's one colour, as img2sixel's palette renders it
 /// (255,128,0 becomes 97%,50%,0%).
 const COLOUR: [u8; 3] = [247, 127, 0];
+/// The iTerm2 picture's one colour (a PNG shows it as it is).
+const ITERM_COLOUR: [u8; 3] = [0, 160, 255];
 
 fn random_file(path: &Path, len: usize) {
     let mut bytes = vec![0u8; len];
@@ -48,6 +51,47 @@ fn picture(path: &Path) {
         ppm.extend_from_slice(&[255, 128, 0]);
     }
     std::fs::write(path, ppm).unwrap();
+}
+
+/// A PNG picture of one colour for the iTerm2 protocol, 240 × 120 RGB: its
+/// zlib stream is made of "stored" (uncompressed) deflate blocks.
+fn png(path: &Path, colour: [u8; 3]) {
+    let (width, height) = (240u32, 120u32);
+    // Each row: filter 0 (none), then its pixels.
+    let row: Vec<u8> = std::iter::once(0).chain(colour.iter().copied().cycle().take(3 * width as usize)).collect();
+    let raw = row.repeat(height as usize);
+    let mut zlib = vec![0x78, 0x01];
+    let blocks = raw.chunks(0xffff).count();
+    for (i, block) in raw.chunks(0xffff).enumerate() {
+        let len = u16::try_from(block.len()).unwrap();
+        zlib.push(u8::from(i + 1 == blocks)); // BFINAL, BTYPE 00
+        zlib.extend_from_slice(&len.to_le_bytes());
+        zlib.extend_from_slice(&(!len).to_le_bytes());
+        zlib.extend_from_slice(block);
+    }
+    let (a, b) = raw.iter().fold((1u32, 0u32), |(a, b), &byte| {
+        let a = (a + u32::from(byte)) % 65521;
+        (a, (b + a) % 65521)
+    });
+    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let crc32 = |bytes: &[u8]| {
+        !bytes.iter().fold(!0u32, |crc, &byte| {
+            (0..8).fold(crc ^ u32::from(byte), |c, _| if c & 1 == 1 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 })
+        })
+    };
+    let mut header = width.to_be_bytes().to_vec();
+    header.extend_from_slice(&height.to_be_bytes());
+    header.extend_from_slice(&[8, 2, 0, 0, 0]); // 8 bits, RGB
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [(&b"IHDR"[..], &header[..]), (b"IDAT", &zlib), (b"IEND", &[])] {
+        png.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
+        let start = png.len();
+        png.extend_from_slice(kind);
+        png.extend_from_slice(data);
+        let crc = crc32(&png[start..]);
+        png.extend_from_slice(&crc.to_be_bytes());
+    }
+    std::fs::write(path, png).unwrap();
 }
 
 /// A command's directory on PATH, or where pip put trzsz's scripts.
@@ -162,8 +206,10 @@ async fn files_pictures_title_links_and_search_in_chromium() {
     random_file(&world.local.path().join("zmodem-up.bin"), BIG);
     random_file(&world.local.path().join("trzsz-up.bin"), BIG);
     picture(&world.home.path().join("picture.ppm"));
+    png(&world.home.path().join("picture.png"), ITERM_COLOUR);
     let mut demo = world.demo(&[]).await;
-    let results = world.drive(&demo, json!({"mode": "writer", "colour": COLOUR})).await;
+    let config = json!({"mode": "writer", "colour": COLOUR, "itermColour": ITERM_COLOUR});
+    let results = world.drive(&demo, config).await;
 
     // Every feature loaded (the clipboard only when the page opts in).
     let features = &results["features"];
@@ -193,9 +239,11 @@ async fn files_pictures_title_links_and_search_in_chromium() {
     assert_eq!(dropped["handled"], true, "{dropped}");
     assert_eq!(dropped["sha256"], dropped["expected"], "{dropped}");
 
-    // The picture is on the screen, in its colour.
+    // The pictures are on the screen, each in its colour: Sixel and iTerm2.
     let pixels = results["sixel"]["pixels"].as_u64().unwrap();
     assert!(pixels > 10_000, "{pixels} pixels of the picture's colour on the screen");
+    let pixels = results["iterm"]["pixels"].as_u64().unwrap();
+    assert!(pixels > 10_000, "{pixels} pixels of the iTerm2 picture's colour on the screen");
 
     assert_eq!(results["title"], "ws-subprocess title 42");
     assert_eq!(results["link"]["pointer"], true, "{}", results["link"]);
@@ -231,7 +279,7 @@ async fn files_pictures_title_links_and_search_in_chromium() {
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("transfer-screenshots");
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     let update = std::env::var_os("UPDATE_SCREENSHOTS").is_some_and(|v| v == "1");
-    for shot in ["transfer.png", "sixel.png", "search.png", "links.png"] {
+    for shot in ["transfer.png", "images.png", "search.png", "links.png"] {
         if update || !docs.join(shot).exists() {
             std::fs::copy(shots.join(shot), docs.join(shot)).unwrap();
         }

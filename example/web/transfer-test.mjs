@@ -1,7 +1,7 @@
 // Drives the demo page in headless Chromium for tests/transfer.rs: files
 // both ways with ZMODEM (lrzsz's sz/rz) and trzsz (tsz/trz), drag and drop,
-// a Sixel picture, the title, links, search; or (mode "observer") what a
-// second tab watching the session gets while the writer moves files.
+// pictures (Sixel, iTerm2), the title, links, search; or (mode "observer")
+// what a second tab watching the session gets while the writer moves files.
 // Usage: node transfer-test.mjs '<JSON config>' (see tests/transfer.rs).
 // Prints a JSON summary; exits non-zero when the page itself fails.
 import { createHash } from "node:crypto";
@@ -66,6 +66,31 @@ async function waitForLine(page, line, timeout = 30000) {
     await sleep(50);
   }
   throw new Error(`never saw the line ${JSON.stringify(line)}:\n${await screen(page)}`);
+}
+
+/**
+ * How many pixels of each of `colours` ([r, g, b], 12 either way per
+ * channel) the screenshot `shot` (PNG bytes) has, counted in `page`.
+ */
+function countColours(page, shot, colours) {
+  return page.evaluate(async ([png, colours]) => {
+    const image = new Image();
+    image.src = "data:image/png;base64," + png;
+    await image.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = image.width;
+    canvas.height = image.height;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const { data } = context.getImageData(0, 0, image.width, image.height);
+    return colours.map((colour) => {
+      let pixels = 0;
+      for (let i = 0; i < data.length; i += 4) {
+        if (Math.abs(data[i] - colour[0]) <= 12 && Math.abs(data[i + 1] - colour[1]) <= 12 && Math.abs(data[i + 2] - colour[2]) <= 12) pixels++;
+      }
+      return pixels;
+    });
+  }, [shot.toString("base64"), colours]);
 }
 
 /**
@@ -179,28 +204,23 @@ async function write(page) {
   await waitForLine(page, "- dropped.bin");
   results.dropped = { ...dropped, sha256: sha256(droppedPath) };
 
-  // A Sixel picture: pixels of its colour on the screen.
+  // Pictures: a Sixel one drawn by img2sixel and a PNG sent with the
+  // iTerm2 protocol (OSC 1337 File=inline=1), each in its own colour, both
+  // on the screen. (The cursor ends on a picture's last row: echo moves
+  // below it.)
   await runToEnd(page, "clear");
-  // (The cursor ends on the picture's last row: echo moves below it.)
   await runToEnd(page, "img2sixel picture.ppm; echo");
-  await sleep(300);
-  const shot = await page.screenshot({ path: join(config.shots, "sixel.png") });
-  results.sixel = await page.evaluate(async ([png, colour]) => {
-    const image = new Image();
-    image.src = "data:image/png;base64," + png;
-    await image.decode();
-    const canvas = document.createElement("canvas");
-    canvas.width = image.width;
-    canvas.height = image.height;
-    const context = canvas.getContext("2d");
-    context.drawImage(image, 0, 0);
-    const { data } = context.getImageData(0, 0, image.width, image.height);
-    let pixels = 0;
-    for (let i = 0; i < data.length; i += 4) {
-      if (Math.abs(data[i] - colour[0]) <= 12 && Math.abs(data[i + 1] - colour[1]) <= 12 && Math.abs(data[i + 2] - colour[2]) <= 12) pixels++;
-    }
-    return { pixels };
-  }, [shot.toString("base64"), config.colour]);
+  await runToEnd(page, "printf '\\e]1337;File=inline=1;size=%d:%s\\a' $(stat -c%s picture.png) $(base64 -w0 picture.png); echo");
+  // Drawn once both colours show (the PNG is decoded a moment later).
+  let counts = [0, 0];
+  for (const deadline = Date.now() + 5000; Date.now() < deadline;) {
+    await sleep(300);
+    const shot = await page.screenshot({ path: join(config.shots, "images.png") });
+    counts = await countColours(page, shot, [config.colour, config.itermColour]);
+    if (counts.every((n) => n > 10000)) break;
+  }
+  results.sixel = { pixels: counts[0] };
+  results.iterm = { pixels: counts[1] };
 
   // The title, from OSC 0.
   await runToEnd(page, "clear; printf '\\033]0;%s\\007' \"ws-subprocess title $((6*7))\"");

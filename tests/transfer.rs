@@ -3,11 +3,12 @@
 //! bash: lrzsz's `sz`/`rz` (ZMODEM) and trzsz's `tsz`/`trz`, 10 MB of random
 //! bytes each way at 5 MB/s or more, the same SHA-256 at both ends; a file
 //! dropped on the terminal; a Sixel picture drawn by `img2sixel` and a PNG
-//! sent with the iTerm2 protocol; the title; a link; search. And what the
-//! writer's live output alone may carry: an observer tab gets a note, not
-//! the transfer's bytes, and starts no transfer of its own; a reattach in
-//! the middle of a download gets a note too (the page aborts the
-//! transfer); the recording gets a marker.
+//! sent with the iTerm2 protocol; the title; a link; search; OSC 52
+//! clipboard writes only where the page opts in. And what the writer's live
+//! output alone may carry: an observer tab gets a note, not the transfer's
+//! bytes, and starts no transfer of its own; a reattach in the middle of a
+//! download gets a note too (the page aborts the transfer); the recording
+//! gets a marker.
 //!
 //! Needs `chromium`, lrzsz, libsixel-bin, PyPI's trzsz and
 //! `npm ci --prefix example/web` (scripts/test installs them all).
@@ -250,6 +251,13 @@ async fn files_pictures_title_links_and_search_in_chromium() {
     assert!(results["link"]["opened"].as_str().unwrap().ends_with("/linked-from-the-terminal"), "{}", results["link"]);
     assert_eq!(results["search"]["selection"], "needle-42");
     assert_eq!(results["search"]["api"], true);
+
+    // OSC 52: the page without ?clipboard=1 left the clipboard as it was;
+    // with it, the same printf put its text there.
+    let clipboard = &results["clipboard"];
+    assert_eq!(clipboard["before"], "before-52", "OSC 52 reached the clipboard without the opt-in: {clipboard}");
+    assert_eq!(clipboard["features"]["clipboard"], true, "{clipboard}");
+    assert_eq!(clipboard["after"], "copied-42", "{clipboard}");
 
     // Without the optional packages the page works, each feature off with
     // one console line (an observer tab: no transfers to load either).

@@ -1,7 +1,8 @@
 // Drives the demo page in headless Chromium for tests/transfer.rs: files
 // both ways with ZMODEM (lrzsz's sz/rz) and trzsz (tsz/trz), drag and drop,
-// pictures (Sixel, iTerm2), the title, links, search; or (mode "observer")
-// what a second tab watching the session gets while the writer moves files.
+// pictures (Sixel, iTerm2), the title, links, search, OSC 52 with and
+// without the page's opt-in; or (mode "observer") what a second tab
+// watching the session gets while the writer moves files.
 // Usage: node transfer-test.mjs '<JSON config>' (see tests/transfer.rs).
 // Prints a JSON summary; exits non-zero when the page itself fails.
 import { createHash } from "node:crypto";
@@ -18,7 +19,9 @@ let downloads = 0; // numbers the saved downloads
 const browser = await launchChromium();
 const results = { errors: [] };
 try {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 600 }, acceptDownloads: true });
+  // The clipboard may be read and written (OSC 52, without a user gesture).
+  const permissions = ["clipboard-read", "clipboard-write"];
+  const context = await browser.newContext({ viewport: { width: 1000, height: 600 }, acceptDownloads: true, permissions });
   const page = await context.newPage();
   page.setDefaultTimeout(30000);
   page.on("pageerror", (err) => results.errors.push(`page error: ${err}`));
@@ -266,6 +269,32 @@ async function write(page) {
     api: await page.evaluate(() => window.demo.terminal.search.next("line 2")),
   };
   await page.keyboard.press("Escape");
+  await page.click("#terminal");
+
+  // OSC 52 reaches the clipboard only where the page opts in: here (no
+  // ?clipboard=1) the clipboard keeps what it had; in a tab with
+  // ?clipboard=1 (a session of its own) the same printf puts copied-42 there.
+  const osc52 = "printf '\\033]52;c;%s\\007' \"$(printf 'copied-42' | base64)\"";
+  const clipboard = (tab) => tab.evaluate(() => navigator.clipboard.readText());
+  await page.evaluate(() => navigator.clipboard.writeText("before-52"));
+  await runToEnd(page, `clear; ${osc52}`);
+  await sleep(500);
+  results.clipboard = { before: await clipboard(page) };
+  const opted = await page.context().newPage();
+  opted.setDefaultTimeout(30000);
+  opted.on("pageerror", (err) => results.errors.push(`clipboard page error: ${err}`));
+  await opted.goto(new URL("/?clipboard=1", config.url).href);
+  await running(opted);
+  results.clipboard.features = await opted.evaluate(() => window.demo.terminal.features);
+  await countPrompts(opted);
+  await opted.click("#terminal");
+  await runToEnd(opted, osc52);
+  for (const deadline = Date.now() + 5000; Date.now() < deadline && (await clipboard(opted)) !== "copied-42";) await sleep(50);
+  results.clipboard.after = await clipboard(opted);
+  await opted.keyboard.type("exit 0\n");
+  await opted.waitForFunction(() => document.getElementById("status").textContent.startsWith("exited"));
+  await opted.close();
+  await page.bringToFront();
   await page.click("#terminal");
 
   // Without the optional packages (none served): each feature is off, with

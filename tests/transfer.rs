@@ -4,11 +4,11 @@
 //! bytes each way at 5 MB/s or more, the same SHA-256 at both ends; a file
 //! dropped on the terminal; a Sixel picture drawn by `img2sixel` and a PNG
 //! sent with the iTerm2 protocol; the title; a link; search; OSC 52
-//! clipboard writes only where the page opts in. And what the writer's live
-//! output alone may carry: an observer tab gets a note, not the transfer's
-//! bytes, and starts no transfer of its own; a reattach in the middle of a
-//! download gets a note too (the page aborts the transfer); the recording
-//! gets a marker.
+//! clipboard writes only where the page opts in; Unicode 11 widths (against
+//! a page without them). And what the writer's live output alone may carry:
+//! an observer tab gets a note, not the transfer's bytes, and starts no
+//! transfer of its own; a reattach in the middle of a download gets a note
+//! too (the page aborts the transfer); the recording gets a marker.
 //!
 //! Needs `chromium`, lrzsz, libsixel-bin, PyPI's trzsz and
 //! `npm ci --prefix example/web` (scripts/test installs them all).
@@ -258,6 +258,12 @@ async fn files_pictures_title_links_and_search_in_chromium() {
     assert_eq!(clipboard["before"], "before-52", "OSC 52 reached the clipboard without the opt-in: {clipboard}");
     assert_eq!(clipboard["features"]["clipboard"], true, "{clipboard}");
     assert_eq!(clipboard["after"], "copied-42", "{clipboard}");
+
+    // Unicode 11: 👍 takes two columns, the # after it is in column 6; on
+    // the bare page (Unicode 6) in column 5.
+    let widths = &results["widths"];
+    assert_eq!(widths["page"], json!({"version": "11", "emoji": 2, "marker": 6}), "{widths}");
+    assert_eq!(widths["bare"], json!({"version": "6", "emoji": 1, "marker": 5}), "{widths}");
 
     // Without the optional packages the page works, each feature off with
     // one console line (an observer tab: no transfers to load either).

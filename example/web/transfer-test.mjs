@@ -1,8 +1,8 @@
 // Drives the demo page in headless Chromium for tests/transfer.rs: files
 // both ways with ZMODEM (lrzsz's sz/rz) and trzsz (tsz/trz), drag and drop,
 // pictures (Sixel, iTerm2), the title, links, search, OSC 52 with and
-// without the page's opt-in; or (mode "observer") what a second tab
-// watching the session gets while the writer moves files.
+// without the page's opt-in, Unicode 11 widths; or (mode "observer") what
+// a second tab watching the session gets while the writer moves files.
 // Usage: node transfer-test.mjs '<JSON config>' (see tests/transfer.rs).
 // Prints a JSON summary; exits non-zero when the page itself fails.
 import { createHash } from "node:crypto";
@@ -297,6 +297,22 @@ async function write(page) {
   await page.bringToFront();
   await page.click("#terminal");
 
+  // Unicode 11 widths: 👍 (U+1F44D) is one column wide in Unicode 6 (what
+  // xterm.js has without the addon) and two in 11, so the # after it is in
+  // column 6 here and in column 5 on the bare page below.
+  const widths = (tab) => tab.evaluate(() => {
+    const term = window.demo.term;
+    const buffer = term.buffer.active;
+    for (let y = buffer.length - 1; y >= 0; y--) {
+      const line = buffer.getLine(y);
+      if (!line.translateToString(true).startsWith("w11:")) continue;
+      let marker = -1;
+      for (let x = 0; x < term.cols; x++) if (line.getCell(x).getChars() === "#") marker = x;
+      return { version: term.unicode.activeVersion, emoji: line.getCell(4).getWidth(), marker };
+    }
+    return { version: term.unicode.activeVersion, emoji: null, marker: null };
+  });
+
   // Without the optional packages (none served): each feature is off, with
   // a line on the console, and the terminal works as before.
   const bare = await page.context().newPage();
@@ -306,8 +322,12 @@ async function write(page) {
   await bare.route("**/assets/modules/**", (route) => route.fulfill({ status: 404, body: "not here" }));
   await bare.goto(new URL("/?watch=" + encodeURIComponent(await page.evaluate(() => window.demo.id)), config.url).href);
   await running(bare);
-  await runToEnd(page, "echo bare-$((6*7))");
+  // (The line with 👍 comes live to both pages: no repaint of the server's.)
+  await runToEnd(page, "echo bare-$((6*7)); printf 'w11:\\360\\237\\221\\215#\\n'");
   await waitForLine(bare, "bare-42");
+  await waitForLine(page, "w11:\u{1F44D}#");
+  await waitForLine(bare, "w11:\u{1F44D}#");
+  results.widths = { page: await widths(page), bare: await widths(bare) };
   results.bare = { features: await bare.evaluate(() => window.demo.terminal.features), off: lines.filter((line) => line.includes(" is off ")) };
   await bare.close();
 

@@ -392,17 +392,8 @@ async fn a_recording_is_asciicast_v2_that_replays_the_output() {
     assert_eq!(replayed.as_bytes(), client.output.as_slice());
     assert_eq!(events.last().unwrap()[1], "m");
     assert_eq!(events.last().unwrap()[2], "exit 3");
-    // asciinema's own reader (what `asciinema cat` and `play` use; `cat`
-    // itself insists on a terminal) reads it to the same output.
-    let reader = "import sys\nfrom asciinema import asciicast\n\
-                  with asciicast.open_from_url(sys.argv[1]) as cast:\n    \
-                  sys.stdout.write(''.join(text for _, _, text in cast.stdout_events()))\n";
-    // The interpreter asciinema is installed for (its script's `#!`).
-    let script = std::fs::read_to_string("/usr/bin/asciinema").expect("asciinema is installed (.ci/run installs it)");
-    let python = script.lines().next().unwrap().trim_start_matches("#!").trim().to_string();
-    let cat = std::process::Command::new(python).arg("-c").arg(reader).arg(&file).output().unwrap();
-    assert!(cat.status.success(), "asciinema (.ci/run installs it): {}", String::from_utf8_lossy(&cat.stderr));
-    assert_eq!(cat.stdout, client.output);
+    // asciinema's own reader reads it to the same output.
+    assert_eq!(asciinema_output(&file), client.output);
 }
 
 #[tokio::test]

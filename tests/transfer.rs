@@ -312,6 +312,7 @@ async fn observers_replays_and_recordings_get_a_note_not_the_transfer() {
     random_file(&world.home.path().join("big.bin"), BIG);
     random_file(&world.local.path().join("zmodem-small.bin"), small);
     random_file(&world.local.path().join("trzsz-small.bin"), small);
+    random_file(&world.home.path().join("tiny.bin"), 64 * 1024);
     let records = scratch();
     let mut demo = world.demo(&["--record", records.path().to_str().unwrap()]).await;
     let results = world.drive(&demo, json!({"mode": "observer"})).await;
@@ -346,6 +347,17 @@ async fn observers_replays_and_recordings_get_a_note_not_the_transfer() {
     assert_eq!(watcher["zmodemHeader"], false, "the observer received ZMODEM's bytes");
     assert_eq!(watcher["trzszMagic"], false, "the observer received trzsz's bytes");
 
+    // A reattach with since=0 replays the finished transfers as notes and
+    // starts none, though the page is a writer ready for transfers.
+    let replay = &results["replay"];
+    assert!(replay["url"].as_str().unwrap().contains("since=0"), "{replay}");
+    assert_eq!(replay["started"], json!({"downloads": 0, "choosers": 0}), "{replay}");
+    assert_eq!(replay["transfers"], json!([]), "{replay}");
+    let screen = replay["screen"].as_str().unwrap();
+    assert!(screen.contains("[ws-subprocess: zmodem download not shown here]"), "{screen}");
+    assert!(screen.contains("[ws-subprocess: trzsz upload not shown here]"), "{screen}");
+    assert!(screen.contains("replayed-42"), "{screen}");
+
     // A reattach cut a download: the replay has a note where its bytes
     // were, the page aborted it and said so, and sz ended.
     let reattach = &results["reattach"];
@@ -367,6 +379,12 @@ async fn observers_replays_and_recordings_get_a_note_not_the_transfer() {
     let output: String = events.iter().filter(|e| e[1] == "o").filter_map(|e| e[2].as_str()).collect();
     assert!(!output.contains("**\u{18}B0"), "the recording holds ZMODEM's bytes");
     assert!(!output.contains("::TRZSZ:TRANSFER:"), "the recording holds trzsz's bytes");
+    // It plays: asciinema's own reader gives the same output, which holds
+    // what the shell printed and none of the megabytes moved.
+    let played = asciinema_output(&casts[0]);
+    assert_eq!(played, output.as_bytes());
+    assert!(output.contains("finished-42"), "{output}");
+    assert!(played.len() < 200_000, "{} bytes of output recorded", played.len());
     let markers: Vec<&str> = events.iter().filter(|e| e[1] == "m").filter_map(|e| e[2].as_str()).collect();
     for (protocol, direction) in
         [("zmodem", "download"), ("trzsz", "download"), ("zmodem", "upload"), ("trzsz", "upload")]

@@ -142,7 +142,9 @@ async fn bridge(ws: &mut Ws, program: &[&str], dir: &std::path::Path) -> Receive
                         return;
                     }
                 }
-                status = child.wait() => {
+                // Done once it exited and all it wrote went on (its last
+                // word, lrzsz's "OO", may come just before it exits).
+                status = child.wait(), if !stdout_open => {
                     assert!(status.unwrap().success(), "{} failed", program[0]);
                     return;
                 }
@@ -163,15 +165,7 @@ fn recording(dir: &std::path::Path) -> (Vec<Value>, String) {
     let file = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
     let text = std::fs::read_to_string(&file).unwrap();
     let events = text.lines().skip(1).map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
-    let reader = "import sys\nfrom asciinema import asciicast\n\
-                  with asciicast.open_from_url(sys.argv[1]) as cast:\n    \
-                  sys.stdout.write(''.join(text for _, _, text in cast.stdout_events()))\n";
-    let script =
-        std::fs::read_to_string("/usr/bin/asciinema").expect("asciinema is installed (scripts/test installs it)");
-    let python = script.lines().next().unwrap().trim_start_matches("#!").trim().to_string();
-    let cat = std::process::Command::new(python).arg("-c").arg(reader).arg(&file).output().unwrap();
-    assert!(cat.status.success(), "asciinema reads it: {}", String::from_utf8_lossy(&cat.stderr));
-    (events, String::from_utf8(cat.stdout).unwrap())
+    (events, String::from_utf8(asciinema_output(&file)).unwrap())
 }
 
 #[tokio::test]

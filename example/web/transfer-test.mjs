@@ -336,6 +336,49 @@ async function write(page) {
 }
 
 /**
+ * A reattach with `since` from the session's first byte, after a finished
+ * download and upload: the server replays the output with notes where the
+ * transfers were, and the page, a writer with all its transfer machinery,
+ * starts none.
+ */
+async function replay(page) {
+  await runToEnd(page, "sz tiny.bin");
+  const before = await page.evaluate(() => window.demo.transfers.length);
+  const started = { downloads: 0, choosers: 0 };
+  const onDownload = () => started.downloads++;
+  const onChooser = () => started.choosers++;
+  page.on("download", onDownload);
+  page.on("filechooser", onChooser);
+  const info = await page.evaluate(() => new Promise((resolve) => {
+    const session = window.demo.session;
+    const onState = session.onState;
+    session.onState = (state, detail) => {
+      onState(state, detail);
+      if (state === "attached") {
+        session.onState = onState;
+        resolve(detail);
+      }
+    };
+    // As if the page had taken nothing yet: the reattach asks since=0.
+    session.offset = 0;
+    session.received = 0;
+    session.repaintLeft = 0;
+    session.socket.close(3000, "test: reattach from the start");
+  }));
+  await runToEnd(page, "echo replayed-$((6*7))");
+  page.off("download", onDownload);
+  page.off("filechooser", onChooser);
+  const sockets = await page.evaluate(() => window.demo.session.socket.url);
+  return {
+    info,
+    url: sockets,
+    started,
+    transfers: await page.evaluate((before) => window.demo.transfers.slice(before), before),
+    screen: await screen(page),
+  };
+}
+
+/**
  * A reattach in the middle of a download: the page aborts it (the replay
  * has a note where its bytes were), says so, and sz ends.
  */
@@ -435,6 +478,7 @@ async function observe(page, context) {
   });
   results.watcher.started = started;
 
+  results.replay = await replay(page);
   results.reattach = await reattach(page);
 
   await page.keyboard.type("exit 0\n");

@@ -933,3 +933,19 @@ pub fn collect_bytes(
     });
     (collected, task)
 }
+
+/// A recording's output as asciinema's own reader gives it (what `asciinema
+/// cat` and `play` use; `cat` itself insists on a terminal); panics if it
+/// cannot read the file.
+pub fn asciinema_output(cast: &Path) -> Vec<u8> {
+    let reader = "import sys\nfrom asciinema import asciicast\n\
+                  with asciicast.open_from_url(sys.argv[1]) as cast:\n    \
+                  sys.stdout.write(''.join(text for _, _, text in cast.stdout_events()))\n";
+    // The interpreter asciinema is installed for (its script's `#!`).
+    let script =
+        std::fs::read_to_string("/usr/bin/asciinema").expect("asciinema is installed (scripts/test installs it)");
+    let python = script.lines().next().unwrap().trim_start_matches("#!").trim().to_string();
+    let cat = std::process::Command::new(python).arg("-c").arg(reader).arg(cast).output().unwrap();
+    assert!(cat.status.success(), "asciinema cannot read {}: {}", cast.display(), String::from_utf8_lossy(&cat.stderr));
+    cat.stdout
+}

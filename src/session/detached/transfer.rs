@@ -136,7 +136,8 @@ enum Mode {
 enum ZmodemAfter {
     /// Frames flow.
     Frames,
-    /// The sender's ZFIN went out: `OO` (this many of it seen) follows.
+    /// A ZFIN went out: the sender's `OO` (this many of it seen), or the
+    /// ZFIN again, may follow; anything else is past the end.
     Over(usize),
     /// Cancelled: the CANs and backspaces that follow are still its own.
     Cancelled,
@@ -309,7 +310,6 @@ impl Detector {
     /// Runs the open transfer over `data`: how many of its bytes are the
     /// transfer's, and whether it ended after them.
     fn step(&mut self, data: &[u8]) -> (usize, bool) {
-        let direction = self.open.as_ref().map(|span| span.direction);
         match &mut self.mode {
             Mode::Idle => (0, true),
             Mode::Zmodem { matched, cans, after } => {
@@ -342,10 +342,13 @@ impl Detector {
                                 }
                                 continue;
                             }
-                            if byte != b'*' || seen > 0 {
+                            // The ZFIN again (the other end was slow to
+                            // answer), or whatever comes next: the end.
+                            let rest = &data[i - 1..];
+                            let seen_of_zfin = rest.len().min(ZFIN.len());
+                            if seen > 0 || rest[..seen_of_zfin] != ZFIN[..seen_of_zfin] {
                                 return (i - 1, true);
                             }
-                            // The ZFIN again: the receiver was slow.
                             *after = ZmodemAfter::Frames;
                         }
                         ZmodemAfter::Frames => {}
@@ -357,11 +360,10 @@ impl Detector {
                     }
                     *matched = zfin_step(*matched, byte);
                     if *matched == ZFIN_LEN {
+                        // The sender says `OO` after the last ZFIN; either
+                        // end may repeat its ZFIN.
                         *matched = 0;
-                        match direction {
-                            Some(Direction::Download) => *after = ZmodemAfter::Over(0),
-                            _ => return (i, true),
-                        }
+                        *after = ZmodemAfter::Over(0);
                     }
                 }
                 (data.len(), false)
@@ -574,6 +576,21 @@ mod tests {
         assert_eq!(shown(&data, &pieces), b"rz waiting to receive.\r\n$ ");
         let span = &ended(&pieces)[0];
         assert_eq!(span.marker(1000 + 4096), "transfer: zmodem upload 4096 bytes");
+    }
+
+    #[test]
+    fn a_repeated_zfin_is_the_transfers_and_a_star_after_it_is_not() {
+        let mut detector = Detector::new();
+        let mut data = RZ.to_vec();
+        data.extend_from_slice(b"**\x18B0800000000022d\r\x8a* prompt");
+        let pieces = detector.scan(0, &data, Instant::now(), None, 0);
+        assert_eq!(shown(&data, &pieces), b"rz waiting to receive.* prompt");
+        // Cut after the ZFIN: the end waits for what comes next.
+        let mut detector = Detector::new();
+        let pieces = detector.scan(0, RZ, Instant::now(), None, 0);
+        assert!(ended(&pieces).is_empty());
+        let pieces = detector.scan(RZ.len() as u64, b"$ ", Instant::now(), None, 0);
+        assert_eq!(ended(&pieces)[0].end, Some(RZ.len() as u64));
     }
 
     #[test]

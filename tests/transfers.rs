@@ -4,7 +4,7 @@
 //! observer, and a writer replaying with `since`, get one line instead and
 //! session info that keeps their offsets right; the recording holds a
 //! marker, not the file, and asciinema still reads it. (The browser side:
-//! tests/transfer.rs.)
+//! tests/browser_files.rs.)
 
 mod common;
 

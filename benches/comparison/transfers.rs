@@ -141,7 +141,7 @@ pub async fn run(bench: &mut Bench) {
         "transfers: a {} MiB file of random bytes, the session's `sz`/`rz` (lrzsz) or `tsz`/`trz` (PyPI's \
          trzsz) on pipes, their other half here (lrzsz; trzsz.js in Node), from connecting to both halves \
          done; the base64 row writes the same file as text. The browser's own rates (zmodem.js, trzsz.js \
-         in Chromium) are in tests/transfer.rs's summary",
+         in Chromium) are in tests/browser_files.rs's summary",
         size >> 20
     ));
 }

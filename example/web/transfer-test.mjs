@@ -1,9 +1,9 @@
-// Drives the demo page in headless Chromium for tests/transfer.rs: files
+// Drives the demo page in headless Chromium for tests/browser_files.rs: files
 // both ways with ZMODEM (lrzsz's sz/rz) and trzsz (tsz/trz), drag and drop,
 // pictures (Sixel, iTerm2), the title, links, search, OSC 52 with and
 // without the page's opt-in, Unicode 11 widths; or (mode "observer") what
 // a second tab watching the session gets while the writer moves files.
-// Usage: node transfer-test.mjs '<JSON config>' (see tests/transfer.rs).
+// Usage: node transfer-test.mjs '<JSON config>' (see tests/browser_files.rs).
 // Prints a JSON summary; exits non-zero when the page itself fails.
 import { createHash } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";

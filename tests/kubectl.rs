@@ -217,7 +217,8 @@ async fn kubectl_exec_it_on_a_terminal_gets_a_terminal_of_its_size() {
         }
     }
     assert!(sized, "no terminal of the local size: {:?}", String::from_utf8_lossy(&shown.lock().unwrap()));
-    assert!(seen("/dev/pts/"), "the remote shell has no terminal");
+    // `tty` answers just after `stty size`, perhaps in a later read.
+    assert!(eventually(Duration::from_secs(5), || seen("/dev/pts/")).await, "the remote shell has no terminal");
     input.write_all(b"exit 3\r").await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(3));

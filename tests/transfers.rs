@@ -257,14 +257,29 @@ async fn a_zmodem_upload_keeps_its_input_out_of_the_recording() {
     config.record_input = true;
     let server = TestServer::start(config).await;
 
-    let mut writer = v5(server.addr, "start", "").await;
-    let mut observer = v5(server.addr, "watch", "").await;
+    let mut writer = v5(server.addr, "start", "&session=zu").await;
+    let mut observer = v5(server.addr, "watch", "&session=zu").await;
     bridge(&mut writer, &["sz", "-q", "up.bin"], &local).await;
     let mut watched = Received::default();
     read_until(&mut observer, &mut watched, b"uploaded").await;
     assert_eq!(std::fs::read(remote.join("up.bin")).expect("rz saved the file"), file);
     assert!(contains(&watched.output, NOTE_UPLOAD), "{:?}", String::from_utf8_lossy(&watched.output));
     assert!(!contains(&watched.output, b"**\x18B0"));
+    // rz's ZFIN is its last output: the upload's end is found only when the
+    // next output comes, where the observer already stands; it still hears
+    // that the transfer is over, and counts the session's bytes as the
+    // server does.
+    let over = watched.infos.iter().find(|i| i["transfer"]["over"] == true).expect("an info saying it is over");
+    let start = watched.infos.iter().find(|i| i["transfer"]["over"] == false).unwrap();
+    assert!(over["offset"].as_u64() > start["offset"].as_u64(), "{:?}", watched.infos);
+    let after = watched.output.len() - find(&watched.output, b"uploaded").unwrap();
+    let mut replay = Received::default();
+    {
+        let mut again = v5(server.addr, "watch", "&session=zu&since=0").await;
+        read_until(&mut again, &mut replay, b"uploaded").await;
+    }
+    let replay_after = replay.output.len() - find(&replay.output, b"uploaded").unwrap();
+    assert_eq!(watched.position(after), replay.position(replay_after));
     writer.send(Message::Binary(b"\x00x\n".to_vec().into())).await.unwrap();
     read_to_end(&mut observer, &mut watched).await;
 
@@ -355,6 +370,12 @@ async fn a_download_its_receiver_cancels_ends_and_the_prompt_is_shown_again() {
         // Ended by the cancel, or by the CANs sz answered it with.
         assert!(marker.is_some_and(|m| m.starts_with("transfer: zmodem download ")), "{events:?}");
         assert!(cat.contains("after-cancel-42"), "round {round}: the recording stopped at the transfer");
+        // What sz had in flight when it was cancelled drained with it.
+        assert!(!cat.contains('\u{18}'), "round {round}: ZMODEM data in the recording: {cat:?}");
+        assert!(cat.len() < 1000, "round {round}: {} bytes of output recorded", cat.len());
+        let note = find(&watched.output, NOTE_DOWNLOAD).unwrap();
+        let shown = &watched.output[note..find(&watched.output, b"after-cancel-42").unwrap()];
+        assert!(shown.len() < 300, "round {round}: the observer got {:?}", String::from_utf8_lossy(shown));
     }
 }
 

@@ -473,11 +473,26 @@ async fn follow(
                                       "transfer": transfer});
         protocol.session_info(info.to_string().as_bytes())
     };
-    // The transfer whose note went out.
+    // The transfer whose note went out, and the one skipped while it ran
+    // (its end, fixed later, may be right where this client stands: it
+    // still hears that it is past it).
     let mut noted = None;
+    let mut running: Option<Span> = None;
     took(offset.load(Ordering::Relaxed));
     loop {
         changed.mark_unchanged();
+        if let Some(span) = &running
+            && let Some(end) = shared.transfer_end(span.start)
+            && end <= offset.load(Ordering::Relaxed)
+        {
+            let over = info(offset.load(Ordering::Relaxed), 0, span, true);
+            running = None;
+            if announce.is_some()
+                && let Some(stopped) = send(over).await
+            {
+                return stopped;
+            }
+        }
         let (read, ended, stopping) = shared.read(offset.load(Ordering::Relaxed), viewer);
         if let Some(reason @ (Ending::Idle | Ending::TimeLimit | Ending::Shutdown)) = stopping {
             return Followed::Stopped(reason);
@@ -511,6 +526,7 @@ async fn follow(
                 took(skip_to);
                 if span.end.is_some() {
                     // Past it: the client's count of session bytes is right again.
+                    running = None;
                     if announce.is_some()
                         && let Some(stopped) = send(info(skip_to, 0, &span, true)).await
                     {
@@ -518,6 +534,7 @@ async fn follow(
                     }
                     false
                 } else {
+                    running = Some(span);
                     !moved
                 }
             }

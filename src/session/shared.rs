@@ -509,8 +509,14 @@ impl Shared {
         (state.history.read_as(offset, viewer), state.ended, state.stopping.clone())
     }
 
+    /// Where the transfer that started at `start` ended, once it did.
+    pub(crate) fn transfer_end(&self, start: u64) -> Option<u64> {
+        self.lock().history.transfer_end(start)
+    }
+
     /// Writer `id` sent `data`: a file transfer that starts now is for it,
-    /// and a ZMODEM cancel in it ends the one running.
+    /// and a ZMODEM cancel in it ends the one running (once the sender's
+    /// data in flight has drained).
     pub(crate) fn input_from(&self, id: u64, data: &[u8]) {
         self.last_input.store(id, Ordering::Relaxed);
         if !self.transferring.load(Ordering::Relaxed) {
@@ -518,19 +524,9 @@ impl Shared {
         }
         let (cancels, run) = transfer::cancels(self.input_cans.load(Ordering::Relaxed), data);
         self.input_cans.store(run, Ordering::Relaxed);
-        if !cancels {
-            return;
+        if cancels {
+            self.lock().history.transfer_cancelled();
         }
-        {
-            let mut state = self.lock();
-            let Some(span) = state.history.transfer_cancelled() else { return };
-            if let Some(recorder) = &self.recorder {
-                let input_total = self.bytes_in.load(Ordering::Relaxed) + data.len() as u64;
-                recorder.marker(&format!("{} (cancelled)", span.marker(input_total)));
-            }
-            self.transferring.store(false, Ordering::Relaxed);
-        }
-        self.changed.send_modify(|version| *version += 1);
     }
 
     /// What kind of session it is.

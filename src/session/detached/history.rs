@@ -111,11 +111,20 @@ impl History {
     }
 
     /// The running ZMODEM transfer was cancelled by the session's input: it
-    /// ends here (see [`Detector::cancelled`]).
-    pub(crate) fn transfer_cancelled(&mut self) -> Option<Span> {
-        let span = self.detector.as_mut()?.cancelled(self.end)?;
-        Self::note_spans(&mut self.spans, [Piece::Ended(span.clone())]);
-        Some(span)
+    /// drains (see [`Detector::cancelled`]).
+    pub(crate) fn transfer_cancelled(&mut self) {
+        if let Some(detector) = self.detector.as_mut()
+            && detector.cancelled()
+            && let Some(span) = self.spans.back_mut()
+        {
+            span.cancelled = true;
+        }
+    }
+
+    /// Where the transfer that started at `start` ended, once it did (and
+    /// while its bytes are kept).
+    pub(crate) fn transfer_end(&self, start: u64) -> Option<u64> {
+        self.spans.iter().rev().find(|span| span.start == start)?.end
     }
 
     /// The transfer running, if one is (and transfers are watched).

@@ -70,6 +70,8 @@ pub(crate) struct Span {
     /// The session's input count when it started (an upload's size is the
     /// input written while it runs).
     input_at_start: u64,
+    /// Its receiver cancelled it.
+    pub(crate) cancelled: bool,
 }
 
 impl Span {
@@ -86,7 +88,8 @@ impl Span {
             Direction::Download => self.end.unwrap_or(self.start) - self.start,
             Direction::Upload => input_total.saturating_sub(self.input_at_start),
         };
-        format!("transfer: {} {} {bytes} bytes", self.protocol.name(), self.direction.name())
+        let how = if self.cancelled { " (cancelled)" } else { "" };
+        format!("transfer: {} {} {bytes} bytes{how}", self.protocol.name(), self.direction.name())
     }
 }
 
@@ -118,6 +121,9 @@ const SAVE_CURSOR: &[u8] = b"\x1b7";
 /// trzsz's last words: restore the cursor, clear below.
 const TRZSZ_END: &[u8] = b"\x1b8\x1b[0J";
 const TRZSZ_DATA: &[u8] = b"#DATA:";
+/// The longest binary `#DATA` payload taken as one (trzsz's largest
+/// buffer, every byte escaped).
+const MAX_PAYLOAD: u64 = 20 << 20;
 /// A ZFIN hex header: `**`, ZDLE, `B`, type 08, eight hex digits of
 /// flags, four of CRC, CR, LF (lrzsz sets LF's high bit).
 const ZFIN: &[u8] = b"**\x18B08";
@@ -141,6 +147,9 @@ enum ZmodemAfter {
     Over(usize),
     /// Cancelled: the CANs and backspaces that follow are still its own.
     Cancelled,
+    /// The receiver cancelled: the sender's data still in flight is its
+    /// own, up to its own CANs or to text after the last ZDLE escape.
+    Draining,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,8 +208,7 @@ impl Detector {
         // A transfer quiet for long that now prints text ends before it.
         if self.open.is_some()
             && self.last.is_some_and(|last| now.duration_since(last) >= GAP)
-            && !data.is_empty()
-            && self.ends_after_quiet(data[0])
+            && self.ends_after_quiet(data)
         {
             pieces.push(Piece::Ended(self.finish(at)));
         }
@@ -219,6 +227,7 @@ impl Detector {
                             direction,
                             owner,
                             input_at_start: input_total,
+                            cancelled: false,
                         };
                         self.mode = match protocol {
                             Protocol::Zmodem => Mode::Zmodem { matched: 0, cans: 0, after: ZmodemAfter::Frames },
@@ -254,22 +263,43 @@ impl Detector {
     }
 
     /// The session's input cancelled the running ZMODEM transfer (its
-    /// receiver gave up): it ends at `end`, the output so far. The sender
-    /// may stop in the middle of its data without a word, so what it still
-    /// prints is output again: no end could be read from it.
-    pub(crate) fn cancelled(&mut self, end: u64) -> Option<Span> {
-        match self.mode {
-            Mode::Zmodem { .. } => Some(self.finish(end)),
-            _ => None,
+    /// receiver gave up). The sender answers with CANs of its own, or stops
+    /// in the middle of its data and exits without a word; what it had
+    /// written still comes. So the transfer drains: its bytes go on to its
+    /// own CANs, or to where text follows the last ZDLE escape of a chunk
+    /// (escaped data holds one every few dozen bytes). Whether one was
+    /// running.
+    pub(crate) fn cancelled(&mut self) -> bool {
+        match &mut self.mode {
+            Mode::Zmodem { after, matched, cans } => {
+                *after = ZmodemAfter::Draining;
+                (*matched, *cans) = (0, 0);
+                if let Some(span) = self.open.as_mut() {
+                    span.cancelled = true;
+                }
+                true
+            }
+            _ => false,
         }
     }
 
-    fn ends_after_quiet(&self, first: u8) -> bool {
-        match &self.mode {
-            Mode::Zmodem { .. } => !matches!(first, b'*' | CAN | b'O'),
-            Mode::Trzsz(Line::Start(head)) => head.is_empty() && !matches!(first, b'#' | 0x1b),
-            _ => false,
-        }
+    /// Whether `data`, coming after a quiet [`GAP`], is text no transfer
+    /// would print: its first bytes are all printable (or whitespace, or
+    /// ESC), which a ZMODEM data stream or binary trzsz payload almost
+    /// never is (16 random bytes: about one in three million), and not a
+    /// transfer's own text (a ZMODEM header, trzsz's base64 lines).
+    fn ends_after_quiet(&self, data: &[u8]) -> bool {
+        let head = &data[..data.len().min(16)];
+        let text = !head.is_empty() && printable(head);
+        let own = match &self.mode {
+            Mode::Zmodem { .. } => head.starts_with(b"*") || head.starts_with(b"O"),
+            // trzsz's lines are base64 after `#TYPE:`; its end is `ESC 8`.
+            Mode::Trzsz(_) => {
+                head.iter().all(|&b| b.is_ascii_alphanumeric() || b"+/=#:\n".contains(&b)) || head.starts_with(b"\x1b8")
+            }
+            Mode::Idle => true,
+        };
+        text && !own
     }
 
     fn finish(&mut self, end: u64) -> Span {
@@ -310,6 +340,15 @@ impl Detector {
     /// Runs the open transfer over `data`: how many of its bytes are the
     /// transfer's, and whether it ended after them.
     fn step(&mut self, data: &[u8]) -> (usize, bool) {
+        if let Mode::Zmodem { after: after @ ZmodemAfter::Draining, .. } = &mut self.mode {
+            // The sender's own cancel ends it as any cancel does.
+            let Some(run) = memmem::find(data, &[CAN; 5]) else {
+                return drained(data).map_or((data.len(), false), |end| (end, true));
+            };
+            *after = ZmodemAfter::Cancelled;
+            let (used, over) = self.step(&data[run..]);
+            return (run + used, over);
+        }
         match &mut self.mode {
             Mode::Idle => (0, true),
             Mode::Zmodem { matched, cans, after } => {
@@ -351,7 +390,7 @@ impl Detector {
                             }
                             *after = ZmodemAfter::Frames;
                         }
-                        ZmodemAfter::Frames => {}
+                        ZmodemAfter::Frames | ZmodemAfter::Draining => {}
                     }
                     *cans = if byte == CAN { *cans + 1 } else { 0 };
                     if *cans >= 5 {
@@ -395,9 +434,12 @@ impl Detector {
                         Line::Length(length) => {
                             match byte {
                                 b'0'..=b'9' => *length = length.saturating_mul(10).saturating_add((byte - b'0') as u64),
-                                b'\n' => {
+                                // A payload is at most trzsz's 10 MiB buffer,
+                                // escaped: a larger length is no payload's.
+                                b'\n' if *length <= MAX_PAYLOAD => {
                                     *line = if *length == 0 { Line::Start(Vec::new()) } else { Line::Binary(*length) }
                                 }
+                                b'\n' => *line = Line::Start(Vec::new()),
                                 _ => *line = Line::Rest,
                             }
                             i += 1;
@@ -451,6 +493,30 @@ pub(crate) fn cancels(run: usize, data: &[u8]) -> (bool, usize) {
     (cancels, run)
 }
 
+/// Where a cancelled sender's data in `data` ends: where text (see
+/// [`is_text`]) begins after its last ZDLE escape (escaped data holds one
+/// every few dozen bytes), or at the start of a chunk with no escape that
+/// is text; `None` while it still looks like data.
+fn drained(data: &[u8]) -> Option<usize> {
+    let Some(last) = memchr::memrchr(CAN, data) else {
+        return is_text(data).then_some(0);
+    };
+    ((last + 2).min(data.len())..data.len()).find(|&at| is_text(&data[at..]))
+}
+
+/// Whether `data` starts as text a terminal prints: its first 16 bytes (at
+/// least four: fewer could be data by chance) printable, whitespace or ESC.
+fn is_text(data: &[u8]) -> bool {
+    let head = &data[..data.len().min(16)];
+    head.len() >= 4 && printable(head)
+}
+
+/// Whether all of `bytes` are printable ASCII, whitespace, BEL, BS or ESC
+/// (what a prompt or a title is made of).
+fn printable(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| (0x20..0x7f).contains(&b) || matches!(b, b'\r' | b'\n' | b'\t' | 0x07 | 0x08 | 0x1b))
+}
+
 /// One more byte into the ZFIN matcher that had matched `matched` bytes.
 fn zfin_step(matched: usize, byte: u8) -> usize {
     let fits = match matched {
@@ -485,8 +551,12 @@ fn first_start(data: &[u8]) -> Option<(usize, Protocol, Direction)> {
             (b'R' | b'D', b':') => Direction::Upload,
             _ => return None,
         };
-        let start = if at >= SAVE_CURSOR.len() && &data[at - SAVE_CURSOR.len()..at] == SAVE_CURSOR {
+        // trzsz-go puts a BEL between them.
+        let before = &data[..at];
+        let start = if before.ends_with(SAVE_CURSOR) {
             at - SAVE_CURSOR.len()
+        } else if before.ends_with(b"\x1b7\x07") {
+            at - SAVE_CURSOR.len() - 1
         } else {
             at
         };
@@ -607,14 +677,68 @@ mod tests {
         assert_eq!(cancels(0, b"ab\x18\x18\x18"), (false, 3));
         assert_eq!(cancels(3, b"\x18\x18\x08\x08"), (true, 0));
         assert_eq!(cancels(0, b"\x18X\x18\x18\x18\x18"), (false, 4));
+    }
+
+    #[test]
+    fn a_cancelled_download_drains_to_the_text_after_its_last_escape() {
+        let header = b"**\x18B00000000000000\r\x8a\x11*\x18Cdata";
+        // sz stops in the middle of its data; the shell's prompt follows.
         let mut detector = Detector::new();
-        detector.scan(0, b"**\x18B00000000000000\r\x8a\x11*\x18Cdata", Instant::now(), None, 0);
-        let span = detector.cancelled(40).unwrap();
-        assert_eq!(span.end, Some(40));
-        assert!(detector.open().is_none() && detector.cancelled(50).is_none());
-        // What the sender still prints is output.
-        let pieces = detector.scan(40, b"\xbd\x18Q$ ", Instant::now(), None, 0);
-        assert_eq!(shown(b"\xbd\x18Q$ ", &pieces), b"\xbd\x18Q$ ");
+        detector.scan(0, header, Instant::now(), None, 0);
+        assert!(detector.cancelled());
+        let tail = b"\xbd\x18Q\x93\x01\x18i\xa7\x1b[?2004h$ ";
+        let pieces = detector.scan(header.len() as u64, tail, Instant::now(), None, 0);
+        assert_eq!(shown(tail, &pieces), b"\x1b[?2004h$ ");
+        let span = &ended(&pieces)[0];
+        assert_eq!(span.end, Some(header.len() as u64 + 8));
+        assert!(span.marker(0).ends_with(" bytes (cancelled)"), "{}", span.marker(0));
+        // Data with no text after it drains on, chunk after chunk.
+        let mut detector = Detector::new();
+        detector.scan(0, header, Instant::now(), None, 0);
+        detector.cancelled();
+        let pieces = detector.scan(50, b"\xbd\x18Q\x93\x01\xfe\x02", Instant::now(), None, 0);
+        assert!(ended(&pieces).is_empty() && shown(b"1234567", &pieces).is_empty());
+        // Or sz answers with its own CANs.
+        let pieces = detector.scan(57, b"\x01\x18\x18\x18\x18\x18\x18\x08\x08$ ", Instant::now(), None, 0);
+        assert_eq!(shown(b"\x01\x18\x18\x18\x18\x18\x18\x08\x08$ ", &pieces), b"$ ");
+        assert!(detector.open().is_none() && !detector.cancelled());
+    }
+
+    #[test]
+    fn a_transfer_quiet_for_long_ends_only_at_text() {
+        let t0 = Instant::now();
+        // A ZMODEM download whose writer stalled: the next chunk comes late,
+        // in the middle of its data. Still the transfer's.
+        let mut detector = Detector::new();
+        detector.scan(0, b"**\x18B00000000000000\r\x8a\x11*\x18Cdata", t0, None, 0);
+        let data = b"\x8f\x01\xfa garbage \x18X\x93";
+        let pieces = detector.scan(40, data, t0 + GAP * 6, None, 0);
+        assert!(shown(data, &pieces).is_empty() && ended(&pieces).is_empty());
+        // trzsz killed in the middle of a binary payload; the prompt sets
+        // the title first.
+        let mut detector = Detector::new();
+        detector.scan(0, b"::TRZSZ:TRANSFER:S:1.1.7:1234:0\r\n#DATA:99999\n\x01\x02", t0, None, 0);
+        let prompt = b"\x1b]0;user@host: ~\x07$ ";
+        let pieces = detector.scan(50, prompt, t0 + GAP, None, 0);
+        assert_eq!(shown(prompt, &pieces), prompt);
+        // Its base64 lines after a stall are still its own.
+        let mut detector = Detector::new();
+        detector.scan(0, b"::TRZSZ:TRANSFER:S:1.1.7:1234:0\r\n#DATA:eJx", t0, None, 0);
+        let pieces = detector.scan(40, b"jYGBkAgAAFQAF\n#MD5:eJ", t0 + GAP, None, 0);
+        assert!(ended(&pieces).is_empty());
+        // A length no payload has is not one.
+        let mut detector = Detector::new();
+        let forged = b"\x1b7::TRZSZ:TRANSFER:S:1:1:0\r\n#DATA:99999999999999\n\x1b8\x1b[0J$ ";
+        let pieces = detector.scan(0, forged, t0, None, 0);
+        assert_eq!(shown(forged, &pieces), b"$ ");
+    }
+
+    #[test]
+    fn trzsz_gos_announcement_keeps_its_bell_inside() {
+        let mut detector = Detector::new();
+        let data = b"$ tsz f\r\n\x1b7\x07::TRZSZ:TRANSFER:S:1.1.6:0000000001234\r\n";
+        let pieces = detector.scan(0, data, Instant::now(), None, 0);
+        assert_eq!(shown(data, &pieces), b"$ tsz f\r\n");
     }
 
     #[test]

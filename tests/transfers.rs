@@ -379,6 +379,48 @@ async fn a_download_its_receiver_cancels_ends_and_the_prompt_is_shown_again() {
     }
 }
 
+#[tokio::test]
+async fn after_an_in_place_upgrade_a_transfer_still_reaches_only_its_writer() {
+    // The connections are carried into the new program with what they
+    // were told: the observer still hears session info around the note.
+    let dir = scratch();
+    let (remote, local) = (dir.path().join("remote"), dir.path().join("local"));
+    for d in [&remote, &local] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let file = random_bytes(200_000, 5);
+    std::fs::write(remote.join("f.bin"), &file).unwrap();
+    let script = "read go; sz -q f.bin; echo after-$((6*7)); read line";
+    let spec = json!({"command": "/bin/sh", "args": ["-c", script], "cwd": remote, "session": {"id": "up"}});
+    let controller =
+        Controller::answering(&[("start", spec), ("watch", json!({"attach": "up", "role": "observer"}))]).await;
+    let config = dir.path().join("ws-subprocess.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ncontroller_url = \"{}\"\n",
+        controller.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = Binary::start(&["--config", config.to_str().unwrap()], &[], dir.path()).await;
+    let mut writer = v5(server.tcp(), "start", "&session=up").await;
+    let mut observer = v5(server.tcp(), "watch", "&session=up").await;
+    let mut watched = Received::default();
+    while watched.infos.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(10), observer.next()).await.unwrap().unwrap().unwrap();
+        assert!(watched.take(message));
+    }
+    server.signal(rustix::process::Signal::USR2);
+    server.wait_for_log("executing the new binary", 1).await;
+    server.wait_for_log("serving metrics", 2).await;
+    writer.send(Message::Binary(b"\x00go\n".to_vec().into())).await.unwrap();
+    bridge(&mut writer, &["rz", "-q", "-y"], &local).await;
+    assert_eq!(std::fs::read(local.join("f.bin")).expect("rz saved the file"), file);
+    read_until(&mut observer, &mut watched, b"after-42").await;
+    assert!(contains(&watched.output, NOTE_DOWNLOAD), "{:?}", String::from_utf8_lossy(&watched.output));
+    assert!(!contains(&watched.output, b"**\x18B0"));
+    let over: Vec<&Value> = watched.infos.iter().filter_map(|i| i.get("transfer")).map(|t| &t["over"]).collect();
+    assert_eq!(over, [&json!(false), &json!(true)], "{:?}", watched.infos);
+}
+
 /// The Python that has PyPI's trzsz (scripts/test installs it), and the
 /// trzsz client on pipes (the npm package's, as the page uses it).
 fn trzsz() -> (String, String) {

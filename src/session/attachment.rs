@@ -55,6 +55,9 @@ pub(crate) enum Start {
     Resume {
         /// The next output byte it gets.
         offset: u64,
+        /// Where its live output started (file transfers before it are a
+        /// replay's).
+        live_from: u64,
     },
 }
 
@@ -81,6 +84,11 @@ pub(crate) struct FrozenAttachment<Tx, Rx> {
     pub(crate) role: Role,
     /// The next session output byte it is to get.
     pub(crate) offset: u64,
+    /// Where its live output started.
+    pub(crate) live_from: u64,
+    /// Whether it hears session info (the channel protocol, a named
+    /// session).
+    pub(crate) wants_info: bool,
     /// Input it read that the session had no room for yet.
     pub(crate) in_hand: Option<Control>,
     /// Set when its session had ended for it and it was saying goodbye:
@@ -114,12 +122,14 @@ where
         Start::Since(since) => shared.start_point(since),
         // A connection carried on from the program before: what it reads
         // next is as live as it was.
-        Start::Resume { offset } => StartPoint { offset, repaint: None, live_from: 0 },
+        Start::Resume { offset, live_from } => StartPoint { offset, repaint: None, live_from },
     };
+    let resumed = matches!(joining.start, Start::Resume { .. });
     // The client that started the session reads it live from its first
     // byte, whenever it got to reading.
-    let start = if guard.is_some() { StartPoint { live_from: 0, ..start } } else { start };
-    let resumed = matches!(joining.start, Start::Resume { .. });
+    let start = if guard.is_some() && !resumed { StartPoint { live_from: 0, ..start } } else { start };
+    // What the program after this one needs to go on as this one would.
+    let carried = (joining.role, start.live_from, joining.wants_info);
     let writer_guard = guard.or_else(|| (joining.role == Role::Writer).then(|| shared.writer_at(start.offset)));
     let writer_id = writer_guard.as_ref().map(WriterGuard::id);
     if shared.kind() != Kind::Plain && !resumed {
@@ -204,8 +214,7 @@ where
         // Frozen: whatever the other loops hold is gathered, and the
         // connection goes on in the program after this one.
         drop(writer_guard);
-        let gathered =
-            parts.gather(&mut writer, &mut input, Vec::new(), offset.load(Ordering::Relaxed), joining.role, None);
+        let gathered = parts.gather(&mut writer, &mut input, Vec::new(), offset.load(Ordering::Relaxed), carried, None);
         return Box::pin(gathered).await;
     };
     if writer_guard.is_some() {
@@ -290,7 +299,7 @@ where
     if frozen {
         let closing_until = Some(Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
         let gathered =
-            parts.gather(&mut writer, &mut input, left, offset.load(Ordering::Relaxed), joining.role, closing_until);
+            parts.gather(&mut writer, &mut input, left, offset.load(Ordering::Relaxed), carried, closing_until);
         return Box::pin(gathered).await;
     }
     drop(finish);
@@ -338,7 +347,7 @@ impl<Tx, Rx> Parts<Tx, Rx> {
         input: &mut std::pin::Pin<&mut futures_util::future::Fuse<F>>,
         left: Vec<Message>,
         offset: u64,
-        role: Role,
+        (role, live_from, wants_info): (Role, u64, bool),
         closing: Option<Instant>,
     ) -> AttachEnd<Tx, Rx>
     where
@@ -372,7 +381,17 @@ impl<Tx, Rx> Parts<Tx, Rx> {
                 unsent.extend(left);
             }
         }
-        AttachEnd::Frozen(FrozenAttachment { tx, rx, unsent, role, offset, in_hand: self.in_hand, closing })
+        AttachEnd::Frozen(FrozenAttachment {
+            tx,
+            rx,
+            unsent,
+            role,
+            offset,
+            live_from,
+            wants_info,
+            in_hand: self.in_hand,
+            closing,
+        })
     }
 }
 

@@ -191,6 +191,12 @@ struct CarriedAttachment {
     protocol: Protocol,
     role: Role,
     offset: u64,
+    /// Where its live output started (0 from a program that did not say).
+    #[serde(default)]
+    live_from: u64,
+    /// Whether it hears session info.
+    #[serde(default)]
+    wants_info: bool,
     /// Input bytes read past the last whole message.
     unread: B64,
     /// Output bytes (whole frames, or the rest of one) not yet written.
@@ -299,7 +305,8 @@ pub(crate) async fn carry(parts: Vec<FrozenPart>, handoff: &mut Handoff, next_nu
             FrozenPart::Attachment { shared, settings, attachment, protocol, peer } => {
                 let gathered = sessions.entry(Arc::as_ptr(&shared) as usize).or_insert_with(|| Gathered::new(&shared));
                 gathered.settings.get_or_insert(settings);
-                let FrozenAttachment { tx, rx, unsent, role, offset, in_hand, closing } = *attachment;
+                let FrozenAttachment { tx, rx, unsent, role, offset, live_from, wants_info, in_hand, closing } =
+                    *attachment;
                 let Ok(mut socket) = tx.reunite(rx) else { continue };
                 if !socket.get_ref().carryable() {
                     goodbyes.push(async move {
@@ -322,6 +329,8 @@ pub(crate) async fn carry(parts: Vec<FrozenPart>, handoff: &mut Handoff, next_nu
                     protocol,
                     role,
                     offset,
+                    live_from,
+                    wants_info,
                     unread: B64(unread.into()),
                     unsent: B64(unsent.into()),
                     in_hand: in_hand.map(Into::into),
@@ -491,6 +500,8 @@ pub(crate) struct RestoredAttachment {
     pub(crate) protocol: Protocol,
     pub(crate) role: Role,
     pub(crate) offset: u64,
+    pub(crate) live_from: u64,
+    pub(crate) wants_info: bool,
     pub(crate) unread: Vec<u8>,
     pub(crate) unsent: Vec<u8>,
     pub(crate) closing: Option<Instant>,
@@ -591,6 +602,8 @@ impl CarriedSession {
                 protocol: attachment.protocol,
                 role: attachment.role,
                 offset: attachment.offset,
+                live_from: attachment.live_from,
+                wants_info: attachment.wants_info,
                 unread: attachment.unread.0.to_vec(),
                 unsent: attachment.unsent.0.to_vec(),
                 closing: attachment.closing.map(Mono::instant),

@@ -387,8 +387,8 @@ impl ServeSubprocess {
                 .await;
                 let joining = Joining {
                     role: attachment.role,
-                    start: Start::Resume { offset: attachment.offset },
-                    wants_info: false,
+                    start: Start::Resume { offset: attachment.offset, live_from: attachment.live_from },
+                    wants_info: attachment.wants_info,
                 };
                 connections.push((socket, connection, joining, guard));
             }

@@ -342,6 +342,7 @@ impl Shared {
         if kind != Kind::Plain || recorder.is_some() {
             history.watch_transfers();
         }
+        let transferring = history.transfer().is_some();
         let screen = standing.screen.map(|(size, repaint)| {
             let mut parser = Box::new(vt100::Parser::new(nonzero(size.rows), nonzero(size.cols), SCROLLBACK));
             parser.process(&repaint);
@@ -372,7 +373,7 @@ impl Shared {
             bytes_in: AtomicU64::new(standing.bytes_in),
             bytes_out: AtomicU64::new(standing.bytes_out),
             last_input: AtomicU64::new(NOBODY),
-            transferring: Default::default(),
+            transferring: std::sync::atomic::AtomicBool::new(transferring),
             input_cans: Default::default(),
         };
         Arc::new(shared)

@@ -326,9 +326,12 @@ impl Detector {
     fn find_start(&self, data: &[u8]) -> Option<(usize, Protocol, Direction)> {
         // Cut between chunks: the tail and the first bytes, joined.
         if !self.tail.is_empty() {
-            let mut joined = self.tail.clone();
-            joined.extend_from_slice(&data[..data.len().min(TAIL + 2)]);
-            if let Some((found, protocol, direction)) = first_start(&joined)
+            let head = &data[..data.len().min(TAIL + 2)];
+            let mut buffer = [0u8; 2 * TAIL + 2];
+            buffer[..self.tail.len()].copy_from_slice(&self.tail);
+            buffer[self.tail.len()..self.tail.len() + head.len()].copy_from_slice(head);
+            let joined = &buffer[..self.tail.len() + head.len()];
+            if let Some((found, protocol, direction)) = first_start(joined)
                 && found < self.tail.len()
             {
                 return Some((0, protocol, direction));
@@ -340,6 +343,7 @@ impl Detector {
     /// Runs the open transfer over `data`: how many of its bytes are the
     /// transfer's, and whether it ended after them.
     fn step(&mut self, data: &[u8]) -> (usize, bool) {
+        let download = self.open.as_ref().is_some_and(|span| span.direction == Direction::Download);
         if let Mode::Zmodem { after: after @ ZmodemAfter::Draining, .. } = &mut self.mode {
             // The sender's own cancel ends it as any cancel does.
             let Some(run) = memmem::find(data, &[CAN; 5]) else {
@@ -374,7 +378,9 @@ impl Detector {
                             continue;
                         }
                         ZmodemAfter::Over(seen) => {
-                            if byte == b'O' && seen < 2 {
+                            // Only a sender says it: after an upload's ZFIN
+                            // (rz's), an `O` is output.
+                            if byte == b'O' && seen < 2 && download {
                                 *after = ZmodemAfter::Over(seen + 1);
                                 if seen + 1 == 2 {
                                     return (i, true);
@@ -484,13 +490,15 @@ impl Detector {
 /// cancels a ZMODEM transfer (five CANs in a row); and the CANs that end
 /// it, for the next input.
 pub(crate) fn cancels(run: usize, data: &[u8]) -> (bool, usize) {
-    let mut run = run;
-    let mut cancels = false;
-    for &byte in data {
-        run = if byte == CAN { run + 1 } else { 0 };
+    // From CAN to CAN (an upload's escaped data holds one every few dozen
+    // bytes), not byte by byte.
+    let (mut run, mut next, mut cancels) = (run, 0, false);
+    for at in memchr::memchr_iter(CAN, data) {
+        run = if at == next { run + 1 } else { 1 };
+        next = at + 1;
         cancels |= run >= 5;
     }
-    (cancels, run)
+    (cancels, if next == data.len() { run } else { 0 })
 }
 
 /// Where a cancelled sender's data in `data` ends: where text (see
@@ -661,6 +669,15 @@ mod tests {
         assert!(ended(&pieces).is_empty());
         let pieces = detector.scan(RZ.len() as u64, b"$ ", Instant::now(), None, 0);
         assert_eq!(ended(&pieces)[0].end, Some(RZ.len() as u64));
+    }
+
+    #[test]
+    fn after_an_uploads_zfin_an_o_is_output() {
+        let mut detector = Detector::new();
+        let mut data = RZ.to_vec();
+        data.extend_from_slice(b"OK\r\n");
+        let pieces = detector.scan(0, &data, Instant::now(), None, 0);
+        assert_eq!(shown(&data, &pieces), b"rz waiting to receive.OK\r\n");
     }
 
     #[test]

@@ -20,9 +20,16 @@ pub(crate) struct History {
     end: u64,
     cap: usize,
     kept: usize,
-    /// Finds file transfers in the output, when the session has observers,
-    /// replays or a recording to keep them from.
-    detector: Option<Detector>,
+    /// File transfers in the output, when the session has observers,
+    /// replays or a recording to keep them from (boxed: a plain session
+    /// has none).
+    transfers: Option<Box<Transfers>>,
+}
+
+/// What the history knows of file transfers.
+#[derive(Debug, Default)]
+struct Transfers {
+    detector: Detector,
     /// The transfers whose bytes are (partly) kept, oldest first.
     spans: VecDeque<Span>,
 }
@@ -77,15 +84,7 @@ pub(crate) struct Pushed {
 
 impl History {
     pub(crate) fn new(cap: usize) -> Self {
-        Self {
-            chunks: VecDeque::new(),
-            start: 0,
-            end: 0,
-            cap: cap.max(1),
-            kept: 0,
-            detector: None,
-            spans: VecDeque::new(),
-        }
+        Self { chunks: VecDeque::new(), start: 0, end: 0, cap: cap.max(1), kept: 0, transfers: None }
     }
 
     /// A history as the program before this one left it: `chunks` from
@@ -101,21 +100,21 @@ impl History {
     /// Watches for file transfers from here on, and in what it keeps (a
     /// restored history: a transfer whose start was dropped goes unseen).
     pub(crate) fn watch_transfers(&mut self) {
-        let mut detector = Detector::new();
+        let mut transfers = Box::<Transfers>::default();
         let now = Instant::now();
         for (offset, _, data) in &self.chunks {
-            let pieces = detector.scan(*offset, data, now, None, 0);
-            Self::note_spans(&mut self.spans, pieces);
+            let pieces = transfers.detector.scan(*offset, data, now, None, 0);
+            Self::note_spans(&mut transfers.spans, pieces);
         }
-        self.detector = Some(detector);
+        self.transfers = Some(transfers);
     }
 
     /// The running ZMODEM transfer was cancelled by the session's input: it
     /// drains (see [`Detector::cancelled`]).
     pub(crate) fn transfer_cancelled(&mut self) {
-        if let Some(detector) = self.detector.as_mut()
-            && detector.cancelled()
-            && let Some(span) = self.spans.back_mut()
+        if let Some(transfers) = self.transfers.as_mut()
+            && transfers.detector.cancelled()
+            && let Some(span) = transfers.spans.back_mut()
         {
             span.cancelled = true;
         }
@@ -124,12 +123,26 @@ impl History {
     /// Where the transfer that started at `start` ended, once it did (and
     /// while its bytes are kept).
     pub(crate) fn transfer_end(&self, start: u64) -> Option<u64> {
-        self.spans.iter().rev().find(|span| span.start == start)?.end
+        self.spans().rev().find(|span| span.start == start)?.end
     }
 
     /// The transfer running, if one is (and transfers are watched).
     pub(crate) fn transfer(&self) -> Option<&Span> {
-        self.detector.as_ref()?.open()
+        self.transfers.as_ref()?.detector.open()
+    }
+
+    /// The transfers kept, oldest first.
+    fn spans(&self) -> impl DoubleEndedIterator<Item = &Span> {
+        self.transfers.iter().flat_map(|transfers| transfers.spans.iter())
+    }
+
+    /// Forgets the transfers wholly before the oldest byte kept.
+    fn forget_spans(&mut self) {
+        if let Some(transfers) = self.transfers.as_mut() {
+            while transfers.spans.front().is_some_and(|span| span.end.is_some_and(|end| end <= self.start)) {
+                transfers.spans.pop_front();
+            }
+        }
     }
 
     fn note_spans(spans: &mut VecDeque<Span>, pieces: impl IntoIterator<Item = Piece>) {
@@ -163,9 +176,7 @@ impl History {
             self.start = end;
             self.chunks.pop_front();
         }
-        while self.spans.front().is_some_and(|span| span.end.is_some_and(|end| end <= self.start)) {
-            self.spans.pop_front();
-        }
+        self.forget_spans();
     }
 
     /// How many bytes it keeps at most.
@@ -202,9 +213,9 @@ impl History {
         if data.is_empty() {
             return Pushed::default();
         }
-        let pieces = self.detector.as_mut().map(|detector| {
-            let pieces = detector.scan(self.end, &data, Instant::now(), owner, input_total);
-            Self::note_spans(&mut self.spans, pieces.iter().cloned());
+        let pieces = self.transfers.as_mut().map(|transfers| {
+            let pieces = transfers.detector.scan(self.end, &data, Instant::now(), owner, input_total);
+            Self::note_spans(&mut transfers.spans, pieces.iter().cloned());
             pieces
         });
         self.chunks.push_back((self.end, stream, data.clone()));
@@ -225,9 +236,7 @@ impl History {
                 self.start = offset + excess as u64;
             }
         }
-        while self.spans.front().is_some_and(|span| span.end.is_some_and(|end| end <= self.start)) {
-            self.spans.pop_front();
-        }
+        self.forget_spans();
         Pushed { dropped, pieces }
     }
 
@@ -253,8 +262,7 @@ impl History {
         let Read::Chunk(stream, data) = read else { return read };
         let end = offset + data.len() as u64;
         let hidden = self
-            .spans
-            .iter()
+            .spans()
             .filter(|span| span.end.is_none_or(|e| e > offset) && span.start < end)
             .find(|span| !viewer.receives(span));
         match hidden {
@@ -356,6 +364,6 @@ mod tests {
         }
         // Forgotten with the bytes it covered.
         history.forget_before(history.end());
-        assert!(history.spans.is_empty());
+        assert_eq!(history.spans().count(), 0);
     }
 }

@@ -145,7 +145,8 @@ enum ZmodemAfter {
     /// A ZFIN went out: the sender's `OO` (this many of it seen), or the
     /// ZFIN again, may follow; anything else is past the end.
     Over(usize),
-    /// Cancelled: the CANs and backspaces that follow are still its own.
+    /// Cancelled: the CANs and backspaces that follow are still its own,
+    /// and then what drains.
     Cancelled,
     /// The receiver cancelled: the sender's data still in flight is its
     /// own, up to its own CANs or to text after the last ZDLE escape.
@@ -372,10 +373,14 @@ impl Detector {
                     i += 1;
                     match *after {
                         ZmodemAfter::Cancelled => {
-                            if byte != CAN && byte != 0x08 {
-                                return (i - 1, true);
+                            if byte == CAN || byte == 0x08 {
+                                continue;
                             }
-                            continue;
+                            // lrzsz writes its CANs at once, and what its
+                            // output buffer still held may follow: it drains.
+                            *after = ZmodemAfter::Draining;
+                            let from = i - 1;
+                            return drained(&data[from..]).map_or((data.len(), false), |end| (from + end, true));
                         }
                         ZmodemAfter::Over(seen) => {
                             // Only a sender says it: after an upload's ZFIN
@@ -512,11 +517,15 @@ fn drained(data: &[u8]) -> Option<usize> {
     ((last + 2).min(data.len())..data.len()).find(|&at| is_text(&data[at..]))
 }
 
-/// Whether `data` starts as text a terminal prints: its first 16 bytes (at
-/// least four: fewer could be data by chance) printable, whitespace or ESC.
+/// Whether `data` starts as text a terminal prints: its first 16 bytes
+/// printable (random data is, one time in three million), or all of it, at
+/// least four bytes holding a line end or an escape (data ending so: a few
+/// times in a thousand).
 fn is_text(data: &[u8]) -> bool {
-    let head = &data[..data.len().min(16)];
-    head.len() >= 4 && printable(head)
+    match data.get(..16) {
+        Some(head) => printable(head),
+        None => data.len() >= 4 && printable(data) && data.iter().any(|b| matches!(b, b'\r' | b'\n' | 0x1b)),
+    }
 }
 
 /// Whether all of `bytes` are printable ASCII, whitespace, BEL, BS or ESC
@@ -683,10 +692,15 @@ mod tests {
     #[test]
     fn a_cancelled_zmodem_transfer_ends_after_its_cans() {
         let mut detector = Detector::new();
-        let data = b"**\x18B00000000000000\r\x8a\x11\x18\x18\x18\x18\x18\x18\x18\x18\x08\x08\x08\x08\x08$ ";
+        let data = b"**\x18B00000000000000\r\x8a\x11\x18\x18\x18\x18\x18\x18\x18\x18\x08\x08\x08\x08\x08\r\n$ ";
         let pieces = detector.scan(0, data, Instant::now(), None, 0);
-        assert_eq!(shown(data, &pieces), b"$ ");
+        assert_eq!(shown(data, &pieces), b"\r\n$ ");
         assert_eq!(ended(&pieces).len(), 1);
+        // What lrzsz's output buffer still held may come after its CANs.
+        let mut detector = Detector::new();
+        let data = b"**\x18B00000000000000\r\x8a\x11\x18\x18\x18\x18\x18\x08\x08h\xa7\x06k\x18\xd0after-42\r\n";
+        let pieces = detector.scan(0, data, Instant::now(), None, 0);
+        assert_eq!(shown(data, &pieces), b"after-42\r\n");
     }
 
     #[test]
@@ -716,8 +730,9 @@ mod tests {
         let pieces = detector.scan(50, b"\xbd\x18Q\x93\x01\xfe\x02", Instant::now(), None, 0);
         assert!(ended(&pieces).is_empty() && shown(b"1234567", &pieces).is_empty());
         // Or sz answers with its own CANs.
-        let pieces = detector.scan(57, b"\x01\x18\x18\x18\x18\x18\x18\x08\x08$ ", Instant::now(), None, 0);
-        assert_eq!(shown(b"\x01\x18\x18\x18\x18\x18\x18\x08\x08$ ", &pieces), b"$ ");
+        let data = b"\x01\x18\x18\x18\x18\x18\x18\x08\x08\x1b[?2004h$ ";
+        let pieces = detector.scan(57, data, Instant::now(), None, 0);
+        assert_eq!(shown(data, &pieces), b"\x1b[?2004h$ ");
         assert!(detector.open().is_none() && !detector.cancelled());
     }
 

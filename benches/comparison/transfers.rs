@@ -53,37 +53,27 @@ pub async fn run(bench: &mut Bench) {
     let repetitions = bench.params.repetitions;
     let all = Kind::ALL;
 
+    // Where each row's file lands (made empty before each transfer).
+    let (got, got_named, got_trzsz) = (local.join("got"), local.join("got-named"), local.join("got-trzsz"));
+    let (up, up_trzsz) = (remote.join("up"), remote.join("up-trzsz"));
+    let lrzsz_receive = ["rz", "-q", "-y"];
+
     let download = Workload::new("/usr/bin/sz", &["-q", &remote_file]);
     bench
         .compare(&[DOWNLOAD], &all, download.clone(), repetitions, async |server, _| {
-            let got = local.join("got");
-            let _ = std::fs::remove_dir_all(&got);
-            std::fs::create_dir(&got).map_err(|e| e.to_string())?;
-            let seconds = transfer(server, &["rz", "-q", "-y"], &got).await?;
-            same(&got.join("f.bin"), &file)?;
-            Ok(vec![size as f64 / MIB / seconds])
+            moved(server, &lrzsz_receive, &got, &got, &file).await
         })
         .await;
     let named = Workload { history: Some("1MiB"), ..download };
     bench
         .compare(&[DOWNLOAD_NAMED], &[Kind::WsSubprocess], named, repetitions, async |server, _| {
-            let got = local.join("got-named");
-            let _ = std::fs::remove_dir_all(&got);
-            std::fs::create_dir(&got).map_err(|e| e.to_string())?;
-            let seconds = transfer(server, &["rz", "-q", "-y"], &got).await?;
-            same(&got.join("f.bin"), &file)?;
-            Ok(vec![size as f64 / MIB / seconds])
+            moved(server, &lrzsz_receive, &got_named, &got_named, &file).await
         })
         .await;
-    let upload = Workload::shell(&format!("cd {}/up && rz -q -y", remote.display()));
+    let upload = Workload::shell(&format!("cd {} && rz -q -y", up.display()));
     bench
         .compare(&[UPLOAD], &all, upload, repetitions, async |server, _| {
-            let up = remote.join("up");
-            let _ = std::fs::remove_dir_all(&up);
-            std::fs::create_dir(&up).map_err(|e| e.to_string())?;
-            let seconds = transfer(server, &["sz", "-q", "f.bin"], &local).await?;
-            same(&up.join("f.bin"), &file)?;
-            Ok(vec![size as f64 / MIB / seconds])
+            moved(server, &["sz", "-q", "f.bin"], &local, &up, &file).await
         })
         .await;
     match trzsz() {
@@ -92,27 +82,17 @@ pub async fn run(bench: &mut Bench) {
                 format!("{python} -c 'import sys; from trzsz.svr.{module} import main; sys.exit(main())' {arg}")
             };
             let download = Workload::shell(&format!("cd {} && {}", remote.display(), program("send", "f.bin")));
+            let got_dir = got_trzsz.display().to_string();
             bench
                 .compare(&[TRZSZ_DOWNLOAD], &all, download, repetitions, async |server, _| {
-                    let got = local.join("got-trzsz");
-                    let _ = std::fs::remove_dir_all(&got);
-                    std::fs::create_dir(&got).map_err(|e| e.to_string())?;
-                    let got_dir = got.display().to_string();
-                    let seconds = transfer(server, &["node", &client, "download", &got_dir], &got).await?;
-                    same(&got.join("f.bin"), &file)?;
-                    Ok(vec![size as f64 / MIB / seconds])
+                    moved(server, &["node", &client, "download", &got_dir], &got_trzsz, &got_trzsz, &file).await
                 })
                 .await;
-            let upload = Workload::shell(&format!("cd {}/up-trzsz && {}", remote.display(), program("recv", ".")));
+            let upload = Workload::shell(&format!("cd {} && {}", up_trzsz.display(), program("recv", ".")));
             let local_file = local.join("f.bin").display().to_string();
             bench
                 .compare(&[TRZSZ_UPLOAD], &all, upload, repetitions, async |server, _| {
-                    let up = remote.join("up-trzsz");
-                    let _ = std::fs::remove_dir_all(&up);
-                    std::fs::create_dir(&up).map_err(|e| e.to_string())?;
-                    let seconds = transfer(server, &["node", &client, "upload", &local_file], &local).await?;
-                    same(&up.join("f.bin"), &file)?;
-                    Ok(vec![size as f64 / MIB / seconds])
+                    moved(server, &["node", &client, "upload", &local_file], &local, &up_trzsz, &file).await
                 })
                 .await;
         }
@@ -172,6 +152,17 @@ fn random_file(size: usize) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect()
+}
+
+/// Runs `program` in `cwd` against a session of `server` (see
+/// [`transfer`]) with `into` made empty, and checks that `into/f.bin` is
+/// `file` byte for byte: MiB/s of file.
+async fn moved(server: &Server, program: &[&str], cwd: &Path, into: &Path, file: &[u8]) -> Res<Vec<f64>> {
+    let _ = std::fs::remove_dir_all(into);
+    std::fs::create_dir(into).map_err(|e| e.to_string())?;
+    let seconds = transfer(server, program, cwd).await?;
+    same(&into.join("f.bin"), file)?;
+    Ok(vec![file.len() as f64 / MIB / seconds])
 }
 
 fn same(path: &Path, expected: &[u8]) -> Res<()> {

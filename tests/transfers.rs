@@ -175,7 +175,7 @@ async fn a_zmodem_download_reaches_its_writer_only_and_the_recording_holds_a_mar
     for d in [&records, &remote, &local] {
         std::fs::create_dir(d).unwrap();
     }
-    let file: Vec<u8> = random_bytes(300_000, 2_654_435_761);
+    let file: Vec<u8> = random_bytes(300_000);
     std::fs::write(remote.join("f.bin"), &file).unwrap();
     // sz waits for the writer's rz; then the session goes on a while.
     let script = "sz -q f.bin; echo after-transfer; read line; echo \"bye $line\"";
@@ -245,7 +245,7 @@ async fn a_zmodem_upload_keeps_its_input_out_of_the_recording() {
     for d in [&records, &remote, &local] {
         std::fs::create_dir(d).unwrap();
     }
-    let file: Vec<u8> = random_bytes(200_000, 40_503);
+    let file: Vec<u8> = random_bytes(200_000);
     std::fs::write(local.join("up.bin"), &file).unwrap();
     let script = "rz -q -E; echo uploaded; read line";
     let spec = json!({"command": "/bin/sh", "args": ["-c", script], "cwd": remote,
@@ -306,7 +306,7 @@ async fn the_client_that_started_a_session_gets_a_transfer_announced_before_it_r
     for d in [&remote, &local] {
         std::fs::create_dir(d).unwrap();
     }
-    let file: Vec<u8> = random_bytes(100_000, 2_246_822_519);
+    let file: Vec<u8> = random_bytes(100_000);
     std::fs::write(remote.join("f.bin"), &file).unwrap();
     for round in 0..3 {
         let id = format!("direct-{round}");
@@ -327,7 +327,7 @@ async fn a_download_its_receiver_cancels_ends_and_the_prompt_is_shown_again() {
     // sometimes answers with CANs of its own, and sometimes stops in the
     // middle of its data and exits without a word.
     let dir = scratch();
-    std::fs::write(dir.path().join("big.bin"), random_bytes(8 << 20, 77)).unwrap();
+    std::fs::write(dir.path().join("big.bin"), random_bytes(8 << 20)).unwrap();
     for round in 0..3 {
         let id = format!("cancelled-{round}");
         let script = "sz -q big.bin; echo after-cancel-$((6*7)); read line";
@@ -388,7 +388,7 @@ async fn after_an_in_place_upgrade_a_transfer_still_reaches_only_its_writer() {
     for d in [&remote, &local] {
         std::fs::create_dir(d).unwrap();
     }
-    let file = random_bytes(200_000, 5);
+    let file = random_bytes(200_000);
     std::fs::write(remote.join("f.bin"), &file).unwrap();
     let script = "read go; sz -q f.bin; echo after-$((6*7)); read line";
     let spec = json!({"command": "/bin/sh", "args": ["-c", script], "cwd": remote, "session": {"id": "up"}});
@@ -442,8 +442,8 @@ async fn trzsz_both_ways_on_a_terminal_reaches_only_its_writer() {
     for d in [&records, &remote, &local] {
         std::fs::create_dir(d).unwrap();
     }
-    let down: Vec<u8> = random_bytes(300_000, 2_654_435_761);
-    let up: Vec<u8> = random_bytes(200_000, 40_503);
+    let down: Vec<u8> = random_bytes(300_000);
+    let up: Vec<u8> = random_bytes(200_000);
     std::fs::write(remote.join("down.bin"), &down).unwrap();
     std::fs::write(local.join("up.bin"), &up).unwrap();
     let program =
@@ -503,17 +503,11 @@ async fn trzsz_both_ways_on_a_terminal_reaches_only_its_writer() {
     assert!(cat.contains("after-upload") && cat.contains("bye x"), "{cat:?}");
 }
 
-/// `len` bytes that do not compress (xorshift from `seed`).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
+/// `len` random bytes (they do not compress).
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    bytes
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -492,6 +492,8 @@ function downloadDirectory(name, onSaved, path = []) {
  * @param {boolean} [options.trzsz]      default true; likewise zmodem, image,
  *   links, search, unicode11, title (false turns one off)
  * @param {boolean} [options.clipboard]  OSC 52 writes reach the clipboard (default false)
+ * @param {(text: string) => void} [options.onClipboard]  an OSC 52 write has
+ *   reached the clipboard (with `clipboard: true`): `text` is what it holds now
  * @param {boolean} [options.nativePickers]  keep the browser's File System
  *   Access pickers where it has them (default: portable pickers)
  * @param {(event: MouseEvent, uri: string) => void} [options.linkHandler]
@@ -609,7 +611,7 @@ class TerminalLink {
         // program never learns what the clipboard holds.
         const provider = {
           readText: () => "",
-          writeText: (_selection, text) => navigator.clipboard.writeText(text),
+          writeText: (_selection, text) => navigator.clipboard.writeText(text).then(() => this.options.onClipboard?.(text)),
         };
         this.addon(new peer.ClipboardAddon(undefined, provider));
         return;

@@ -11,8 +11,9 @@
 //! `/?watch=ID` watches it as an observer. Through the module's
 //! `connectTerminal` the page moves files (`trz`/`tsz`, `rz`/`sz`; pick or
 //! drop files, downloads are saved by the browser), shows pictures (Sixel,
-//! iTerm2), the title, links, and searches (Ctrl+Shift+F); `/?clipboard=1`
-//! lets programs write the clipboard (OSC 52).
+//! iTerm2), the title (in the status line too), links, and searches
+//! (Ctrl+Shift+F); `/?clipboard=1` lets programs write the clipboard (OSC
+//! 52), and the status line says when one did.
 //!
 //! ```text
 //! npm ci --prefix example/web                                  # once: xterm.js
@@ -250,19 +251,22 @@ const PAGE: &str = r#"<!doctype html>
   html, body { height: 100%; margin: 0; background: #111; color: #ddd; font-family: system-ui, sans-serif; }
   body { display: flex; flex-direction: column; }
   #terminal { flex: 1; padding: 4px; min-height: 0; }
-  #bar { padding: 4px 8px; font-size: 13px; display: flex; gap: 1em; }
+  #bar { padding: 4px 8px; font-size: 13px; display: flex; gap: 1em; white-space: nowrap; }
   #bar a { color: #8cf; }
   #note { color: #fc6; }
-  #hint { margin-left: auto; color: #888; }
+  #copied { color: #8f8; }
+  #title:empty, #copied:empty { display: none; }
+  #hint { margin-left: auto; color: #888; min-width: 0; overflow: hidden; text-overflow: ellipsis; }
 </style>
 <div id="terminal"></div>
-<div id="bar"><span id="status">connecting…</span><span id="note"></span><span id="hint"></span></div>
+<div id="bar"><span id="status">connecting…</span><span id="title"></span><span id="note"></span><span id="copied"></span><span id="hint"></span></div>
 <script src="/assets/xterm.js"></script>
 <script src="/assets/addon-fit.js"></script>
 <script type="module">
   import { Session, connectTerminal } from "/assets/ws-subprocess.js";
   const status = document.getElementById("status");
   const note = document.getElementById("note");
+  const copied = document.getElementById("copied");
   const params = new URLSearchParams(location.search);
   const watching = params.get("watch");
   const newId = () => "demo-" + Math.random().toString(36).slice(2, 10);
@@ -275,6 +279,11 @@ const PAGE: &str = r#"<!doctype html>
   term.loadAddon(fit);
   term.open(document.getElementById("terminal"));
   fit.fit();
+  // The title (OSC 0/2) in the status line too: connectTerminal puts it in
+  // document.title, which a browser shows only in its tab.
+  term.onTitleChange((title) => {
+    document.getElementById("title").textContent = title ? "· title: " + title : "";
+  });
   const role = watching ? "observer" : "writer";
   const transfers = [];
   const session = new Session({
@@ -325,6 +334,12 @@ const PAGE: &str = r#"<!doctype html>
     assets: "/assets/modules/",
     observer: !!watching,
     clipboard: params.get("clipboard") === "1",
+    // A program wrote the clipboard: say so for a few seconds.
+    onClipboard: () => {
+      copied.textContent = "copied to the clipboard";
+      clearTimeout(copied.timer);
+      copied.timer = setTimeout(() => { copied.textContent = ""; }, 5000);
+    },
     onTransfer: (event) => {
       transfers.push(event);
       if (event.state === "start") note.textContent = `${event.protocol} ${event.direction}…`;

@@ -14,8 +14,10 @@
 //! `npm ci --prefix example/web` (scripts/test installs them all).
 //! `example/web/transfer-test.mjs` drives the page and prints what it saw
 //! as JSON; its screenshots (under target/tmp) are docs/transfer.png,
-//! docs/images.png, docs/search.png and docs/links.png
-//! (`UPDATE_SCREENSHOTS=1` copies them there again).
+//! docs/images.png, docs/search.png, docs/links.png and docs/terminal.png
+//! (`UPDATE_SCREENSHOTS=1` copies them there again; docs/terminal.png
+//! wants fonts-noto-color-emoji and fonts-wqy-microhei, without which its
+//! wide characters are boxes, still two columns wide).
 
 mod common;
 
@@ -208,6 +210,9 @@ async fn files_pictures_title_links_and_search_in_chromium() {
     random_file(&world.local.path().join("trzsz-up.bin"), BIG);
     picture(&world.home.path().join("picture.ppm"));
     png(&world.home.path().join("picture.png"), ITERM_COLOUR);
+    // Wide characters over ASCII, for docs/terminal.png: with Unicode 11
+    // widths the #s are one above the other.
+    std::fs::write(world.home.path().join("widths.txt"), "w11: 👍👍 漢字 #\nw11: ab12 cd34 #\n").unwrap();
     let mut demo = world.demo(&[]).await;
     let config = json!({"mode": "writer", "colour": COLOUR, "itermColour": ITERM_COLOUR});
     let results = world.drive(&demo, config).await;
@@ -259,6 +264,19 @@ async fn files_pictures_title_links_and_search_in_chromium() {
     assert_eq!(clipboard["features"]["clipboard"], true, "{clipboard}");
     assert_eq!(clipboard["after"], "copied-42", "{clipboard}");
 
+    // docs/terminal.png, taken in that tab: its status line shows the
+    // title and that the clipboard was written (before the screenshot and
+    // after it), and the two #s are one above the other (👍👍 漢字 take
+    // two columns each, as ab12 cd34 take one).
+    let terminal = &results["terminal"];
+    assert_eq!(terminal["title"], "vim notes-42.txt", "{terminal}");
+    for bar in terminal["bar"].as_array().unwrap() {
+        let bar = bar.as_str().unwrap();
+        assert!(bar.contains("title: vim notes-42.txt"), "no title in the status line: {bar:?}");
+        assert!(bar.contains("copied to the clipboard"), "no clipboard notice in the status line: {bar:?}");
+    }
+    assert_eq!(terminal["markers"], json!([15, 15]), "{terminal}");
+
     // Unicode 11: 👍 takes two columns, the # after it is in column 6; on
     // the bare page (Unicode 6) in column 5.
     let widths = &results["widths"];
@@ -293,7 +311,7 @@ async fn files_pictures_title_links_and_search_in_chromium() {
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("transfer-screenshots");
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     let update = std::env::var_os("UPDATE_SCREENSHOTS").is_some_and(|v| v == "1");
-    for shot in ["transfer.png", "images.png", "search.png", "links.png"] {
+    for shot in ["transfer.png", "images.png", "search.png", "links.png", "terminal.png"] {
         if update || !docs.join(shot).exists() {
             std::fs::copy(shots.join(shot), docs.join(shot)).unwrap();
         }

@@ -288,9 +288,39 @@ async function write(page) {
   results.clipboard.features = await opted.evaluate(() => window.demo.terminal.features);
   await countPrompts(opted);
   await opted.click("#terminal");
+  // There too, before the same printf, a title and a file with wide
+  // characters (👍👍 漢字, two columns each with Unicode 11) over a line of
+  // ASCII: docs/terminal.png shows the title and the notice that the
+  // clipboard was written in the status line, and the two #s one above the
+  // other.
+  await runToEnd(opted, "clear");
+  await runToEnd(opted, "printf '\\033]0;%s\\007' \"vim notes-$((6*7)).txt\"");
+  await runToEnd(opted, "cat widths.txt");
   await runToEnd(opted, osc52);
   for (const deadline = Date.now() + 5000; Date.now() < deadline && (await clipboard(opted)) !== "copied-42";) await sleep(50);
   results.clipboard.after = await clipboard(opted);
+  await opted.waitForFunction(() => document.getElementById("copied").textContent !== "", null, { timeout: 5000 }).catch(() => {});
+  await sleep(200);
+  // The status line as the screenshot shows it: read before and after (the
+  // notice goes after a few seconds).
+  const bar = () => opted.evaluate(() => [...document.querySelectorAll("#bar > span")].map((span) => span.textContent).join(" "));
+  const barBefore = await bar();
+  await opted.screenshot({ path: join(config.shots, "terminal.png") });
+  results.terminal = {
+    bar: [barBefore, await bar()],
+    title: await opted.title(),
+    markers: await opted.evaluate(() => {
+      const term = window.demo.term;
+      const buffer = term.buffer.active;
+      const markers = [];
+      for (let y = 0; y < buffer.length; y++) {
+        const line = buffer.getLine(y);
+        if (!line.translateToString(true).startsWith("w11: ")) continue;
+        for (let x = 0; x < term.cols; x++) if (line.getCell(x).getChars() === "#") markers.push(x);
+      }
+      return markers;
+    }),
+  };
   await opted.keyboard.type("exit 0\n");
   await opted.waitForFunction(() => document.getElementById("status").textContent.startsWith("exited"));
   await opted.close();

@@ -11,6 +11,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -479,22 +480,34 @@ async fn a_session_that_cannot_be_reached_again_ends_with_255_after_the_reconnec
     server.stop().await;
 }
 
-#[tokio::test]
-async fn tls_with_a_ca_file_insecure_and_a_client_certificate() {
-    let dir = scratch();
-    let server_cert = certificate(dir.path(), "server");
-    let ca = certificate_authority(dir.path(), "clients");
-    let alice = client_certificate(dir.path(), "alice", "/O=Example/CN=alice", &ca);
-    let controller = Controller::shell("echo over tls").await;
-    let mut config = config_for(&controller);
+/// A TLS server for `controller` asking for client certificates (in
+/// `auth` mode) of an authority of its own: the server, the file to trust
+/// it by (`--ca-file`), and alice's certificate and key from that
+/// authority.
+async fn tls_server_asking_certificates(
+    dir: &Path,
+    controller: &Controller,
+    auth: ws_subprocess::config::ClientAuth,
+) -> (TestServer, String, (PathBuf, PathBuf)) {
+    let server_cert = certificate(dir, "server");
+    let ca = certificate_authority(dir, "clients");
+    let alice = client_certificate(dir, "alice", "/O=Example/CN=alice", &ca);
+    let mut config = config_for(controller);
     config.tls_cert_file = Some(server_cert.0.clone());
     config.tls_key_file = Some(server_cert.1.clone());
     config.tls_client_ca_file = Some(ca.0.clone());
-    config.tls_client_auth = Some(ws_subprocess::config::ClientAuth::Optional);
-    let server = TestServer::start(config).await;
+    config.tls_client_auth = Some(auth);
+    (TestServer::start(config).await, server_cert.0.display().to_string(), alice)
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_file_insecure_and_a_client_certificate() {
+    let dir = scratch();
+    let controller = Controller::shell("echo over tls").await;
+    let (server, ca_file, alice) =
+        tls_server_asking_certificates(dir.path(), &controller, ws_subprocess::config::ClientAuth::Optional).await;
     let url = format!("wss://localhost:{}{}", server.addr.port(), server.config.path);
     let token = [("WS_SUBPROCESS_TOKEN", "t")];
-    let ca_file = server_cert.0.display().to_string();
 
     let run = piped(&[&url, "--ca-file", &ca_file], &token, Vec::new()).await;
     assert_eq!((run.status, run.stdout.as_slice()), (0, &b"over tls\n"[..]), "{}", run.stderr);
@@ -519,18 +532,10 @@ async fn tls_with_a_ca_file_insecure_and_a_client_certificate() {
 #[tokio::test]
 async fn a_client_certificate_is_required_where_the_server_requires_one() {
     let dir = scratch();
-    let server_cert = certificate(dir.path(), "server");
-    let ca = certificate_authority(dir.path(), "clients");
-    let alice = client_certificate(dir.path(), "alice", "/CN=alice", &ca);
     let controller = Controller::shell("echo hi").await;
-    let mut config = config_for(&controller);
-    config.tls_cert_file = Some(server_cert.0.clone());
-    config.tls_key_file = Some(server_cert.1.clone());
-    config.tls_client_ca_file = Some(ca.0.clone());
-    config.tls_client_auth = Some(ws_subprocess::config::ClientAuth::Required);
-    let server = TestServer::start(config).await;
+    let (server, ca_file, alice) =
+        tls_server_asking_certificates(dir.path(), &controller, ws_subprocess::config::ClientAuth::Required).await;
     let url = format!("wss://127.0.0.1:{}{}", server.addr.port(), server.config.path);
-    let ca_file = server_cert.0.display().to_string();
     // A token but no certificate: the handshake itself fails.
     let run = piped(&[&url, "--ca-file", &ca_file], &[("WS_SUBPROCESS_TOKEN", "t")], Vec::new()).await;
     assert_eq!(run.status, 255, "{}", run.stderr);

@@ -478,7 +478,7 @@ impl Shared {
                                 recorder.marker(&span.marker(input_total));
                             }
                         }
-                        Piece::Started(_) | Piece::Hidden(_) => {}
+                        Piece::Started(_) => {}
                     }
                 }
                 self.transferring.store(state.history.transfer().is_some(), Ordering::Relaxed);

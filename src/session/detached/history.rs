@@ -154,7 +154,7 @@ impl History {
                         *last = span;
                     }
                 }
-                Piece::Shown(_) | Piece::Hidden(_) => {}
+                Piece::Shown(_) => {}
             }
         }
     }

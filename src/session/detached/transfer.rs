@@ -96,10 +96,9 @@ impl Span {
 /// A part of a scanned chunk, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Piece {
-    /// Bytes outside any transfer (a range of the chunk).
+    /// Bytes outside any transfer (a range of the chunk); the rest of the
+    /// chunk is transfer bytes.
     Shown(Range<usize>),
-    /// Transfer bytes (a range of the chunk).
-    Hidden(Range<usize>),
     /// A transfer starts here.
     Started(Span),
     /// A transfer ended here.
@@ -249,9 +248,6 @@ impl Detector {
             }
             // The announcement itself is part of it: skip past the pattern.
             let (used, over) = self.step(&data[pos..]);
-            if used > 0 {
-                pieces.push(Piece::Hidden(pos..pos + used));
-            }
             pos += used;
             if over {
                 pieces.push(Piece::Ended(self.finish(at + pos as u64)));

@@ -85,19 +85,27 @@ impl OnTerminal {
     }
 }
 
-/// `connect` with `args` and the token `t`, stdin closed, its stdout
-/// collected as it comes (stderr left to read at the end).
-fn spawn_connect(args: &[&str]) -> (tokio::process::Child, Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
-    let mut child = tokio::process::Command::new(BIN)
+/// `ws-subprocess connect ARGS`: the token `t` in its environment, no
+/// input, its output and errors piped, killed when dropped (callers change
+/// what differs).
+fn connect_command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command
         .arg("connect")
         .args(args)
         .env("WS_SUBPROCESS_TOKEN", "t")
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    command
+}
+
+/// `connect` with `args` and the token `t`, stdin closed, its stdout
+/// collected as it comes (stderr left to read at the end).
+fn spawn_connect(args: &[&str]) -> (tokio::process::Child, Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
+    let mut child = connect_command(args).spawn().unwrap();
     let (output, reader) = collect_bytes(child.stdout.take().unwrap());
     (child, output, reader)
 }
@@ -112,16 +120,10 @@ struct Piped {
 }
 
 async fn piped(args: &[&str], env: &[(&str, &str)], stdin: Vec<u8>) -> Piped {
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("connect")
-        .args(args)
+    let mut child = connect_command(args)
         .env_remove("WS_SUBPROCESS_TOKEN")
-        .env_remove("RUST_LOG")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut input = child.stdin.take().unwrap();
@@ -293,13 +295,9 @@ async fn the_token_is_never_in_argv_and_a_header_goes_with_the_request() {
     let server = TestServer::start(config).await;
     let dir = scratch();
     let file = token_file(&dir, "secret-token");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["connect", &endpoint(&server), "--token-file", &file, "-H", "X-Team: blue"])
+    let mut child = connect_command(&[&endpoint(&server), "--token-file", &file, "-H", "X-Team: blue"])
         .env_remove("WS_SUBPROCESS_TOKEN")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
@@ -454,15 +452,7 @@ async fn a_session_that_cannot_be_reached_again_ends_with_255_after_the_reconnec
     let server = TestServer::for_controller(&controller).await;
     let proxy = CuttingProxy::start(server.addr).await;
     let url = format!("ws://{}{}", proxy.addr, server.config.path);
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["connect", &url, "--session", "gone-1", "--reconnect-timeout", "1s"])
-        .env("WS_SUBPROCESS_TOKEN", "t")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = connect_command(&[&url, "--session", "gone-1", "--reconnect-timeout", "1s"]).spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0; 3];
     stdout.read_exact(&mut first).await.unwrap();
@@ -611,13 +601,8 @@ async fn an_observer_sees_the_session_sends_nothing_and_gets_its_exit_status() {
     writer.type_in("one\n").await;
     writer.wait_for("got one").await;
     // The observer's own input, which must reach nobody.
-    let mut observer = tokio::process::Command::new(BIN)
-        .args(["connect", &endpoint(&server), "--session", "obs-1", "--observer"])
-        .env("WS_SUBPROCESS_TOKEN", "t")
+    let mut observer = connect_command(&[&endpoint(&server), "--session", "obs-1", "--observer"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     observer.stdin.take().unwrap().write_all(b"from-observer\n").await.unwrap();

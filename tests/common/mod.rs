@@ -481,70 +481,39 @@ fn openssl(args: &[&std::ffi::OsStr]) -> String {
 
 /// A certificate authority made by openssl: its certificate and key.
 pub fn certificate_authority(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
-    let subject = format!("/CN={name}");
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &subject,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-        ]
-        .map(std::ffi::OsStr::new)
-        .into_iter()
-        .chain([key.as_os_str(), "-out".as_ref(), cert.as_os_str()])
-        .collect::<Vec<_>>(),
-    );
-    (cert, key)
+    let extensions = ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"];
+    ec_certificate(dir, name, &format!("/CN={name}"), &extensions, None)
 }
 
 /// A client certificate for `subject` (openssl's `/O=…/CN=…` form) signed
 /// by the authority `ca`: its certificate and key.
 pub fn client_certificate(dir: &Path, name: &str, subject: &str, ca: &(PathBuf, PathBuf)) -> (PathBuf, PathBuf) {
+    let extensions = ["basicConstraints=critical,CA:FALSE", "extendedKeyUsage=clientAuth"];
+    ec_certificate(dir, name, subject, &extensions, Some(ca))
+}
+
+/// An EC P-256 certificate made by openssl as `NAME.pem` and `NAME.key` in
+/// `dir`, for `subject` with the `extensions` (`-addext`), signed by `ca`
+/// or by itself.
+fn ec_certificate(
+    dir: &Path,
+    name: &str,
+    subject: &str,
+    extensions: &[&str],
+    ca: Option<&(PathBuf, PathBuf)>,
+) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
-    let args: Vec<&std::ffi::OsStr> = [
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        subject,
-        "-addext",
-        "basicConstraints=critical,CA:FALSE",
-        "-addext",
-        "extendedKeyUsage=clientAuth",
-    ]
-    .map(std::ffi::OsStr::new)
-    .into_iter()
-    .chain([
-        "-CA".as_ref(),
-        ca.0.as_os_str(),
-        "-CAkey".as_ref(),
-        ca.1.as_os_str(),
-        "-keyout".as_ref(),
-        key.as_os_str(),
-        "-out".as_ref(),
-        cert.as_os_str(),
-    ])
-    .collect();
-    openssl(&args);
+    let mut command = std::process::Command::new("openssl");
+    command.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"]);
+    command.args(["-subj", subject]);
+    for extension in extensions {
+        command.args(["-addext", extension]);
+    }
+    if let Some((ca_cert, ca_key)) = ca {
+        command.arg("-CA").arg(ca_cert).arg("-CAkey").arg(ca_key);
+    }
+    let output = command.arg("-keyout").arg(&key).arg("-out").arg(&cert).output().unwrap();
+    assert!(output.status.success(), "openssl: {}", String::from_utf8_lossy(&output.stderr));
     (cert, key)
 }
 

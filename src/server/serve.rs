@@ -206,7 +206,8 @@ where
                     },
                 };
                 let io = TokioIo::new(io);
-                let service = TowerToHyperService::new(activity.track(WithFacts { inner: app, facts }));
+                let stamped = tower::util::MapRequest::new(app, move |request| facts.stamp(request));
+                let service = TowerToHyperService::new(activity.track(stamped));
                 let result = match &http {
                     Http::One(builder) => {
                         drive!(
@@ -450,37 +451,20 @@ struct ConnectionFacts {
     cert: Option<ClientCert>,
 }
 
-/// `inner` with each request given the [`ConnectionFacts`] in its
-/// extensions, and rid of the identity headers only the server may state.
-#[derive(Clone)]
-struct WithFacts<S> {
-    inner: S,
-    facts: ConnectionFacts,
-}
-
-impl<S, B> Service<Request<B>> for WithFacts<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl ConnectionFacts {
+    /// `request` with these facts in its extensions, and rid of the
+    /// identity headers only the server may state.
+    fn stamp<B>(&self, mut request: Request<B>) -> Request<B> {
         let headers = request.headers_mut();
         // Forged identity: a controller must only ever see the server's.
         headers.remove(X_CLIENT_CERT_SUBJECT);
         headers.remove(X_CLIENT_CERT_SHA256);
         let extensions = request.extensions_mut();
-        extensions.insert(self.facts.peer);
-        extensions.insert(self.facts.secure);
-        if let Some(cert) = &self.facts.cert {
+        extensions.insert(self.peer);
+        extensions.insert(self.secure);
+        if let Some(cert) = &self.cert {
             extensions.insert(cert.clone());
         }
-        self.inner.call(request)
+        request
     }
 }
